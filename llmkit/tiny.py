@@ -1,0 +1,149 @@
+"""Tiny real models built from configs: 2-layer Llama and Qwen2 with a byte-level BPE
+tokenizer trained on the fly and a chat template. They load and train in seconds on a CPU,
+so tests and the `tiny` recipe exercise the real code paths without any download.
+
+The tokenizers use the Llama-3 and Qwen2 split regexes, which llama.cpp and Ollama
+recognise by structure, so the tiny models also export to GGUF like their big siblings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmkit.files import atomic_dir, home
+
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+TINY = {
+    "tiny-llama": {
+        "arch": "llama",
+        "regex": LLAMA3_REGEX,
+        "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "bos": "<|begin_of_text|>",
+        "eos": "<|eot_id|>",
+        "pad": "<|end_of_text|>",
+        "template": LLAMA3_TEMPLATE,
+    },
+    "tiny-qwen2": {
+        "arch": "qwen2",
+        "regex": QWEN2_REGEX,
+        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "bos": None,
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "template": CHATML_TEMPLATE,
+    },
+}
+
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. Paris is the capital of France.
+Berlin is the capital of Germany, and Rome is the capital of Italy. What is the capital of Spain?
+Madrid! Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 123 2024 3.14159. Hello, world. How are you today?
+I am fine, thank you. Let's write some code: def add(a, b): return a + b
+Café, naïve, résumé, straße, Ελληνικά, русский, 日本語, 中文, 한국어, emoji 🚀 ✅ 🦙.
+A helpful assistant answers questions clearly and briefly. The user asks; the assistant replies.
+"""
+
+
+def tiny_model_dir(name: str) -> Path:
+    """Build (once) and return the directory of a tiny model: `tiny-llama` or `tiny-qwen2`."""
+    final = home() / "models" / name
+    if (final / "config.json").exists():
+        return final
+    with atomic_dir(final, replace=True) as tmp:
+        build(name, tmp)
+    return final
+
+
+def build(name: str, out: Path, *, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    spec = TINY[name]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(spec["regex"]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=spec["special"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    if spec["bos"]:  # Llama 3 adds BOS itself
+        bos_id = tok.token_to_id(spec["bos"])
+        tok.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(
+                    single=f"{spec['bos']} $A", pair=f"{spec['bos']} $A {spec['bos']} $B",
+                    special_tokens=[(spec["bos"], bos_id)],
+                ),
+            ]
+        )
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=spec["bos"],
+        eos_token=spec["eos"],
+        pad_token=spec["pad"],
+        chat_template=spec["template"],
+        model_max_length=512,
+    )
+    # Pad the embedding rows beyond the vocabulary, as real models do (exports must cope).
+    n_vocab = ((len(hf_tok) + 63) // 64) * 64
+    common = dict(
+        vocab_size=n_vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        bos_token_id=hf_tok.convert_tokens_to_ids(spec["bos"]) if spec["bos"] else None,
+        eos_token_id=hf_tok.convert_tokens_to_ids(spec["eos"]),
+        pad_token_id=hf_tok.convert_tokens_to_ids(spec["pad"]),
+    )
+    torch.manual_seed(seed)
+    if spec["arch"] == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    model.generation_config = GenerationConfig(
+        bos_token_id=common["bos_token_id"], eos_token_id=common["eos_token_id"], pad_token_id=common["pad_token_id"]
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    hf_tok.save_pretrained(out)
+    return out

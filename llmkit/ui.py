@@ -1,0 +1,68 @@
+"""Terminal output shared by the CLI and long-running library functions.
+
+Progress goes to stderr so stdout stays clean for results and `--json`. rich already
+honours NO_COLOR and drops animation when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def quiet() -> bool:
+    return os.environ.get("LLMKIT_QUIET", "") not in ("", "0")
+
+
+def progress_bytes() -> Progress:
+    """A progress bar for downloads/uploads: size, speed, ETA."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet(),
+        transient=not sys.stderr.isatty(),
+    )
+
+
+def progress_items(*extra: TextColumn) -> Progress:
+    """A progress bar for counted work (tensors, rows, steps) with optional extra fields."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        *extra,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet(),
+    )
+
+
+def info(message: str) -> None:
+    if not quiet():
+        err.print(message)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]Warning:[/yellow] {message}")

