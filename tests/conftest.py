@@ -107,3 +107,20 @@ def run_llmkit(*args: str, env: dict | None = None, input: str | None = None, ti
 @pytest.fixture
 def llmkit_cli():
     return run_llmkit
+
+
+@pytest.fixture
+def ollama_double(tmp_path, monkeypatch):
+    """A faithful Ollama HTTP API double (tests/ollama_double.py) on a free loopback port.
+
+    OLLAMA_HOST points at it and OLLAMA_MODELS at its store, like a local Ollama; inspect
+    `double.model(name)`, `double.requests`, `double.blob_path(digest)`; make models pullable
+    with `double.add_registry_model(...)`.
+    """
+    from ollama_double import OllamaDouble
+
+    double = OllamaDouble(tmp_path / "ollama-models").start()
+    monkeypatch.setenv("OLLAMA_HOST", double.host)
+    monkeypatch.setenv("OLLAMA_MODELS", str(double.models_dir))
+    yield double
+    double.stop()
