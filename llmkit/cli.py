@@ -188,6 +188,9 @@ def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the app; turn library errors into one line on stderr and an exit code."""
+    # Library chatter (advisory warnings) is noise on a CLI; see also ui.quiet_transformers().
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app(args=argv, prog_name="llmkit", standalone_mode=True)
     except LlmkitError as exc:

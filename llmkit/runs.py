@@ -49,6 +49,9 @@ def load_for_inference(ref: str | Path, *, dtype=None, merge: bool = False):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llmkit.ui import quiet_transformers
+
+    quiet_transformers()
     dtype = dtype or torch.float32
     if is_run_dir(ref):
         run = open_run(ref)

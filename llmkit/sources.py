@@ -206,18 +206,21 @@ def embedded_gguf(name: str) -> Path:
     return path
 
 
-def gguf_architecture(path: Path) -> str:
+def _check_gguf_magic(path: Path) -> None:
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise SourceError(f"{path} is not a GGUF file (bad magic)", "pass a .gguf model file")
+
+
+def gguf_architecture(path: Path) -> str:
+    _check_gguf_magic(path)
     from gguf import GGUFReader
 
     try:
-        reader = GGUFReader(path)
-        field = reader.get_field("general.architecture")
+        field = GGUFReader(path).get_field("general.architecture")
         return field.contents() if field is not None else "unknown"
     except Exception as exc:
-        raise SourceError(f"{path} is not a readable GGUF file: {exc}") from None
+        raise SourceError(f"{path} is not a readable GGUF file: {_first_line(exc)}") from None
 
 
 def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
@@ -226,6 +229,11 @@ def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
     Cached under LLMKIT_HOME by the file's sha256, so the second call is instant.
     """
     path = Path(path).resolve()
+    _check_gguf_magic(path)
+    digest = sha256_file(path)
+    final = home() / "models" / f"gguf-{digest[:16]}"
+    if (final / SOURCE_FILE).is_file():
+        return final
     arch = gguf_architecture(path)
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
@@ -235,14 +243,13 @@ def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
             f"{path.name}: GGUF architecture '{arch}' cannot be loaded by transformers",
             f"supported: {', '.join(sorted(supported))}",
         )
-    digest = sha256_file(path)
-    final = home() / "models" / f"gguf-{digest[:16]}"
-    if (final / SOURCE_FILE).is_file():
-        return final
     info(f"Converting {path.name} ({arch}) to a Hugging Face model (once; cached in {final})")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from llmkit.ui import quiet_transformers
+
+    quiet_transformers()
     kwargs = {"gguf_file": path.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
@@ -257,7 +264,10 @@ def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
             delattr(config, attr)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), assign=True, strict=False)
+    result = model.load_state_dict(loaded.state_dict(), assign=True, strict=False)
+    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or result.unexpected_keys:
+        raise SourceError(f"{path.name}: weights do not match the architecture (missing {missing[:3]})")
     model.tie_weights()
     del loaded
     eos = tokenizer.eos_token_id

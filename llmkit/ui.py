@@ -66,3 +66,11 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     err.print(f"[yellow]Warning:[/yellow] {message}")
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' weight-loading bars and advisory logs (our own bars cover it)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

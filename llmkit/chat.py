@@ -1,0 +1,88 @@
+"""`llmkit chat`: talk to a model (or a training run: base + adapter) with transformers.
+
+Prompts are built with the model's own chat template; answers stream to stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from llmkit.errors import SourceError
+from llmkit.ui import info
+
+
+def chat(
+    model_ref: str,
+    prompt: str | None = None,
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+) -> str | None:
+    """One-shot when `prompt` is given (returns the answer); interactive otherwise."""
+    from llmkit.runs import load_for_inference
+
+    model, tokenizer = load_for_inference(model_ref)
+    if not tokenizer.chat_template:
+        raise SourceError(
+            f"{model_ref} has no chat template, so it cannot chat",
+            "use an instruct/chat model, or train with model.chat_template set in the recipe",
+        )
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    if prompt is not None:
+        history.append({"role": "user", "content": prompt})
+        return generate(model, tokenizer, history, max_new_tokens=max_new_tokens, temperature=temperature)
+    info("Interactive chat: /bye to quit, /system TEXT to set the system prompt, /reset to clear history.")
+    while True:
+        try:
+            line = input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            sys.stdout.write("\n")
+            return None
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/bye", "/exit", "/quit"):
+            return None
+        if text == "/reset":
+            history = [m for m in history if m["role"] == "system"]
+            continue
+        if text.startswith("/system"):
+            history = [m for m in history if m["role"] != "system"]
+            history.insert(0, {"role": "system", "content": text.removeprefix("/system").strip()})
+            continue
+        history.append({"role": "user", "content": text})
+        answer = generate(model, tokenizer, history, max_new_tokens=max_new_tokens, temperature=temperature)
+        history.append({"role": "assistant", "content": answer})
+
+
+def generate(model, tokenizer, messages, *, max_new_tokens=256, temperature=0.0, stream=True) -> str:
+    import torch
+    from transformers import TextStreamer
+
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            streamer=streamer,
+            eos_token_id=sorted(eos),
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos),
+            top_p=None, top_k=None,
+            **sampling,
+        )
+    answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    if stream:
+        sys.stdout.flush()
+    return answer.strip()
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
