@@ -1,0 +1,370 @@
+"""Datasets → training examples (token ids + labels) → micro-batches.
+
+    read_rows      a file (.jsonl/.json/.csv/.parquet/.txt) or a Hugging Face dataset → list of dicts
+    detect_format  messages (OpenAI or ShareGPT), alpaca, prompt_completion or text
+    tokenize_row   one row → Example(ids, labels); labels are -100 where no loss is taken
+    prepare        all of the above for a recipe, with unusable rows counted per reason
+    plan_epoch     examples → micro-batches of rows, packed or grouped by length
+    collate        rows → tensors (input_ids, position_ids, labels), no padding inside a row
+
+Answers-only loss: a conversation is rendered with the chat template one turn at a time, and
+the text each assistant turn adds is the trainable span. Spans are tokenized separately, so
+the prompt tokens are exactly those the model sees at inference (the prompt alone).
+
+Packing: several examples share one row; their position ids restart at 0, so transformers
+builds a block-diagonal causal mask (sdpa/eager) or uses varlen kernels (flash attention):
+examples never attend to each other, and a packed row gives the same loss as separate rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmkit.errors import DataError
+
+IGNORE = -100
+FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+NEEDS = {
+    "messages": ("messages",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "bot": "assistant", "model": "assistant", "system": "system", "tool": "tool"}
+ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
+ALPACA_PROMPT_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_labels(self) -> int:
+        return sum(1 for x in self.labels[1:] if x != IGNORE)
+
+
+@dataclass
+class Dataset:
+    train: list[Example]
+    eval: list[Example]
+    format: str
+    rows: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def report(self) -> dict:
+        return {
+            "format": self.format,
+            "rows": self.rows,
+            "train_examples": len(self.train),
+            "eval_examples": len(self.eval),
+            "dropped": dict(self.dropped),
+            "train_tokens": sum(len(e) for e in self.train),
+            "train_label_tokens": sum(e.n_labels for e in self.train),
+        }
+
+
+class Skip(Exception):
+    """A row that cannot be used; the message is the reason it is counted under."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_rows(path: str | Path, *, config: str | None = None, split: str = "train") -> list[dict]:
+    """Rows of a local dataset file, or of a Hugging Face dataset when `path` is not a file."""
+    p = Path(path)
+    if p.is_file():
+        return _read_file(p)
+    if p.suffix.lower() in FILE_TYPES or p.is_dir() or str(path).startswith((".", "/", "~")):
+        raise DataError(f"dataset file not found: {p}", "check data.path (relative paths resolve against the recipe file)")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(str(path), config, split=split)
+    except Exception as exc:  # Hub unreachable, unknown name, bad split ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"cannot load Hugging Face dataset '{path}' (split {split}): {first}",
+            "data.path must be a local .jsonl/.json/.csv/.parquet/.txt file or a reachable Hub dataset",
+        ) from None
+    return [dict(row) for row in ds]
+
+
+def _read_file(p: Path) -> list[dict]:
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{p} line {n}: invalid JSON: {exc.msg}") from None
+            return rows
+        if suffix == ".json":
+            data = json.loads(p.read_text(encoding="utf-8"))
+            return data if isinstance(data, list) else data.get("data", [data])
+        if suffix == ".csv":
+            with open(p, newline="", encoding="utf-8") as fh:
+                return list(csv.DictReader(fh))
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(p).to_pylist()
+        if suffix == ".txt":  # one example per paragraph (blank-line separated)
+            paragraphs = p.read_text(encoding="utf-8").split("\n\n")
+            return [{"text": t.strip()} for t in paragraphs if t.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, OSError) as exc:
+        raise DataError(f"cannot read {p}: {exc}") from None
+    raise DataError(f"{p}: unsupported file type '{suffix}'", f"use one of {', '.join(FILE_TYPES)}")
+
+
+def detect_format(rows: list[dict], requested: str, where: str) -> str:
+    """The row format; with an explicit format, check that its columns exist at all."""
+    first = next((r for r in rows if isinstance(r, dict)), {})
+    if requested == "auto":
+        keys = set(first)
+        if keys & {"messages", "conversations"}:
+            return "messages"
+        for fmt in ("alpaca", "prompt_completion", "text"):
+            if set(NEEDS[fmt]) <= keys:
+                return fmt
+        raise DataError(
+            f"{where} row 1: cannot tell the data format from its columns {sorted(keys)}",
+            "expected messages, instruction/output, prompt/completion or text columns; or set data.format",
+        )
+    for column in NEEDS[requested]:
+        alias = "conversations" if column == "messages" else None
+        if not any(isinstance(r, dict) and (column in r or alias in r) for r in rows):
+            raise DataError(
+                f"{where} row 1: column '{column}' is missing (format {requested} needs {', '.join(NEEDS[requested])})",
+                f"columns found: {', '.join(sorted(first)) or 'none'}; fix the file or set data.format",
+            )
+    return requested
+
+
+# ----------------------------------------------------------------------------- rows → examples
+
+
+def to_messages(row: dict, fmt: str, system: str | None = None) -> list[dict]:
+    """A conversational row (messages, ShareGPT or alpaca) as a list of {role, content}."""
+    if fmt == "alpaca":
+        instruction, answer = _field(row, "instruction"), _field(row, "output")
+        extra = str(row.get("input") or "").strip()
+        msgs = [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction},
+                {"role": "assistant", "content": answer}]
+    else:
+        raw = row.get("messages", row.get("conversations"))
+        if not isinstance(raw, list) or not raw:
+            raise Skip("missing 'messages'")
+        msgs = []
+        for m in raw:
+            if not isinstance(m, dict):
+                raise Skip("malformed message")
+            role = m.get("role", m.get("from"))
+            content = m.get("content", m.get("value"))
+            if role not in SHAREGPT_ROLES or content is None:
+                raise Skip("malformed message")
+            msgs.append({"role": SHAREGPT_ROLES[role], "content": str(content)})
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise Skip("no assistant answer")
+    if any(m["role"] == "assistant" and not m["content"].strip() for m in msgs):
+        raise Skip("empty answer")
+    if system and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system})
+    return msgs
+
+
+def _field(row: dict, name: str) -> str:
+    value = row.get(name)
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN (csv/parquet)
+        raise Skip(f"missing '{name}'")
+    return str(value)
+
+
+def conversation_spans(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
+    """The rendered conversation as consecutive (text, is_answer) pieces, in order."""
+    def render(msgs, gen):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    full = render(messages, False)
+    pieces: list[tuple[str, bool]] = []
+    pos = 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt, upto = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (full.startswith(upto) and upto.startswith(prompt) and len(prompt) >= pos):
+            raise DataError(
+                "the chat template does not render a conversation turn by turn, so answers cannot be isolated",
+                "set data.train_on=all, or give the recipe a simpler model.chat_template",
+            )
+        end = len(upto.rstrip())  # the answer and its end-of-turn token; not the newline after it
+        pieces += [(full[pos: len(prompt)], False), (full[len(prompt): end], True)]
+        pos = end
+    pieces.append((full[pos:], False))
+    return [(text, answer) for text, answer in pieces if text]
+
+
+def tokenize_row(row: dict, fmt: str, tokenizer, *, max_length: int, train_on: str = "answers",
+                 system: str | None = None) -> Example:
+    """One row → Example; raises Skip(reason) for rows that cannot be used."""
+    eos = tokenizer.eos_token_id
+    if fmt == "text":
+        text = _field(row, "text")
+        if not text.strip():
+            raise Skip("empty text")
+        pieces = [(tokenizer(text).input_ids + ([eos] if eos is not None else []), True)]
+    elif fmt == "prompt_completion" or (fmt == "alpaca" and not tokenizer.chat_template):
+        if fmt == "alpaca":
+            extra = str(row.get("input") or "").strip()
+            prompt_text = (ALPACA_PROMPT_INPUT if extra else ALPACA_PROMPT).format(
+                instruction=_field(row, "instruction"), input=extra)
+            answer = _field(row, "output")
+        else:
+            prompt_text, answer = _field(row, "prompt"), _field(row, "completion")
+        if not answer.strip():
+            raise Skip("empty answer")
+        pieces = [(tokenizer(prompt_text).input_ids, False),
+                  (tokenizer(answer, add_special_tokens=False).input_ids + ([eos] if eos is not None else []), True)]
+    else:
+        msgs = to_messages(row, fmt, system)
+        pieces = [(tokenizer(text, add_special_tokens=False).input_ids, answer)
+                  for text, answer in conversation_spans(tokenizer, msgs)]
+    ids: list[int] = []
+    labels: list[int] = []
+    for piece_ids, answer in pieces:
+        ids += piece_ids
+        labels += piece_ids if (answer or train_on == "all") else [IGNORE] * len(piece_ids)
+    if len(ids) > max_length:
+        raise Skip(f"longer than max_length ({max_length} tokens)")
+    labels[0] = IGNORE  # nothing predicts the first token (and in a packed row, nothing before it may)
+    example = Example(ids, labels)
+    if example.n_labels == 0:
+        raise Skip("no trainable tokens")
+    return example
+
+
+def prepare(recipe, tokenizer, *, seed: int = 42) -> Dataset:
+    """Read, convert and tokenize the recipe's data; split off the eval set."""
+    d = recipe.data
+    path = recipe.resolve_path(d.path) if Path(d.path).suffix.lower() in FILE_TYPES else d.path
+    rows = read_rows(path, config=d.config, split=d.split)
+    if d.limit:
+        rows = rows[: d.limit]
+    where = str(path)
+    fmt = detect_format(rows, d.format, where)
+    if fmt == "messages" and not tokenizer.chat_template:
+        raise DataError(
+            f"{where}: conversational data, but the model {recipe.model.name} has no chat template",
+            "set model.chat_template in the recipe (inline Jinja or a file), or use an instruct/chat model",
+        )
+    dropped: Counter = Counter()
+    examples = _tokenize_all(rows, fmt, tokenizer, d, dropped)
+    if d.eval_path:
+        eval_where = str(recipe.resolve_path(d.eval_path))
+        eval_rows = read_rows(eval_where)
+        eval_set = _tokenize_all(eval_rows, detect_format(eval_rows, fmt, eval_where), tokenizer, d, dropped)
+        train_set = examples
+    else:
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        n_eval = round(len(examples) * d.eval_fraction)
+        if d.eval_fraction > 0 and len(examples) >= 2:
+            n_eval = max(1, n_eval)
+        eval_set = [examples[i] for i in sorted(order[:n_eval])]
+        train_set = [examples[i] for i in sorted(order[n_eval:])]
+    if not train_set:
+        reasons = ", ".join(f"{n} {why}" for why, n in dropped.most_common()) or "the file has no rows"
+        raise DataError(
+            f"{where}: no trainable examples ({len(rows)} rows; dropped: {reasons})",
+            "check data.format, data.max_length and data.train_on",
+        )
+    return Dataset(train_set, eval_set, fmt, rows=len(rows), dropped=dropped)
+
+
+def _tokenize_all(rows, fmt, tokenizer, d, dropped: Counter) -> list[Example]:
+    out = []
+    for row in rows:
+        try:
+            if not isinstance(row, dict):
+                raise Skip("not an object")
+            out.append(tokenize_row(row, fmt, tokenizer, max_length=d.max_length, train_on=d.train_on,
+                                    system=d.system))
+        except Skip as why:
+            dropped[str(why)] += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def plan_epoch(lengths: list[int], *, batch_size: int, max_length: int, packing: bool, seed: int) -> list[list[list[int]]]:
+    """One epoch as micro-batches; a micro-batch is a list of rows; a row lists example indices.
+
+    Packing fills rows of up to max_length tokens (first fit, longest first) and takes
+    batch_size rows per micro-batch. Without packing a row is one example, and examples of
+    similar length are batched together (sorted within chunks of 64 batches) to cut padding.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if packing:
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(order, key=lambda i: -lengths[i]):
+            slot = next((k for k, free in enumerate(room) if free >= lengths[i]), None)
+            if slot is None:
+                rows.append([i])
+                room.append(max_length - lengths[i])
+            else:
+                rows[slot].append(i)
+                room[slot] -= lengths[i]
+        rng.shuffle(rows)
+    else:
+        chunk = batch_size * 64
+        rows = []
+        for start in range(0, len(order), chunk):
+            rows += [[i] for i in sorted(order[start: start + chunk], key=lambda i: -lengths[i])]
+    batches = [rows[k: k + batch_size] for k in range(0, len(rows), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], rows: list[list[int]], pad_id: int):
+    """Rows of examples → input_ids, position_ids, labels tensors of shape [rows, longest row].
+
+    Position ids restart at 0 for each example (that is what keeps packed examples apart);
+    the padding at the end of a row continues the last example's positions and is never a label.
+    """
+    import torch
+
+    width = max(sum(len(examples[i]) for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for r, row in enumerate(rows):
+        pos = 0
+        for i in row:
+            ex = examples[i]
+            n = len(ex)
+            input_ids[r, pos: pos + n] = torch.tensor(ex.ids)
+            labels[r, pos: pos + n] = torch.tensor(ex.labels)
+            position_ids[r, pos: pos + n] = torch.arange(n)
+            pos += n
+        if pos < width:  # padding: continue counting so it forms no new segment
+            start = int(position_ids[r, pos - 1]) + 1
+            position_ids[r, pos:] = torch.arange(start, start + width - pos)
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}

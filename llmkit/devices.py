@@ -1,0 +1,135 @@
+"""What hardware is here, and what that means for training: device, precision, 4-bit.
+
+The rules (the default when a recipe says `precision: auto`):
+  * CUDA: bf16 where the GPU supports it (Ampere and newer), else fp16. QLoRA (4-bit) needs
+    CUDA and bitsandbytes.
+  * Apple MPS: fp32 (mixed precision on MPS is not reliable across macOS/torch versions).
+  * CPU: bf16 only where the CPU has native bf16 matrix instructions (AMX-BF16 or
+    AVX512-BF16); there bf16 matmuls run several times faster than fp32. Elsewhere bf16 is
+    emulated and much slower than fp32 (measured ~100x on an AVX2-only EPYC), so fp32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from llmkit.errors import LlmkitError
+
+
+class HardwareError(LlmkitError):
+    """The recipe asks for something this machine cannot do (4-bit on CPU, fp16 on CPU, ...)."""
+
+
+@dataclass
+class Hardware:
+    device: str  # cuda | mps | cpu
+    name: str  # GPU name or CPU model
+    count: int  # GPUs (1 for cpu/mps)
+    bf16: bool  # native bf16 matrix math
+    precision: str  # the automatic choice: bf16 | fp16 | fp32
+    four_bit: bool  # QLoRA possible (CUDA + bitsandbytes)
+    cpu_isa: str  # e.g. AVX512, AVX2 (what torch's CPU kernels use)
+    cpu_bf16: str  # which bf16 instructions the CPU has: amx_bf16, avx512_bf16 or none
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_bf16_kind() -> str:
+    flags = cpu_flags()
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flag in flags:
+            return flag
+    return "none"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def detect() -> Hardware:
+    import torch
+
+    try:
+        isa = torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        isa = "unknown"
+    cpu_bf16 = cpu_bf16_kind()
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported()
+        return Hardware(
+            device="cuda",
+            name=torch.cuda.get_device_name(0),
+            count=torch.cuda.device_count(),
+            bf16=bf16,
+            precision="bf16" if bf16 else "fp16",
+            four_bit=importlib.util.find_spec("bitsandbytes") is not None,
+            cpu_isa=isa,
+            cpu_bf16=cpu_bf16,
+        )
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return Hardware("mps", "Apple MPS", 1, False, "fp32", False, isa, cpu_bf16)
+    native = cpu_bf16 != "none"
+    return Hardware("cpu", _cpu_name(), 1, native, "bf16" if native else "fp32", False, isa, cpu_bf16)
+
+
+def choose_precision(requested: str, hw: Hardware | None = None) -> str:
+    """The precision to train in: the hardware's choice for `auto`, else the request, checked."""
+    hw = hw or detect()
+    if requested == "auto":
+        return hw.precision
+    if requested == "fp16" and hw.device == "cpu":
+        raise HardwareError(
+            "train.precision: fp16 training is not supported on CPU",
+            "use train.precision=fp32 (or bf16 on CPUs with AMX/AVX512-BF16)",
+        )
+    if requested == "bf16" and not hw.bf16:
+        from llmkit.ui import warn
+
+        warn(f"bf16 requested but {hw.name} has no native bf16 math: expect it to run much slower than fp32")
+    return requested
+
+
+def check_4bit(hw: Hardware | None = None) -> None:
+    """Raise a clear error unless QLoRA (4-bit bitsandbytes) can run here."""
+    hw = hw or detect()
+    if hw.device != "cuda":
+        raise HardwareError(
+            f"model.load_in_4bit: QLoRA needs a CUDA GPU with bitsandbytes; this machine has {hw.device.upper()} only",
+            "set model.load_in_4bit=false to train plain LoRA (a 1B model in fp32 needs ~4 GB + activations)",
+        )
+    if not hw.four_bit:
+        raise HardwareError(
+            "model.load_in_4bit: QLoRA needs the bitsandbytes package, which is not installed",
+            "pip install 'llmkit[qlora]'  (or: pip install bitsandbytes)",
+        )
+
+
+def describe() -> dict:
+    """A flat summary for `llmkit doctor`."""
+    hw = detect()
+    out = asdict(hw)
+    out["train_precision"] = out.pop("precision")
+    out["qlora"] = out.pop("four_bit")
+    return out

@@ -1,0 +1,509 @@
+"""LoRA / QLoRA fine-tuning: one loop, top to bottom.
+
+    llmkit train RECIPE [a.b=value ...] [--resume] [--overwrite]
+    python -m llmkit.train RECIPE ...            accelerate launch -m llmkit.train RECIPE ...
+    llmkit.train(recipe)
+
+Each optimizer step: for every micro-batch, forward pass → loss → backward pass; then one
+optimizer step. The loss is the summed cross-entropy over the step's answer tokens divided by
+their number, so gradient accumulation and several processes give the same update as one big
+batch. The output layer runs only where a label exists: with a 49k vocabulary and answers-only
+loss that skips a large share of the work.
+
+The run dir holds recipe.yaml (resolved), run.json, adapter/ (PEFT + tokenizer, renamed into
+place only when complete), checkpoints/, metrics.jsonl, tensorboard/ and loss.png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llmkit import data as datalib
+from llmkit import devices
+from llmkit.errors import LlmkitError
+from llmkit.files import atomic_dir, write_json
+from llmkit.recipe import Recipe, dump, load
+from llmkit.ui import info, progress_items, warn
+
+RUN_FILES = ("recipe.yaml", "run.json", "adapter", "checkpoints", "metrics.jsonl", "tensorboard", "loss.png")
+
+
+class TrainError(LlmkitError):
+    """A run that cannot start or continue (run dir in the way, no checkpoint to resume, ...)."""
+
+
+def train(recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Fine-tune the recipe's model with LoRA; returns the run directory."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    recipe = load(recipe, list(overrides))
+    t = recipe.train
+    hw = devices.detect()
+    precision = devices.choose_precision(t.precision, hw)
+    if recipe.model.load_in_4bit:
+        devices.check_4bit(hw)
+    out = Path(t.output_dir).expanduser().resolve()
+    check_run_dir(out, resume=resume, overwrite=overwrite)
+
+    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=hw.device == "cpu")
+    main = accelerator.is_main_process
+    if main and overwrite and not resume:
+        clear_run_dir(out)
+    accelerator.wait_for_everyone()
+    set_seed(t.seed)
+    started = time.time()
+
+    model, tokenizer, base_dir = load_model(recipe, precision, accelerator)
+    dataset = datalib.prepare(recipe, tokenizer, seed=t.seed)
+    plan = Plan(dataset.train, recipe, accelerator.num_processes)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = get_scheduler(
+        {"constant": "constant_with_warmup"}.get(t.scheduler, t.scheduler), optimizer,
+        num_warmup_steps=math.ceil(t.warmup_ratio * plan.total_steps), num_training_steps=plan.total_steps,
+    )
+    loss_model, optimizer = accelerator.prepare(LossModel(model), optimizer)
+
+    start_step, tokens_seen = 0, 0
+    if resume:
+        start_step, tokens_seen = load_checkpoint(out, accelerator, loss_model, optimizer, scheduler)
+        info(f"Resuming {out} from step {start_step}/{plan.total_steps}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(dump(resolved(recipe)))
+        info(f"Training {recipe.model.name} on {hw.device} ({precision}, {accelerator.num_processes} process(es)): "
+             f"{len(dataset.train)} examples, {plan.total_steps} steps → {out}")
+        if dataset.dropped:
+            warn("dropped rows: " + ", ".join(f"{n} {why}" for why, n in dataset.dropped.most_common()))
+    log = Metrics(out, start_step, enabled=main)
+
+    def to_device(batch):
+        return {k: v.to(accelerator.device) for k, v in batch.items()}
+
+    eval_loss = None
+    with progress_items(_field("loss"), _field("tps")) as bar:
+        task = bar.add_task("train", total=plan.total_steps, completed=start_step, loss="-", tps="-")
+        for step in range(start_step, plan.total_steps):
+            loss_model.train()
+            micro_batches = plan.micro_batches(step, accelerator.process_index)
+            n_labels = plan.label_tokens(step)  # over all processes and micro-batches of this step
+            step_start, step_loss = time.perf_counter(), 0.0
+            for k, rows in enumerate(micro_batches):
+                batch = to_device(datalib.collate(dataset.train, rows, pad_id))
+                last = k == len(micro_batches) - 1
+                with accelerator.no_sync(loss_model) if not last else contextlib.nullcontext():
+                    loss_sum = loss_model(**batch)  # 1. forward pass + 2. loss (summed over answer tokens)
+                    loss = loss_sum / n_labels * accelerator.num_processes  # DDP averages gradients
+                    accelerator.backward(loss)  # 3. backward pass
+                step_loss += loss_sum.detach().float()
+            if t.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
+            optimizer.step()  # 4. optimizer step
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            done = step + 1
+            step_tokens = plan.tokens(step)
+            tokens_seen += step_tokens
+            train_loss = accelerator.reduce(step_loss.reshape(1), "sum").item() / n_labels
+            tps = step_tokens / (time.perf_counter() - step_start)
+            bar.update(task, completed=done, loss=f"{train_loss:.4f}", tps=f"{tps:,.0f}")
+            if done % t.log_every == 0 or done == plan.total_steps:
+                log.write(done, loss=train_loss, lr=scheduler.get_last_lr()[0], tokens=tokens_seen,
+                          tokens_per_s=round(tps, 1), epoch=round(plan.epoch_of(step), 3))
+            if dataset.eval and ((t.eval_every and done % t.eval_every == 0) or done == plan.total_steps):
+                eval_loss = evaluate(loss_model, dataset.eval, recipe, accelerator, pad_id)
+                log.write(done, eval_loss=eval_loss)
+            if (t.save_every and done % t.save_every == 0) and done < plan.total_steps:
+                save_checkpoint(out, done, tokens_seen, accelerator, loss_model, optimizer, scheduler, t.keep_checkpoints)
+
+    accelerator.wait_for_everyone()
+    save_adapter(out / "adapter", accelerator, loss_model, tokenizer)
+    if main:
+        log.close()
+        plot_loss(out)
+        write_json(out / "run.json", run_info(recipe, base_dir, hw, precision, accelerator, dataset, plan,
+                                               tokens_seen, started, log.last_loss, eval_loss))
+        info(f"Done: adapter in {out / 'adapter'}  (chat with it: llmkit chat {out})")
+    accelerator.wait_for_everyone()
+    return out
+
+
+# ----------------------------------------------------------------------------- model and loss
+
+
+def load_model(recipe: Recipe, precision: str, accelerator):
+    """Base model (frozen; 4-bit for QLoRA) with LoRA adapters, and its tokenizer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.sources import resolve
+
+    m = recipe.model
+    base_dir = resolve(m.name, revision=m.revision)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=m.trust_remote_code)
+    if m.chat_template:
+        path = recipe.resolve_path(m.chat_template) if len(m.chat_template) < 256 else None
+        tokenizer.chat_template = path.read_text() if path and path.is_file() else m.chat_template
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    kwargs = dict(dtype=dtype, trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation or "sdpa")
+    if m.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": accelerator.local_process_index}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    model.config.use_cache = False
+    gc = recipe.train.gradient_checkpointing
+    if m.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lo = recipe.lora
+    config = LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules,
+                        use_dora=lo.use_dora, use_rslora=lo.use_rslora, task_type="CAUSAL_LM")
+    return get_peft_model(model, config), tokenizer, base_dir
+
+
+class LossModel(torch.nn.Module):
+    """Wraps the PEFT model so one forward call returns the summed loss over label tokens.
+
+    Everything runs inside this module's forward, so DDP, FSDP and DeepSpeed see a normal
+    forward pass. Position ids restart per packed example; no attention mask is passed,
+    which lets transformers derive the block-diagonal (packed) causal mask from them.
+    """
+
+    def __init__(self, peft_model):
+        super().__init__()
+        self.model = peft_model
+        lm = peft_model.get_base_model()
+        cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+        # Models that post-process logits (softcapping, scaling) take the plain path.
+        special = any(getattr(cfg, a, None) not in (None, 1, 1.0)
+                      for a in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+        self.fast = not special and lm.get_output_embeddings() is not None
+
+    def forward(self, input_ids, position_ids, labels):
+        lm = self.model.get_base_model()
+        targets = labels[:, 1:]
+        keep = targets != datalib.IGNORE
+        if self.fast:
+            hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)[0]
+            logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # output layer on label positions only
+        else:
+            logits = lm(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1][keep]
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+def evaluate(loss_model, examples, recipe, accelerator, pad_id) -> float:
+    """Mean loss per answer token over the eval set (split across processes)."""
+
+    d = recipe.data
+    batches = datalib.plan_epoch([len(e) for e in examples], batch_size=recipe.train.batch_size,
+                                 max_length=d.max_length, packing=d.packing, seed=0)
+    loss_model.eval()
+    total = torch.zeros(2, device=accelerator.device)
+    with torch.no_grad():
+        for rows in batches[accelerator.process_index:: accelerator.num_processes]:
+            batch = {k: v.to(accelerator.device) for k, v in datalib.collate(examples, rows, pad_id).items()}
+            total[0] += loss_model(**batch).float()
+            total[1] += int((batch["labels"][:, 1:] != datalib.IGNORE).sum())
+    total = accelerator.reduce(total, "sum")
+    return round(float(total[0] / total[1].clamp(min=1)), 6)
+
+
+# ----------------------------------------------------------------------------- the data plan
+
+
+class Plan:
+    """Which micro-batches each optimizer step uses: fixed by the seed, so a resumed run
+    continues at exactly the same place in the data (the data position is the step number)."""
+
+    def __init__(self, examples, recipe: Recipe, world: int):
+        t, d = recipe.train, recipe.data
+        self.examples, self.world = examples, world
+        self.per_step = t.grad_accum * world
+        lengths = [len(e) for e in examples]
+
+        def epoch_batches(epoch: int):
+            return datalib.plan_epoch(lengths, batch_size=t.batch_size, max_length=d.max_length,
+                                      packing=d.packing, seed=t.seed + epoch)
+
+        first = epoch_batches(0)
+        # With several processes every one of them needs a micro-batch, so a ragged tail is dropped.
+        self.steps_per_epoch = (len(first) // self.per_step) if world > 1 else math.ceil(len(first) / self.per_step)
+        if self.steps_per_epoch == 0:
+            raise TrainError(
+                f"{len(first)} micro-batches per epoch cannot fill one step of {self.per_step}",
+                "lower train.batch_size or train.grad_accum, or add data",
+            )
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.epochs = [first] + [epoch_batches(e) for e in range(1, n_epochs)]
+
+    def epoch_of(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+    def _all(self, step: int) -> list:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return self.epochs[epoch][k * self.per_step: (k + 1) * self.per_step]
+
+    def micro_batches(self, step: int, rank: int) -> list:
+        return self._all(step)[rank:: self.world]
+
+    def label_tokens(self, step: int) -> int:
+        return sum(self.examples[i].n_labels for mb in self._all(step) for row in mb for i in row)
+
+    def tokens(self, step: int) -> int:
+        return sum(len(self.examples[i]) for mb in self._all(step) for row in mb for i in row)
+
+
+# ----------------------------------------------------------------------------- run dir, checkpoints
+
+
+def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise TrainError("--resume and --overwrite contradict each other", "pass only one of them")
+    has_run = out.is_dir() and any((out / name).exists() for name in RUN_FILES)
+    if resume:
+        if not last_checkpoint(out):
+            raise TrainError(f"{out} has no checkpoint to resume from",
+                             "checkpoints are written every train.save_every steps; start afresh with --overwrite")
+    elif has_run and not overwrite:
+        raise TrainError(f"{out} already holds a training run",
+                         "pass --resume to continue it, --overwrite to replace it, or set train.output_dir")
+
+
+def clear_run_dir(out: Path) -> None:
+    """Remove what a previous run wrote (only llmkit's own files; anything else stays)."""
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    done = sorted((p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").is_file()),
+                  key=lambda p: int(p.name.split("-")[1]))
+    return done[-1] if done else None
+
+
+def _adapter_state(accelerator, loss_model) -> dict:
+    """The adapter's weights (gathered from all processes under FSDP/DeepSpeed)."""
+    from peft import get_peft_model_state_dict
+
+    peft_model = accelerator.unwrap_model(loss_model).model
+    full = accelerator.get_state_dict(loss_model)
+    full = {k.removeprefix("model."): v for k, v in full.items()} if full else None
+    return get_peft_model_state_dict(peft_model, state_dict=full)
+
+
+def save_checkpoint(out, step, tokens_seen, accelerator, loss_model, optimizer, scheduler, keep: int) -> None:
+    """adapter + optimizer + scheduler + RNG states + data position, renamed into place when complete."""
+    from safetensors.torch import save_file
+
+    state = _adapter_state(accelerator, loss_model)
+    final = out / "checkpoints" / f"step-{step:06d}"
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    tmp = out / "checkpoints" / f".rng-{step}-{accelerator.process_index}.pt"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(rng, tmp)  # every process has its own RNG; collected into the checkpoint by the main one
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_dir(final, replace=True) as d:
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, d / "adapter_model.safetensors")
+            torch.save(optimizer.state_dict(), d / "optimizer.pt")
+            torch.save(scheduler.state_dict(), d / "scheduler.pt")
+            for r in range(accelerator.num_processes):
+                (out / "checkpoints" / f".rng-{step}-{r}.pt").rename(d / f"rng-{r}.pt")
+            write_json(d / "state.json", {"step": step, "tokens_seen": tokens_seen, "world_size": accelerator.num_processes})
+        for old in sorted(p for p in (out / "checkpoints").glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(out, accelerator, loss_model, optimizer, scheduler) -> tuple[int, int]:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    ckpt = last_checkpoint(out)
+    state = json.loads((ckpt / "state.json").read_text())
+    if state["world_size"] != accelerator.num_processes:
+        raise TrainError(f"{ckpt} was written by {state['world_size']} process(es), this run has "
+                         f"{accelerator.num_processes}", "resume with the same number of processes")
+    peft_model = accelerator.unwrap_model(loss_model).model
+    set_peft_model_state_dict(peft_model, load_file(ckpt / "adapter_model.safetensors"))
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    rng = torch.load(ckpt / f"rng-{accelerator.process_index}.pt", weights_only=False)
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return state["step"], state["tokens_seen"]
+
+
+def save_adapter(final: Path, accelerator, loss_model, tokenizer) -> None:
+    """The finished adapter (PEFT format) and the tokenizer with the chat template used."""
+    state = _adapter_state(accelerator, loss_model)
+    if accelerator.is_main_process:
+        peft_model = accelerator.unwrap_model(loss_model).model
+        with atomic_dir(final, replace=True) as tmp:
+            peft_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+
+
+def resolved(recipe: Recipe) -> Recipe:
+    """The recipe with paths made absolute, so the run dir's copy loads from anywhere."""
+    data = recipe.model_dump()
+    for section, key in (("data", "path"), ("data", "eval_path"), ("model", "name"), ("model", "chat_template")):
+        value = data[section][key]
+        if value and len(value) < 256 and "\n" not in value:
+            p = recipe.resolve_path(value)
+            if p.exists():
+                data[section][key] = str(p.resolve())
+    data["train"]["output_dir"] = str(Path(recipe.train.output_dir).expanduser().resolve())
+    return load(data)
+
+
+def run_info(recipe, base_dir, hw, precision, accelerator, dataset, plan, tokens_seen, started, train_loss, eval_loss):
+    import accelerate
+    import peft
+    import transformers
+
+    return {
+        "base_model": recipe.model.name,
+        "base_path": str(base_dir),
+        "adapter": "adapter",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "accelerate": accelerate.__version__},
+        "hardware": {"device": hw.device, "name": hw.name, "processes": accelerator.num_processes},
+        "precision": precision,
+        "steps": plan.total_steps,
+        "epochs": round(plan.total_steps / plan.steps_per_epoch, 3),
+        "tokens_seen": tokens_seen,
+        "data": dataset.report(),
+        "train_loss": train_loss,
+        "eval_loss": eval_loss,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """metrics.jsonl + TensorBoard; on resume, entries past the checkpoint are dropped first."""
+
+    def __init__(self, out: Path, start_step: int, enabled: bool):
+        self.enabled, self.path, self.last_loss = enabled, out / "metrics.jsonl", None
+        if not enabled:
+            return
+        if start_step and self.path.exists():
+            lines = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= start_step]
+            self.path.write_text("".join(ln + "\n" for ln in lines))
+        elif self.path.exists():
+            self.path.unlink()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
+        self.fh = open(self.path, "a")
+
+    def write(self, step: int, **values) -> None:
+        if not self.enabled:
+            return
+        if "loss" in values:
+            self.last_loss = round(values["loss"], 6)
+        self.fh.write(json.dumps({"step": step, **values}) + "\n")
+        self.fh.flush()
+        for k, v in values.items():
+            self.tb.add_scalar(f"{'eval' if k == 'eval_loss' else 'train'}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.fh.close()
+            self.tb.close()
+
+
+def plot_loss(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "eval")):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if key == "eval_loss" else None, label=label)
+    ax.set(xlabel="step", ylabel="loss (per answer token)", title=out.name)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out / ".loss.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out / "loss.png")
+
+
+def _field(name: str):
+    from rich.progress import TextColumn
+
+    label = "tok/s" if name == "tps" else name
+    return TextColumn(f"{label} {{task.fields[{name}]}}")
+
+
+# ----------------------------------------------------------------------------- python -m llmkit.train
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m llmkit.train RECIPE [a.b=value ...] [--resume] [--overwrite]` (also under accelerate launch)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="llmkit.train", description=main.__doc__)
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*", help="a.b=value")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in the output dir")
+    args = parser.parse_args(argv)
+    try:
+        print(train(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite))
+    except LlmkitError as exc:
+        sys.stderr.write(f"Error: {exc.message}\n" + (f"  hint: {exc.hint}\n" if exc.hint else ""))
+        sys.exit(exc.exit_code)
+
+
+class _CallableModule(types.ModuleType):
+    """`import llmkit.train` rebinds the name `llmkit.train` to this module; keep `llmkit.train(recipe)` working."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    main()
