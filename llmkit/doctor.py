@@ -51,14 +51,17 @@ def _torch_rows() -> list[dict]:
     from llmkit.devices import describe
 
     d = describe()
-    rows = [_row("torch", torch.__version__, True, f"device: {d['device']}, precision: {d['precision']}")]
-    for i, gpu in enumerate(d.get("gpus", [])):
-        rows.append(_row(f"cuda:{i}", gpu["name"], True, f"{human_size(gpu['memory'])} memory"))
-    if d["device"] == "mps":
+    rows = [_row("torch", torch.__version__, True, f"training on {d['device']} in {d['train_precision']}")]
+    if d["device"] == "cuda":
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            rows.append(_row(f"cuda:{i}", props.name, True, f"{human_size(props.total_memory)} memory"))
+    elif d["device"] == "mps":
         rows.append(_row("mps", "available", True))
-    rows.append(_row("cpu threads", torch.get_num_threads(), True, f"{os.cpu_count()} logical CPUs"))
-    rows.append(_row("bf16", "yes" if d["bf16"] else "no", None, d.get("bf16_note", "")))
-    rows.append(_row("4-bit (QLoRA)", "yes" if d["can_4bit"] else "no", None, d.get("can_4bit_note", "")))
+    rows.append(_row("cpu", d["name"], True, f"{torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs, {d['cpu_isa']}"))
+    bf16_note = f"CPU bf16 instructions: {d['cpu_bf16']}" if d["device"] == "cpu" else ""
+    rows.append(_row("bf16", "yes" if d["bf16"] else "no", None, bf16_note))
+    rows.append(_row("QLoRA (4-bit)", "yes" if d["qlora"] else "no", None, "needs CUDA + bitsandbytes"))
     return rows
 
 
