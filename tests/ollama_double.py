@@ -43,17 +43,56 @@ _NS_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,79}$")
 QUANTIZE_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_K_S", "Q4_K_M", "Q4_K"}
 # api.Options + runner options the server knows, with the JSON type it insists on.
 OPTION_TYPES = {
-    **dict.fromkeys(["num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "num_ctx", "num_batch",
-                     "num_gpu", "main_gpu", "num_thread", "draft_num_predict"], "integer"),
-    **dict.fromkeys(["top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty",
-                     "frequency_penalty"], "float"),
+    **dict.fromkeys(
+        [
+            "num_keep",
+            "seed",
+            "num_predict",
+            "top_k",
+            "repeat_last_n",
+            "num_ctx",
+            "num_batch",
+            "num_gpu",
+            "main_gpu",
+            "num_thread",
+            "draft_num_predict",
+        ],
+        "integer",
+    ),
+    **dict.fromkeys(
+        [
+            "top_p",
+            "min_p",
+            "typical_p",
+            "temperature",
+            "repeat_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+        ],
+        "float",
+    ),
     "use_mmap": "bool",
     "stop": "array",
 }
 # GGUF general.file_type → Ollama's FileType string (0/absent reads as "unknown").
-FILE_TYPES = {1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-              12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M",
-              18: "Q6_K", 32: "BF16"}
+FILE_TYPES = {
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    32: "BF16",
+}
 
 
 class ApiError(Exception):
@@ -124,7 +163,9 @@ def check_template(template: str) -> None:
     while (start := template.find("{{", pos)) != -1:
         end = template.find("}}", start)
         if end == -1:
-            raise ApiError(400, f"template error: template: :{template.count(chr(10), 0, start) + 1}: unclosed action")
+            raise ApiError(
+                400, f"template error: template: :{template.count(chr(10), 0, start) + 1}: unclosed action"
+            )
         action = template[start + 2 : end].strip("- \t\n")
         word = action.split(" ", 1)[0]
         if word in ("if", "range", "with", "block", "define"):
@@ -155,6 +196,7 @@ class OllamaDouble:
     models_dir: Path
     version: str = VERSION
     requests: list = field(default_factory=list)  # (method, path, json body or None)
+    streams: list = field(default_factory=list)  # (path, [every object sent]) per streamed response
     registry: dict = field(default_factory=dict)  # name:tag → RegistryModel
     partial: dict = field(default_factory=dict)  # digest → bytes already downloaded
     loaded: dict = field(default_factory=dict)  # name:tag → expires_at
@@ -248,9 +290,13 @@ class OllamaDouble:
         model_layer = next((la for la in manifest["layers"] if la["mediaType"] == MT + "model"), None)
         adapters = [la["digest"] for la in manifest["layers"] if la["mediaType"] == MT + "adapter"]
         return {
-            "name": found, "manifest": manifest, "config": config, **text,
+            "name": found,
+            "manifest": manifest,
+            "config": config,
+            **text,
             "parameters": json.loads(params) if params else {},
-            "model_digest": model_layer and model_layer["digest"], "adapters": adapters,
+            "model_digest": model_layer and model_layer["digest"],
+            "adapters": adapters,
         }
 
     def save_model(self, name: str, layers: list[dict], config: dict) -> None:
@@ -259,16 +305,26 @@ class OllamaDouble:
         manifest = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                       "digest": config_digest, "size": len(config_bytes)},
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": config_digest,
+                "size": len(config_bytes),
+            },
             "layers": layers,
         }
         path = self.manifest_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(manifest))
 
-    def add_model(self, name: str, gguf: Path | bytes, *, template: str | None = None, system: str | None = None,
-                  parameters: dict | None = None) -> str:
+    def add_model(
+        self,
+        name: str,
+        gguf: Path | bytes,
+        *,
+        template: str | None = None,
+        system: str | None = None,
+        parameters: dict | None = None,
+    ) -> str:
         """Put a model in the store directly (as if it had been pulled earlier)."""
         data = Path(gguf).read_bytes() if not isinstance(gguf, bytes) else gguf
         layers = [("model", data)]
@@ -282,9 +338,16 @@ class OllamaDouble:
         self.save_model(name, stored, gguf_config(self.blob_path(stored[0]["digest"])))
         return display_name(name)
 
-    def add_registry_model(self, name: str, gguf: Path | bytes | None = None, *, size: int = 1 << 20,
-                           template: str | None = "{{ .Prompt }}", parameters: dict | None = None,
-                           **kwargs) -> None:
+    def add_registry_model(
+        self,
+        name: str,
+        gguf: Path | bytes | None = None,
+        *,
+        size: int = 1 << 20,
+        template: str | None = "{{ .Prompt }}",
+        parameters: dict | None = None,
+        **kwargs,
+    ) -> None:
         """Make `name` pullable; without a GGUF its model layer is `size` deterministic bytes."""
         if gguf is None:
             seed = hashlib.sha256(name.encode()).digest()
@@ -309,12 +372,16 @@ class OllamaDouble:
             info = self.model(name)
             size = sum(la["size"] for la in info["manifest"]["layers"]) + info["manifest"]["config"]["size"]
             mpath = self.manifest_path(name)
-            models.append({
-                "name": name, "model": name,
-                "modified_at": dt.datetime.fromtimestamp(mpath.stat().st_mtime).astimezone().isoformat(),
-                "size": size, "digest": hashlib.sha256(mpath.read_bytes()).hexdigest(),
-                "details": details(info["config"]),
-            })
+            models.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": dt.datetime.fromtimestamp(mpath.stat().st_mtime).astimezone().isoformat(),
+                    "size": size,
+                    "digest": hashlib.sha256(mpath.read_bytes()).hexdigest(),
+                    "details": details(info["config"]),
+                }
+            )
         return {"models": models}
 
     def show(self, body):
@@ -331,8 +398,11 @@ class OllamaDouble:
             for v in value if isinstance(value, list) else [value]:
                 lines.append(f"{key:<30} {json.dumps(v) if isinstance(v, str) else v}")
         template = info["template"] or "{{ .Prompt }}"
-        modelfile = [f'# Modelfile generated by "ollama show"', f"FROM {self.blob_path(info['model_digest'])}",
-                     f'TEMPLATE """{template}"""']
+        modelfile = [
+            '# Modelfile generated by "ollama show"',
+            f"FROM {self.blob_path(info['model_digest'])}",
+            f'TEMPLATE """{template}"""',
+        ]
         if info["system"]:
             modelfile.append(f'SYSTEM """{info["system"]}"""')
         modelfile += [f"PARAMETER {line}" for line in lines]
@@ -340,9 +410,13 @@ class OllamaDouble:
         if ".Tools" in template:
             caps.append("tools")
         resp = {
-            "modelfile": "\n".join(modelfile) + "\n", "parameters": "\n".join(lines), "template": template,
-            "details": details(info["config"]), "model_info": info["config"].get("model_info", {}),
-            "capabilities": caps, "modified_at": now(),
+            "modelfile": "\n".join(modelfile) + "\n",
+            "parameters": "\n".join(lines),
+            "template": template,
+            "details": details(info["config"]),
+            "model_info": info["config"].get("model_info", {}),
+            "capabilities": caps,
+            "modified_at": now(),
         }
         if info["system"]:
             resp["system"] = info["system"]
@@ -385,12 +459,18 @@ class OllamaDouble:
                 continue
             info = self.model(name)
             size = sum(la["size"] for la in info["manifest"]["layers"])
-            models.append({
-                "name": name, "model": name, "size": size, "size_vram": 0,
-                "digest": hashlib.sha256(self.manifest_path(name).read_bytes()).hexdigest(),
-                "details": details(info["config"]), "expires_at": expires,
-                "context_length": info["config"].get("context_length", 4096),
-            })
+            models.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "size": size,
+                    "size_vram": 0,
+                    "digest": hashlib.sha256(self.manifest_path(name).read_bytes()).hexdigest(),
+                    "details": details(info["config"]),
+                    "expires_at": expires,
+                    "context_length": info["config"].get("context_length", 4096),
+                }
+            )
         return {"models": models}
 
     def pull(self, body, emit):
@@ -409,18 +489,30 @@ class OllamaDouble:
             total, path = len(data), self.blob_path(digest)
             stored.append({"mediaType": MT + kind, "digest": digest, "size": total})
             if path.exists():
-                emit({"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": total})
+                emit(
+                    {
+                        "status": f"pulling {digest[7:19]}",
+                        "digest": digest,
+                        "total": total,
+                        "completed": total,
+                    }
+                )
                 continue
             done = self.partial.get(digest, 0)
-            emit({"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": done} if done
-                 else {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total})
+            emit(
+                {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": done}
+                if done
+                else {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total}
+            )
             while done < total:
                 if kind == "model" and spec.fail_after is not None and done >= spec.fail_after:
                     raise ApiError(500, spec.error)
                 time.sleep(spec.chunk_delay)
                 done = min(total, done + spec.chunk)
                 self.partial[digest] = done  # kept if the client goes away: the next pull resumes
-                emit({"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": done})
+                emit(
+                    {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": done}
+                )
             path.write_bytes(data)
             self.partial.pop(digest, None)
         emit({"status": "verifying sha256 digest"})
@@ -467,8 +559,11 @@ class OllamaDouble:
         if body.get("template") is not None:
             check_template(body["template"])
         if quantize and quantize.upper() not in QUANTIZE_TYPES:
-            raise ApiError(500, f"unsupported quantization type {quantize.upper()} - supported types are "
-                                "F32, F16, Q4_K_S, Q4_K_M, Q8_0")
+            raise ApiError(
+                500,
+                f"unsupported quantization type {quantize.upper()} - supported types are "
+                "F32, F16, Q4_K_S, Q4_K_M, Q8_0",
+            )
         params = body.get("parameters") or {}  # stored as given: the server does not validate them here
 
         layers: list[dict] = []
@@ -519,8 +614,14 @@ class OllamaDouble:
             target = "Q4_K_M" if quantize.upper() == "Q4_K" else quantize.upper()
             total = next(la["size"] for la in layers if la["mediaType"] == MT + "model")
             for done in (total // 2, total):
-                emit({"status": f"quantizing {source} model to {target}", "digest": "0000000000000000000",
-                      "total": total, "completed": done})
+                emit(
+                    {
+                        "status": f"quantizing {source} model to {target}",
+                        "digest": "0000000000000000000",
+                        "total": total,
+                        "completed": done,
+                    }
+                )
             emit({"status": "verifying conversion"})
             config = {**config, "file_type": target}
         for kind in ("template", "system", "license"):
@@ -560,8 +661,9 @@ class OllamaDouble:
         if not prompt:
             return emit(self._load_reply(model, body, {"response": ""}))
         text = self._reply(model, [{"role": "user", "content": prompt}], body)
-        self._stream_reply(model, text, body, emit, lambda piece: {"response": piece},
-                           {"response": "", "context": [1, 2, 3]})
+        self._stream_reply(
+            model, text, body, emit, lambda piece: {"response": piece}, {"response": "", "context": [1, 2, 3]}
+        )
 
     def chat(self, body, emit):
         model = self._runnable(body)
@@ -573,9 +675,14 @@ class OllamaDouble:
         if not messages:
             return emit(self._load_reply(model, body, {"message": {"role": "assistant", "content": ""}}))
         text = self._reply(model, messages, body)
-        self._stream_reply(model, text, body, emit,
-                           lambda piece: {"message": {"role": "assistant", "content": piece}},
-                           {"message": {"role": "assistant", "content": ""}})
+        self._stream_reply(
+            model,
+            text,
+            body,
+            emit,
+            lambda piece: {"message": {"role": "assistant", "content": piece}},
+            {"message": {"role": "assistant", "content": ""}},
+        )
 
     def embed(self, body):
         name = body.get("model") or ""
@@ -595,8 +702,13 @@ class OllamaDouble:
                 raise ApiError(400, f"dimensions must be between 1 and {dim}")
             vectors = [embed_text_truncate(v, n) for v in vectors]
         self._touch(found, body)
-        return {"model": name, "embeddings": vectors, "total_duration": 1000, "load_duration": 100,
-                "prompt_eval_count": sum(len(t.split()) for t in inputs)}
+        return {
+            "model": name,
+            "embeddings": vectors,
+            "total_duration": 1000,
+            "load_duration": 100,
+            "prompt_eval_count": sum(len(t.split()) for t in inputs),
+        }
 
     # ------------------------------------------------------------------ helpers for generate/chat
 
@@ -619,8 +731,13 @@ class OllamaDouble:
     def _load_reply(self, model, body, extra):
         self._touch(model, body)
         unload = body.get("keep_alive") in (0, 0.0)
-        return {"model": body["model"], "created_at": now(), **extra, "done": True,
-                "done_reason": "unload" if unload else "load"}
+        return {
+            "model": body["model"],
+            "created_at": now(),
+            **extra,
+            "done": True,
+            "done_reason": "unload" if unload else "load",
+        }
 
     def _reply(self, model, messages, body) -> str:
         self._touch(model, body)
@@ -634,17 +751,40 @@ class OllamaDouble:
         reason = "stop"
         if isinstance(limit, int) and 0 <= limit < len(words):
             words, reason = words[:limit], "length"
-        metrics = {"total_duration": 2_000_000, "load_duration": 500_000, "prompt_eval_count": 5,
-                   "prompt_eval_duration": 300_000, "eval_count": len(words), "eval_duration": 1_000_000}
+        metrics = {
+            "total_duration": 2_000_000,
+            "load_duration": 500_000,
+            "prompt_eval_count": 5,
+            "prompt_eval_duration": 300_000,
+            "eval_count": len(words),
+            "eval_duration": 1_000_000,
+        }
         if body.get("stream", True):
             for w in words:
                 emit({"model": body["model"], "created_at": now(), **piece(w), "done": False})
-            emit({"model": body["model"], "created_at": now(), **final, "done": True, "done_reason": reason,
-                  **metrics})
+            emit(
+                {
+                    "model": body["model"],
+                    "created_at": now(),
+                    **final,
+                    "done": True,
+                    "done_reason": reason,
+                    **metrics,
+                }
+            )
         else:
             whole = piece("".join(words))
-            emit({"model": body["model"], "created_at": now(), **final, **whole, "done": True,
-                  "done_reason": reason, **metrics})
+            emit(
+                {
+                    "model": body["model"],
+                    "created_at": now(),
+                    **final,
+                    **whole,
+                    "done": True,
+                    "done_reason": reason,
+                    **metrics,
+                }
+            )
 
 
 def embed_text_truncate(vector: list[float], n: int) -> list[float]:
@@ -656,7 +796,9 @@ def embed_text_truncate(vector: list[float], n: int) -> list[float]:
 def check_option(key, value) -> None:
     kind = OPTION_TYPES.get(key)
     ok = {
-        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, float) and v.is_integer()),
+        "integer": lambda v: (
+            isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, float) and v.is_integer())
+        ),
         "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         "bool": lambda v: isinstance(v, bool),
         "array": lambda v: isinstance(v, (list, str)),
@@ -697,24 +839,39 @@ def gguf_config(path: Path) -> dict:
     try:
         kv = gguf_kv(path)
     except Exception:  # pulled stand-in layers are not parseable GGUF
-        return {"model_format": "gguf", "model_family": "llama", "model_families": ["llama"],
-                "model_type": "1M", "file_type": "Q4_0", "model_info": {}}
+        return {
+            "model_format": "gguf",
+            "model_family": "llama",
+            "model_families": ["llama"],
+            "model_type": "1M",
+            "file_type": "Q4_0",
+            "model_info": {},
+        }
     arch = kv.get("general.architecture", "llama")
     info = {k: v for k, v in kv.items() if k not in ("general.name", "tokenizer.chat_template")}
     return {
-        "model_format": "gguf", "model_family": arch, "model_families": [arch],
+        "model_format": "gguf",
+        "model_family": arch,
+        "model_families": [arch],
         "model_type": human_number(kv["general.parameter_count"]),
         "file_type": FILE_TYPES.get(kv.get("general.file_type", 0), "unknown"),
         "embedding_length": kv.get(f"{arch}.embedding_length", 384),
         "context_length": kv.get(f"{arch}.context_length", 4096),
-        "model_info": info, "os": "linux", "architecture": "amd64",
+        "model_info": info,
+        "os": "linux",
+        "architecture": "amd64",
     }
 
 
 def details(config: dict) -> dict:
-    return {"parent_model": "", "format": config.get("model_format", "gguf"),
-            "family": config.get("model_family", ""), "families": config.get("model_families"),
-            "parameter_size": config.get("model_type", ""), "quantization_level": config.get("file_type", "")}
+    return {
+        "parent_model": "",
+        "format": config.get("model_format", "gguf"),
+        "family": config.get("model_family", ""),
+        "families": config.get("model_families"),
+        "parameter_size": config.get("model_type", ""),
+        "quantization_level": config.get("file_type", ""),
+    }
 
 
 # ---------------------------------------------------------------------- HTTP
@@ -775,12 +932,13 @@ def _make_handler(double: OllamaDouble):
             """NDJSON when stream is absent/true; errors before any line → HTTP status, after → in-band."""
             streaming = body.get("stream", True)
             lines: list[dict] = []
+            double.streams.append((self.path, lines))
             started = False
 
             def emit(obj):
                 nonlocal started
+                lines.append(obj)
                 if not streaming:
-                    lines.append(obj)
                     return
                 if not started:
                     self.send_response(200)
@@ -818,14 +976,22 @@ def _make_handler(double: OllamaDouble):
                 if path == "/" and method in ("GET", "HEAD"):
                     return self._send(200, b"Ollama is running", "text/plain; charset=utf-8")
                 routes = {
-                    ("GET", "/api/version"): double.version_, ("HEAD", "/api/version"): double.version_,
-                    ("GET", "/api/tags"): double.tags, ("HEAD", "/api/tags"): double.tags,
+                    ("GET", "/api/version"): double.version_,
+                    ("HEAD", "/api/version"): double.version_,
+                    ("GET", "/api/tags"): double.tags,
+                    ("HEAD", "/api/tags"): double.tags,
                     ("GET", "/api/ps"): double.ps,
-                    ("POST", "/api/show"): double.show, ("DELETE", "/api/delete"): double.delete,
-                    ("POST", "/api/copy"): double.copy, ("POST", "/api/embed"): double.embed,
+                    ("POST", "/api/show"): double.show,
+                    ("DELETE", "/api/delete"): double.delete,
+                    ("POST", "/api/copy"): double.copy,
+                    ("POST", "/api/embed"): double.embed,
                 }
-                streams = {"/api/pull": double.pull, "/api/create": double.create,
-                           "/api/generate": double.generate, "/api/chat": double.chat}
+                streams = {
+                    "/api/pull": double.pull,
+                    "/api/create": double.create,
+                    "/api/generate": double.generate,
+                    "/api/chat": double.chat,
+                }
                 if (method, path) in routes:
                     body = self._json_body() if method in ("POST", "DELETE") else {}
                     double.requests.append((method, path, body or None))
@@ -849,13 +1015,19 @@ def _make_handler(double: OllamaDouble):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"),
-                        help="bind address (like `ollama serve`, default $OLLAMA_HOST)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"),
+        help="bind address (like `ollama serve`, default $OLLAMA_HOST)",
+    )
     parser.add_argument("--port", type=int, help="port (overrides the one in --host)")
-    parser.add_argument("--models", default=os.environ.get("OLLAMA_MODELS") or str(Path.home() / ".ollama/models"))
+    parser.add_argument(
+        "--models", default=os.environ.get("OLLAMA_MODELS") or str(Path.home() / ".ollama/models")
+    )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before listening")
-    parser.add_argument("--registry-model", action="append", default=[],
-                        help="NAME=SIZE: a model /api/pull can download")
+    parser.add_argument(
+        "--registry-model", action="append", default=[], help="NAME=SIZE: a model /api/pull can download"
+    )
     args = parser.parse_args(argv)
     split = urlsplit(args.host if "://" in args.host else f"http://{args.host}")
     port = args.port if args.port is not None else (split.port or 11434)
