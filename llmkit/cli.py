@@ -179,6 +179,38 @@ def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 # ----------------------------------------------------------------------------- train (issue 3)
 # ----------------------------------------------------------------------------- export (issue 4)
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="Training run dir (base + adapter), model dir or model reference.")],
+    gguf: Annotated[Optional[str], typer.Option("--gguf", help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 (default: recipe, else f16).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output dir (default: the run dir, or exports/NAME).")] = None,
+    ollama: Annotated[Optional[str], typer.Option("--ollama", help="Create this Ollama model (needs a running server).")] = None,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="Server-side Ollama quantization: q8_0 | q4_K_S | q4_K_M.")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check tokens and logits in llama.cpp against transformers.")] = False,
+    template: Annotated[Optional[Path], typer.Option("--template", help="Ollama Go template file, for chat templates llmkit does not know.")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="SYSTEM prompt for the Modelfile.")] = None,
+    adapter_only: Annotated[bool, typer.Option("--adapter-only", help="Write the LoRA alone as a GGUF adapter (for Ollama's ADAPTER).")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Merge a LoRA run and write GGUF + Modelfile (and an Ollama model with --ollama)."""
+    from llmkit.export import export as run_export
+
+    result = run_export(
+        source, gguf=gguf, output=output, ollama=ollama, quantize=quantize, verify=verify,
+        template=template, system=system, adapter_only=adapter_only,
+    )
+    if json_out:
+        return _print_json(result.as_dict())
+    for label, value in (("merged", result.merged_dir), ("gguf", result.gguf), ("adapter", result.adapter_gguf),
+                         ("modelfile", result.modelfile), ("ollama", result.ollama_model)):
+        if value:
+            typer.echo(f"{label}: {value}")
+    if result.ollama_command and not result.ollama_model:
+        typer.echo(f"next: {result.ollama_command}")
+
+
 # ----------------------------------------------------------------------------- ollama (issue 5)
 
 ollama_app = typer.Typer(help="Run and manage models in Ollama (server at $OLLAMA_HOST).", no_args_is_help=True)

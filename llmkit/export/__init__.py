@@ -1,0 +1,200 @@
+"""Export: merge a LoRA run, write GGUF, verify it in llama.cpp, write a Modelfile, create in Ollama.
+
+    export("runs/tiny")                                  # merged/, model.gguf, Modelfile in the run
+    export("tiny-qwen2", gguf="q8_0", output="out", verify=True)
+    export("runs/tiny", ollama="tiny-chat", quantize="q4_K_M")
+
+Every step writes to a temporary path and renames, so a failure leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llmkit.errors import ExportError
+from llmkit.files import atomic_file, write_json
+from llmkit.ui import info, warn
+
+__all__ = ["export", "ExportResult"]
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    gguf: Path | None = None
+    gguf_type: str | None = None
+    merged_dir: Path | None = None
+    adapter_gguf: Path | None = None
+    modelfile: Path | None = None
+    template_family: str | None = None
+    template_proven: bool | None = None
+    stops: list[str] = field(default_factory=list)
+    verify: dict | None = None
+    ollama_model: str | None = None
+    ollama_command: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def export(
+    source: str | Path,
+    *,
+    gguf: str | None = None,
+    output: str | Path | None = None,
+    ollama: str | None = None,
+    quantize: str | None = None,
+    verify: bool = False,
+    template: str | Path | None = None,
+    system: str | None = None,
+    parameters: dict | None = None,
+    adapter_only: bool = False,
+) -> ExportResult:
+    """Export a training run dir (base + adapter) or a model (dir / reference) to GGUF + Modelfile.
+
+    Values not given come from the run's recipe `export:` section, then the defaults (f16).
+    """
+    from llmkit.export import modelfile as mf
+    from llmkit.export.gguf import check_type
+    from llmkit.runs import is_run_dir, open_run
+
+    run = None
+    if is_run_dir(source):
+        run = open_run(source)
+        opts = run.recipe.export
+        gguf = gguf or opts.gguf
+        ollama = ollama or opts.ollama
+        quantize = quantize or opts.quantize
+        system = system if system is not None else opts.system
+        template = template or (run.recipe.resolve_path(opts.template) if opts.template else None)
+        parameters = {**opts.parameters, **(parameters or {})}
+    elif (Path(source) / "recipe.yaml").is_file():
+        raise ExportError(f"{source} is a run directory without an adapter/ (training did not finish?)",
+                          "train first: llmkit train RECIPE, or resume the run")
+    gguf = check_type(gguf or "f16")
+    quantize = mf.check_quantize(quantize, gguf)
+    if ollama:
+        mf.check_name(ollama)
+
+    if run is not None:
+        out_dir = Path(output) if output else run.path
+        base_dir = run.base_dir()
+        if adapter_only:
+            return _adapter_only(run, base_dir, out_dir, gguf)
+        info(f"Merging {run.adapter_dir} into {base_dir}")
+        from llmkit.export.merge import merge
+
+        model_dir = merge(base_dir, run.adapter_dir, out_dir / "merged")
+        result = ExportResult(out_dir=out_dir, merged_dir=model_dir)
+        name = run.recipe.name or run.path.name
+        num_ctx = run.recipe.data.max_length
+    else:
+        if adapter_only:
+            raise ExportError("--adapter-only needs a training run directory", "pass RUN_DIR, not a model")
+        from llmkit.sources import resolve
+
+        model_dir = resolve(str(source))
+        name = Path(str(source)).name if Path(str(source)).is_dir() else str(source).replace("/", "-")
+        out_dir = Path(output) if output else Path("exports") / name
+        result = ExportResult(out_dir=out_dir)
+        num_ctx = None
+
+    from transformers import AutoTokenizer
+
+    from llmkit.export.gguf import write_gguf
+    from llmkit.export.vocab import has_tokenizer
+
+    if not has_tokenizer(model_dir):
+        raise ExportError(
+            f"{model_dir} is missing its tokenizer (tokenizer.json)",
+            "copy tokenizer.json and tokenizer_config.json from the base model into it",
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    chat = _chat_template(tokenizer, template)
+    result.template_family, result.template_proven, result.stops = chat.family, chat.proven, chat.stops
+    result.notes += chat.notes
+    for note in chat.notes:
+        warn(note)
+
+    info(f"Writing {gguf.upper()} GGUF to {out_dir / 'model.gguf'}")
+    written = write_gguf(model_dir, out_dir / "model.gguf", gguf, name=name, chat_template=chat.jinja)
+    result.gguf, result.gguf_type = written.path, gguf
+
+    if verify:
+        from llmkit.export.verify import verify as run_verify
+
+        report = run_verify(written.path, model_dir, gguf, tokenizer=tokenizer)
+        result.verify = report.as_dict()
+        write_json(out_dir / "verify.json", result.verify)
+        info(report.summary())
+        if not report.passed:
+            raise ExportError(f"{written.path.name} does not match the HF model: {report.summary()}",
+                              "; ".join(report.details) or "try a higher-precision --gguf type (f16)")
+
+    params = {**({"num_ctx": num_ctx} if num_ctx else {}), **(parameters or {})}
+    if system and not _shows_system(chat.go):
+        warn("this chat template has no system turn; the SYSTEM prompt will be ignored")
+    text = mf.render_modelfile(
+        f"./{written.path.name}", template=chat.go, stops=chat.stops, system=system, parameters=params,
+        comment=f"Modelfile written by llmkit export: chat template family '{chat.family}'"
+        + (" (proven equal to the HF chat template)" if chat.proven else " (NOT proven equal)"),
+    )
+    result.modelfile = out_dir / "Modelfile"
+    with atomic_file(result.modelfile) as fh:
+        fh.write(text)
+
+    if ollama:
+        _ollama_create(result, ollama, chat, system, params, quantize)
+    write_json(out_dir / "export.json", result.as_dict())
+    return result
+
+
+def _chat_template(tokenizer, template_file):
+    from llmkit.export import templates
+    from llmkit.export.vocab import chat_template_of
+
+    jinja = chat_template_of(tokenizer)
+    bos = tokenizer.bos_token
+    probe = tokenizer("A").input_ids
+    add_bos = bool(bos) and bool(probe) and probe[0] == tokenizer.bos_token_id
+    kwargs = {"bos": bos, "add_bos": add_bos, "eos": tokenizer.eos_token}
+    if template_file:
+        return templates.from_file(Path(template_file), tokenizer, jinja, **kwargs)
+    return templates.choose(tokenizer, jinja, **kwargs)
+
+
+def _shows_system(go: str) -> bool:
+    from llmkit.export.gotemplate import GoTemplateError, render
+
+    try:
+        return "SYSTEM-PROBE" in render(go, [{"role": "user", "content": "x"}], system="SYSTEM-PROBE")
+    except GoTemplateError:
+        return True  # a custom template we cannot evaluate: assume it does
+
+
+def _ollama_create(result: ExportResult, name: str, chat, system, params, quantize) -> None:
+    from llmkit.export.modelfile import ollama_command
+    from llmkit.ollama import create_model, server_version
+
+    result.ollama_command = ollama_command(name, result.modelfile, quantize)
+    if server_version() is None:
+        warn(f"no Ollama server is reachable; the GGUF and Modelfile are ready. Create the model with:\n  "
+             f"{result.ollama_command}")
+        result.notes.append("ollama server not reachable: run ollama_command")
+        return
+    info(f"Creating Ollama model {name}")
+    create_model(name, result.gguf, template=chat.go, system=system,
+                 parameters={"stop": chat.stops, **params}, quantize=quantize)
+    result.ollama_model = name
+
+
+def _adapter_only(run, base_dir: Path, out_dir: Path, gguf: str) -> ExportResult:
+    from llmkit.export.gguf import write_adapter_gguf
+
+    out = write_adapter_gguf(run.adapter_dir, base_dir, out_dir / "adapter.gguf", gguf)
+    info(f"Wrote {out}; use it on top of the base model with a Modelfile line: ADAPTER ./{out.name}")
+    result = ExportResult(out_dir=out_dir, adapter_gguf=out, gguf_type=gguf)
+    write_json(out_dir / "export.json", result.as_dict())
+    return result

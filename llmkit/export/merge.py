@@ -1,0 +1,154 @@
+"""Fold a PEFT LoRA adapter into the base weights, shard by shard.
+
+We never load the whole model: each base safetensors shard is read tensor by tensor, the
+matching LoRA delta (scale · B @ A, computed in float32) is added, and the shard is written
+out before the next one is read. Peak memory is about one shard plus the (small) adapter.
+Supports LoRA, rsLoRA, DoRA, rank/alpha patterns, embedding LoRA and modules_to_save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit.errors import ExportError
+from llmkit.files import atomic_dir, write_json
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+)
+MODEL_FILES = ("config.json", "generation_config.json")
+
+
+@dataclass
+class Adapter:
+    config: dict
+    tensors: dict  # name without the "base_model.model." prefix → torch tensor
+
+    def scale(self, module: str) -> float:
+        r = _pattern_value(self.config.get("rank_pattern") or {}, module, self.config["r"])
+        alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config["lora_alpha"])
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    for key, value in patterns.items():  # PEFT's rule: the key matches a suffix of the module name
+        if re.match(rf"(.*\.)?{key}$", module):
+            return value
+    return default
+
+
+def load_adapter(adapter_dir: Path) -> Adapter:
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    cfg_path, weights = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise ExportError(
+            f"{adapter_dir} holds no PEFT adapter (adapter_config.json + adapter_model.safetensors)",
+            "train first (llmkit train RECIPE), or pass a model directory instead of a run",
+        )
+    config = json.loads(cfg_path.read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ExportError(f"{adapter_dir}: only LoRA adapters can be merged (got {config.get('peft_type')})")
+    if config.get("fan_in_fan_out"):
+        raise ExportError(f"{adapter_dir}: fan_in_fan_out adapters (GPT-2 Conv1D) are not supported")
+    tensors = {k.removeprefix("base_model.model."): v for k, v in load_file(weights).items()}
+    return Adapter(config, tensors)
+
+
+def lora_delta(adapter: Adapter, module: str, base):
+    """The merged weight for `module` (float32), or None if the adapter does not touch it."""
+    import torch
+
+    t = adapter.tensors
+    if f"{module}.lora_A.weight" in t:
+        a, b = t.pop(f"{module}.lora_A.weight").float(), t.pop(f"{module}.lora_B.weight").float()
+        delta = (b @ a) * adapter.scale(module)
+    elif f"{module}.lora_embedding_A" in t:
+        a, b = t.pop(f"{module}.lora_embedding_A").float(), t.pop(f"{module}.lora_embedding_B").float()
+        delta = (b @ a).T * adapter.scale(module)
+    else:
+        return None
+    merged = base.float() + delta
+    magnitude = t.pop(f"{module}.lora_magnitude_vector", None)
+    if magnitude is None:
+        magnitude = t.pop(f"{module}.lora_magnitude_vector.weight", None)
+    if magnitude is not None:  # DoRA: rescale each output row to the learned magnitude
+        norm = torch.linalg.norm(merged, dim=1)
+        merged = merged * (magnitude.float() / norm).unsqueeze(1)
+    return merged
+
+
+def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Path | None = None) -> Path:
+    """Write base + adapter as a plain HF model dir at `out_dir` (atomic)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from llmkit.ui import progress_items
+
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    adapter = load_adapter(adapter_dir)
+    index = base_dir / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else sorted(
+        p.name for p in base_dir.glob("*.safetensors")
+    )
+    if not shards:
+        raise ExportError(f"{base_dir} has no safetensors weights to merge into")
+    tokenizer_dir = Path(tokenizer_dir or adapter_dir)
+    if not (tokenizer_dir / "tokenizer_config.json").is_file():
+        tokenizer_dir = base_dir
+    base_names: set[str] = set()
+    with atomic_dir(out_dir, replace=True) as tmp, progress_items() as bar:
+        task = bar.add_task("merging shards", total=len(shards))
+        for shard in shards:
+            out: dict = {}
+            with safe_open(str(base_dir / shard), framework="pt") as fh:
+                metadata = fh.metadata() or {"format": "pt"}
+                for name in fh.keys():
+                    base_names.add(name)
+                    tensor = fh.get_tensor(name)
+                    replaced = adapter.tensors.pop(name, None)  # modules_to_save: a full new tensor
+                    if replaced is not None:
+                        tensor = replaced.to(tensor.dtype)
+                    elif name.endswith(".weight"):
+                        merged = lora_delta(adapter, name.removesuffix(".weight"), tensor)
+                        if merged is not None:
+                            tensor = merged.to(tensor.dtype)
+                    out[name] = tensor.contiguous()
+            save_file(out, str(tmp / shard), metadata=metadata)
+            del out
+            bar.advance(task)
+        _check_consumed(adapter, base_names, adapter_dir)
+        for f in MODEL_FILES:
+            if (base_dir / f).is_file():
+                shutil.copy2(base_dir / f, tmp / f)
+        if index.is_file():
+            shutil.copy2(index, tmp / index.name)
+        for f in TOKENIZER_FILES:
+            if (tokenizer_dir / f).is_file():
+                shutil.copy2(tokenizer_dir / f, tmp / f)
+        write_json(tmp / "llmkit-merge.json", {
+            "base": str(base_dir), "adapter": str(adapter_dir), "torch": torch.__version__,
+            "lora": {k: adapter.config.get(k) for k in ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules")},
+        })
+    return out_dir
+
+
+def _check_consumed(adapter: Adapter, base_names: set[str], adapter_dir: Path) -> None:
+    left = sorted(adapter.tensors)
+    if not left:
+        return
+    if any(k.startswith("lm_head.") for k in left) and "lm_head.weight" not in base_names:
+        raise ExportError(
+            f"{adapter_dir} changes lm_head but the base model ties it to the input embeddings",
+            "train without lm_head in target_modules/modules_to_save for tied-embedding models",
+        )
+    raise ExportError(f"{adapter_dir}: {len(left)} adapter tensors match no base weight (e.g. {left[0]})",
+                      "was this adapter trained on a different base model?")

@@ -1,0 +1,255 @@
+"""Tokenizer metadata for GGUF: token list, types, merges, special ids, pre-tokenizer name.
+
+Two tokenizer kinds are supported, read from `tokenizer.json`:
+  * byte-level BPE (Llama 3, Qwen2, SmolLM2, GPT-2 style) → `tokenizer.ggml.model = gpt2`
+  * SentencePiece-style BPE with byte fallback (Llama 2, TinyLlama, Mistral) → `llama`
+
+`tokenizer.ggml.pre` must be a name llama.cpp knows, or llama.cpp refuses the file (unknown
+name) or silently tokenizes differently (missing name). We find it the way llama.cpp's
+converter does (hash of the token ids of a fixed text) and, for tokenizers trained anew with a
+known split rule, the way Ollama's converter does (hash of the Split regexes). Neither → error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmkit.errors import ExportError
+
+# The text llama.cpp's converter encodes to fingerprint a BPE pre-tokenizer (test data from
+# llama.cpp's convert_hf_to_gguf_update.py; the hash is over Python's repr of the id list).
+CHKTXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) "
+    "✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
+    "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
+    "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
+
+# chkhsh → llama.cpp pre-tokenizer name, for the model families we export (llama.cpp's table).
+CHKHSH = {
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
+    "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",
+    "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+    "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",
+    "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821": "deepseek-coder",
+    "9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e": "falcon3",
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",
+}
+
+# sha256 of the concatenated Split regexes in tokenizer.json → name (Ollama's converter table).
+SPLIT_REGEX_HASH = {
+    "d98f9631be1e9607a9848c26c1f9eac1aa9fc21ac6ba82a2fc0741af9780a48f": "llama-bpe",
+    "1ff7f41064896984db5d1bb6ff64fa4bc29007d08c1b439e505b7392777a319e": "qwen2",
+    "03df5c5863ad70781dcfdef491ead25140f895fe8010964be0daefe27be32b02": "deepseek-llm",
+    "21cde974d587f0d54dc8d56b183cc1e6239600172035c68fbd6d4b9f8da0576e": "deepseek-coder",
+}
+
+# Token types (gguf.TokenType values).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# End-of-turn tokens llama.cpp also treats as end of generation; set as eot when the chat
+# template uses one, so generation stops at the end of the answer, not at the end of text.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+@dataclass
+class Vocab:
+    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str | None
+    tokens: list[str]
+    types: list[int]
+    merges: list[str] = field(default_factory=list)
+    scores: list[float] | None = None
+    special: dict[str, int] = field(default_factory=dict)  # bos, eos, eot, pad, unk → id
+    add_bos: bool = False
+    add_eos: bool = False
+    chat_template: str | None = None
+
+    def token_text(self, kind: str) -> str | None:
+        i = self.special.get(kind)
+        return self.tokens[i] if i is not None else None
+
+    def add_to(self, writer) -> None:
+        writer.add_tokenizer_model(self.model)
+        if self.pre:
+            writer.add_tokenizer_pre(self.pre)
+        writer.add_token_list(self.tokens)
+        writer.add_token_types(self.types)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
+        if self.merges:
+            writer.add_token_merges(self.merges)
+        adders = {
+            "bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "eot": writer.add_eot_token_id,
+            "pad": writer.add_pad_token_id, "unk": writer.add_unk_token_id,
+        }
+        for kind, token_id in self.special.items():
+            adders[kind](int(token_id))
+        writer.add_add_bos_token(self.add_bos)
+        writer.add_add_eos_token(self.add_eos)
+        if self.chat_template:
+            writer.add_chat_template(self.chat_template)
+
+
+def has_tokenizer(model_dir: Path) -> bool:
+    return (Path(model_dir) / "tokenizer.json").is_file()
+
+
+def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = None) -> Vocab:
+    """Read the tokenizer of a HF model dir; pad the token list to the `n_vocab` embedding rows."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    tj_path = model_dir / "tokenizer.json"
+    if not tj_path.is_file():
+        raise ExportError(
+            f"{model_dir} has no tokenizer.json (a fast tokenizer is needed to write GGUF)",
+            "copy the tokenizer files of the base model into this directory, or re-save it with "
+            "AutoTokenizer.from_pretrained(...).save_pretrained(dir)",
+        )
+    tj = json.loads(tj_path.read_text(encoding="utf-8"))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    kind = tokenizer_kind(tj, model_dir)
+    tokens, types, scores = _tokens(tj, tok, n_vocab, kind)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
+    template = chat_template or chat_template_of(tok)
+    vocab = Vocab(
+        model="gpt2" if kind == "bpe" else "llama",
+        pre=pre_tokenizer_name(tj, tok, model_dir) if kind == "bpe" else "default",
+        tokens=tokens, types=types, merges=merges, scores=scores, chat_template=template,
+    )
+    vocab.special = _special_ids(tok, model_dir, template)
+    probe = tok("A").input_ids
+    vocab.add_bos = "bos" in vocab.special and bool(probe) and probe[0] == vocab.special["bos"]
+    vocab.add_eos = "eos" in vocab.special and bool(probe) and probe[-1] == vocab.special["eos"]
+    return vocab
+
+
+def tokenizer_kind(tj: dict, where: Path) -> str:
+    model = tj.get("model", {})
+    text = json.dumps([tj.get("pre_tokenizer"), tj.get("decoder")])
+    if model.get("type") == "BPE" and '"ByteLevel"' in text:
+        return "bpe"
+    if model.get("type") == "BPE" and model.get("byte_fallback") and "\u2581" in text:
+        return "spm"
+    raise ExportError(
+        f"{where}: unsupported tokenizer ({model.get('type')} model); GGUF export supports byte-level BPE "
+        "(Llama 3, Qwen2, SmolLM) and SentencePiece BPE with byte fallback (Llama 2, Mistral)",
+    )
+
+
+def _tokens(tj: dict, tok, n_vocab: int, kind: str) -> tuple[list[str], list[int], list[float] | None]:
+    vocab: dict[str, int] = dict(tj["model"]["vocab"])
+    added = {a["id"]: a for a in tj.get("added_tokens", [])}
+    for a in added.values():
+        vocab[a["content"]] = a["id"]
+    if max(vocab.values()) >= n_vocab:
+        raise ExportError(
+            f"the tokenizer has {max(vocab.values()) + 1} tokens but the model has only {n_vocab} embedding rows",
+            "resize the embeddings (model.resize_token_embeddings(len(tokenizer))) before exporting",
+        )
+    by_id = {i: t for t, i in vocab.items()}
+    tokens, types, scores = [], [], []
+    for i in range(n_vocab):
+        text = by_id.get(i)
+        if text is None:  # rows beyond the vocabulary: padding, never produced
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+            scores.append(-1000.0)
+        elif i in added:
+            a = added[i]
+            special = a.get("special") or _looks_special(text)
+            if not special and kind == "spm":
+                text = text.replace("\u2581", " ")
+            tokens.append(text)
+            types.append(CONTROL if special else USER_DEFINED)
+            scores.append(0.0)
+        elif kind == "spm" and len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            tokens.append(text)
+            types.append(BYTE)
+            scores.append(0.0)
+        else:
+            tokens.append(text)
+            types.append(NORMAL)
+            # llama.cpp's SentencePiece tokenizer merges the pair whose result scores highest;
+            # BPE vocabularies are numbered in merge order, so -id ranks like the merge list.
+            scores.append(-float(i))
+    unk = tj["model"].get("unk_token")
+    if unk is not None and unk in vocab:
+        types[vocab[unk]] = UNKNOWN
+    return tokens, types, scores if kind == "spm" else None
+
+
+def _looks_special(text: str) -> bool:
+    return (text.startswith("<|") and text.endswith("|>")) or text in ("<pad>", "<mask>") or (
+        text.startswith("<unused") and text.endswith(">")
+    )
+
+
+def chat_template_of(tok) -> str | None:
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()), None)
+    return template or None
+
+
+def _special_ids(tok, model_dir: Path, template: str | None) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for kind in ("bos", "eos", "pad", "unk"):
+        value = getattr(tok, f"{kind}_token_id", None)
+        if isinstance(value, int):
+            ids[kind] = value
+    config = _read_json(model_dir / "config.json")
+    for kind in ("bos", "eos", "pad"):
+        value = config.get(f"{kind}_token_id")
+        if kind not in ids and isinstance(value, int):
+            ids[kind] = value
+    # The end-of-turn token the chat template closes answers with (llama.cpp stops on it).
+    vocab = tok.get_vocab()
+    for text in END_OF_TURN:
+        if text in vocab and template and text in template:
+            ids["eot"] = vocab[text]
+            break
+    return ids
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+# ----------------------------------------------------------------------------- pre-tokenizer
+
+
+def chkhsh(tok) -> str:
+    """llama.cpp's fingerprint: sha256 of repr(token ids of CHKTXT)."""
+    return hashlib.sha256(str(tok.encode(CHKTXT)).encode()).hexdigest()
+
+
+def split_regex_hash(tj: dict) -> str | None:
+    """Ollama's fingerprint: sha256 over the Split regexes of the pre-tokenizer (None if no Split)."""
+    pre = tj.get("pre_tokenizer") or {}
+    items = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    regexes = [p["pattern"]["Regex"] for p in items if p.get("type") == "Split" and "Regex" in p.get("pattern", {})]
+    return hashlib.sha256("".join(regexes).encode()).hexdigest() if regexes else None
+
+
+def pre_tokenizer_name(tj: dict, tok, where: Path) -> str:
+    """The `tokenizer.ggml.pre` name: llama.cpp's token-id hash first, then the regex hash."""
+    h = chkhsh(tok)
+    if h in CHKHSH:
+        return CHKHSH[h]
+    rh = split_regex_hash(tj)
+    if rh in SPLIT_REGEX_HASH:
+        return SPLIT_REGEX_HASH[rh]
+    raise ExportError(
+        f"{where}: BPE pre-tokenizer not recognized (llama.cpp chkhsh {h}, split-regex hash {rh}); "
+        "a GGUF written with a guessed name would tokenize differently in llama.cpp/Ollama",
+        f"known pre-tokenizers: {', '.join(sorted(set(CHKHSH.values()) | set(SPLIT_REGEX_HASH.values())))}",
+    )
