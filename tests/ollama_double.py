@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import struct
 import sys
 import threading
 import time
@@ -817,21 +818,73 @@ def check_options(options) -> None:
         check_option(key, value)
 
 
-def gguf_kv(path: Path) -> dict:
-    """Scalar and short-array GGUF metadata (what /api/show's model_info holds)."""
-    from gguf import GGUFReader, GGUFValueType
+_SCALAR = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 
-    reader = GGUFReader(path)
-    kv = {}
-    for name, f in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        if f.types and f.types[0] == GGUFValueType.ARRAY:
-            kv[name] = f.contents() if len(f.data) <= 5 else []
-        else:
-            kv[name] = f.contents()
-    kv["general.parameter_count"] = int(sum(int(t.n_elements) for t in reader.tensors))
-    return kv
+
+def read_gguf_header(path: Path) -> tuple[dict, list[tuple[str, int, int]]]:
+    """GGUF metadata and (name, ggml type, element count) per tensor, without touching the weights.
+
+    gguf.GGUFReader builds an object per token string (seconds for a 49k vocabulary); reading
+    the header directly takes milliseconds. Arrays longer than 5 items come back as [].
+    """
+    with open(path, "rb") as f:
+
+        def unpack(fmt: str):
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+
+        def string() -> str:
+            (n,) = unpack("<Q")
+            if n > 1 << 24:
+                raise ValueError("corrupt GGUF string length")
+            return f.read(n).decode("utf-8", "replace")
+
+        def value(vtype: int):
+            if vtype == 8:
+                return string()
+            if vtype == 9:
+                sub, n = unpack("<IQ")
+                if sub in _SCALAR and n > 5:
+                    f.seek(n * struct.calcsize(_SCALAR[sub]), 1)
+                    return []
+                items = [value(sub) for _ in range(n)]
+                return items if n <= 5 else []
+            return unpack(_SCALAR[vtype])[0]
+
+        magic, _version, n_tensors, n_kv = unpack("<4sIQQ")
+        if magic != b"GGUF" or n_kv > 1 << 20 or n_tensors > 1 << 24:
+            raise ValueError("not a GGUF file (bad magic or header)")
+        kv = {}
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = unpack("<I")
+            kv[key] = value(vtype)
+        tensors = []
+        for _ in range(n_tensors):
+            name = string()
+            (n_dims,) = unpack("<I")
+            dims = unpack(f"<{n_dims}Q")
+            (ggml_type,) = unpack("<I")
+            unpack("<Q")  # data offset
+            tensors.append((name, ggml_type, math.prod(dims)))
+    return kv, tensors
+
+
+def gguf_kv(path: Path) -> dict:
+    """GGUF metadata as /api/show's model_info holds it, plus the parameter count Ollama computes."""
+    kv, tensors = read_gguf_header(path)
+    return {**kv, "general.parameter_count": sum(n for _, _, n in tensors)}
 
 
 def gguf_config(path: Path) -> dict:

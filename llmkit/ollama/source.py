@@ -10,8 +10,10 @@ reuse. We read the store directly (no server needed) and fall back to asking the
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import struct
 from pathlib import Path
 
 from llmkit.errors import OllamaError, SourceError
@@ -56,6 +58,7 @@ def locate_model_gguf(name: str) -> tuple[Path, dict]:
     if found is None:
         found = _from_server(display)
     path, meta = found
+    display = meta.pop("name", display)
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise SourceError(
@@ -97,7 +100,9 @@ def _from_store(root: Path, host: str, ns: str, model: str, tag: str) -> tuple[P
         return blob(layers[kind]).read_text() if kind in layers and blob(layers[kind]).is_file() else None
 
     params = text("params")
+    h, n, m, t = manifest_path.relative_to(root / "manifests").parts  # the name as Ollama stored it
     return path, {
+        "name": f"{m}:{t}" if (h, n) == (REGISTRY, "library") else f"{h}/{n}/{m}:{t}",
         "template": text("template"),
         "system": text("system"),
         "parameters": json.loads(params) if params else {},
@@ -144,29 +149,86 @@ def _from_server(display: str) -> tuple[Path, dict]:
 
 
 def _gguf_facts(path: Path) -> dict:
-    from gguf import GGUFReader, LlamaFileType
-
     try:
-        reader = GGUFReader(path)
-    except Exception as exc:
+        kv, tensors = read_gguf_header(path)
+    except (OSError, ValueError, KeyError, struct.error, UnicodeDecodeError) as exc:
         raise SourceError(f"{path} is not a readable GGUF file: {exc}") from None
-
-    def field(key):
-        f = reader.get_field(key)
-        return f.contents() if f is not None else None
-
-    file_type = field("general.file_type") or 0
+    file_type = kv.get("general.file_type", 0)
     try:
+        from gguf import LlamaFileType
+
         label = FLOAT_TYPES.get(file_type) or LlamaFileType(file_type).name.removeprefix("MOSTLY_")
     except ValueError:
         label = f"type {file_type}"
-    quantized = any(t.tensor_type.name not in ("F32", "F16", "BF16") for t in reader.tensors)
     return {
         "file_type": label,
-        "quantized": quantized,
-        "architecture": field("general.architecture"),
-        "source_url": field("general.source.url") or field("general.base_model.0.repo_url"),
+        "quantized": any(ggml_type not in (0, 1, 30) for _, ggml_type, _ in tensors),  # F32, F16, BF16
+        "architecture": kv.get("general.architecture"),
+        "source_url": kv.get("general.source.url") or kv.get("general.base_model.0.repo_url"),
     }
+
+
+_SCALAR = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+
+
+def read_gguf_header(path: Path) -> tuple[dict, list[tuple[str, int, int]]]:
+    """GGUF metadata and (name, ggml type, element count) per tensor, without touching the weights.
+
+    gguf.GGUFReader builds an object per token string (seconds for a 49k vocabulary); reading
+    the header directly takes milliseconds. Arrays longer than 5 items come back as [].
+    """
+    with open(path, "rb") as f:
+
+        def unpack(fmt: str):
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+
+        def string() -> str:
+            (n,) = unpack("<Q")
+            if n > 1 << 24:
+                raise ValueError("corrupt GGUF string length")
+            return f.read(n).decode("utf-8", "replace")
+
+        def value(vtype: int):
+            if vtype == 8:
+                return string()
+            if vtype == 9:
+                sub, n = unpack("<IQ")
+                if sub in _SCALAR and n > 5:
+                    f.seek(n * struct.calcsize(_SCALAR[sub]), 1)
+                    return []
+                items = [value(sub) for _ in range(n)]
+                return items if n <= 5 else []
+            return unpack(_SCALAR[vtype])[0]
+
+        magic, _version, n_tensors, n_kv = unpack("<4sIQQ")
+        if magic != b"GGUF" or n_kv > 1 << 20 or n_tensors > 1 << 24:
+            raise ValueError("not a GGUF file (bad magic or header)")
+        kv = {}
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = unpack("<I")
+            kv[key] = value(vtype)
+        tensors = []
+        for _ in range(n_tensors):
+            name = string()
+            (n_dims,) = unpack("<I")
+            dims = unpack(f"<{n_dims}Q")
+            (ggml_type,) = unpack("<I")
+            unpack("<Q")  # data offset
+            tensors.append((name, ggml_type, math.prod(dims)))
+    return kv, tensors
 
 
 def _hf_hint(meta: dict) -> str:
