@@ -31,7 +31,7 @@ BUILTIN = {
 TINY_NAMES = ("tiny-llama", "tiny-qwen2")
 
 # What a model needs, and nothing that can execute code: safetensors weights, configs,
-# tokenizer and chat-template files. Pickle weights only on request.
+# tokenizer and chat-template files, from the repo's top level. Pickle weights only on request.
 DEFAULT_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.jinja", "merges.txt", "vocab.txt"]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
 SOURCE_FILE = "llmkit-source.json"
@@ -123,19 +123,30 @@ def download(
 ) -> Path:
     """Download a model repo into the standard HF cache; only safe files unless asked.
 
-    huggingface_hub writes each file to an `.incomplete` blob and renames it when complete,
-    so an interrupted download resumes where it stopped and no partial file is ever final.
+    huggingface_hub writes each file to a process-unique `.incomplete` blob and renames it when
+    complete, so no partial file is ever final; it does not resume across processes, so the
+    blobs a killed pull left behind are resumed here (a Range request) before the snapshot.
     """
-    from huggingface_hub import constants, snapshot_download
+    import glob
+
+    from huggingface_hub import constants, get_token, snapshot_download
     from huggingface_hub import errors as hf_errors
 
-    token = token or os.environ.get("HF_TOKEN") or None
-    patterns = [*DEFAULT_PATTERNS, *(PICKLE_PATTERNS if allow_pickle else []), *include]
+    from llmkit.files import human_size
+
+    token = token or get_token()  # --token, else HF_TOKEN, else the token saved by `hf auth login`
     where = f"{repo_id}@{revision}" if revision else repo_id
     try:
-        if not constants.HF_HUB_OFFLINE:
-            _check_weights_format(repo_id, revision, token, allow_pickle)
-        info(f"Downloading {where} from {constants.ENDPOINT}")
+        files = _check_weights_format(repo_id, revision, token, allow_pickle, include, exclude)
+        if constants.HF_HUB_OFFLINE:
+            info(f"Using the cached copy of {where} (HF_HUB_OFFLINE is set)")
+        else:
+            size = human_size(sum(f.size for f in files))
+            info(f"Downloading {where} from {constants.ENDPOINT}: {len(files)} files, {size}")
+            _resume_partial_downloads(repo_id, revision, files, token)
+        # The exact files chosen above, so the offline completeness check agrees with them;
+        # with no cached listing, the patterns (the snapshot is then missing anyway).
+        patterns = [*DEFAULT_PATTERNS, *include] if files is None else [glob.escape(f.path) for f in files]
         path = snapshot_download(
             repo_id,
             revision=revision,
@@ -146,15 +157,23 @@ def download(
     except hf_errors.GatedRepoError:
         raise SourceError(
             f"{repo_id} is gated: access needs an accepted license and a token"
-            + (" (the token given was refused)" if token else ""),
+            + (" (the token given has no access)" if token else ""),
             "accept the terms on the model page, then set HF_TOKEN or pass --token",
         ) from None
     except hf_errors.RevisionNotFoundError:
-        raise SourceError(f"revision '{revision}' not found in {repo_id}", "check the branch, tag or commit") from None
+        raise SourceError(
+            f"revision '{revision}' not found in {repo_id}", "check the branch, tag or commit"
+        ) from None
     except hf_errors.RepositoryNotFoundError:
         raise SourceError(
             f"model '{repo_id}' not found on the Hub",
             "check the spelling (org/name); private repos need HF_TOKEN or --token",
+        ) from None
+    except hf_errors.IncompleteSnapshotError:
+        raise SourceError(
+            f"the cached copy of {where} is incomplete (an interrupted download) and the Hub cannot be reached"
+            + (" (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""),
+            f"run `llmkit pull {where}` online to finish it",
         ) from None
     except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled):
         raise SourceError(
@@ -163,26 +182,100 @@ def download(
             "connect to the network and run `llmkit pull` once, or use a local dir / .gguf file",
         ) from None
     except hf_errors.HfHubHTTPError as exc:
+        if exc.response is not None and exc.response.status_code == 401:  # a token the Hub does not know
+            raise SourceError(
+                f"the Hub rejected the token for {where} (invalid or expired)",
+                "set HF_TOKEN or pass --token with a valid token (huggingface.co/settings/tokens)",
+            ) from None
         raise SourceError(f"the Hub refused {where}: {_first_line(exc)}") from None
     except OSError as exc:  # connection refused, DNS, disk full
-        raise SourceError(f"cannot download {where}: {_first_line(exc)}", "check the network and free disk") from None
+        raise SourceError(
+            f"cannot download {where}: {_first_line(exc)}", "check the network and free disk"
+        ) from None
     return check_model_dir(Path(path))
 
 
-def _check_weights_format(repo_id, revision, token, allow_pickle) -> None:
-    """Refuse repos that only have pickle weights unless --allow-pickle was given."""
-    from huggingface_hub import HfApi
+def _resume_partial_downloads(repo_id: str, revision: str | None, files: list, token: str | None) -> None:
+    """Finish the LFS blobs a killed pull left as `<sha256>.<id>.incomplete`, from where they stopped."""
+    from urllib.parse import urlsplit
 
-    files = HfApi().list_repo_files(repo_id, revision=revision, token=token or False)
-    has_safe = any(f.endswith(".safetensors") for f in files)
-    has_pickle = any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+    from llmkit.files import human_size
+
+    folder = repo_folder_name(repo_id=repo_id, repo_type="model")
+    blobs = Path(constants.HF_HUB_CACHE) / folder / "blobs"
+    for f in files if blobs.is_dir() else []:
+        etag = f.lfs.sha256 if f.lfs else None
+        partials = sorted(blobs.glob(f"{etag}.*.incomplete"), key=lambda p: p.stat().st_size) if etag else []
+        if not partials:
+            continue
+        # huggingface_hub holds this lock while it writes the blob: with it, no live process
+        # is writing these partials.
+        with WeakFileLock(Path(constants.HF_HUB_CACHE) / ".locks" / folder / f"{etag}.lock"):
+            best = partials[-1]
+            if not (blobs / etag).exists() and best.exists() and best.stat().st_size:
+                url = hf_hub_url(repo_id, f.path, revision=revision)
+                meta = get_hf_file_metadata(url, token=token or False)
+                if meta.etag == etag:  # otherwise the file changed since: download it afresh
+                    headers = build_hf_headers(token=token or False)
+                    if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+                        headers.pop("authorization", None)  # a presigned CDN URL: the token stays here
+                    offset = best.stat().st_size
+                    info(f"Resuming {f.path} from {human_size(offset)}")
+                    with open(best, "ab") as fh:
+                        http_get(
+                            meta.location, fh, resume_size=offset, headers=headers, expected_size=meta.size
+                        )
+                    if sha256_file(best) == etag:
+                        os.replace(best, blobs / etag)
+            for p in partials:
+                p.unlink(missing_ok=True)
+
+
+def _check_weights_format(repo_id, revision, token, allow_pickle, include=(), exclude=()) -> list | None:
+    """Refuse repos that only have pickle weights unless --allow-pickle was given.
+
+    Returns the repo files to download: top-level files matching the default patterns (subfolders
+    hold copies such as `original/consolidated.00.pth` or training checkpoints), plus files
+    matching --include, minus --exclude. Offline, from the listing cached by an earlier pull
+    (None if there is none).
+    """
+    from fnmatch import fnmatchcase
+
+    from huggingface_hub import HfApi, constants, get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils import filter_repo_objects
+
+    if constants.HF_HUB_OFFLINE:
+        try:
+            tree = get_cached_repo_tree(repo_id, revision=revision)
+        except CachedRepoTreeNotFoundError:
+            return None
+    else:
+        listing = HfApi().list_repo_tree(repo_id, recursive=True, revision=revision, token=token or False)
+        tree = [f for f in listing if isinstance(f, RepoFile)]
+    top = [f.path for f in tree if "/" not in f.path]
+    has_safe = any(p.endswith(".safetensors") for p in top)
+    has_pickle = any(p.endswith((".bin", ".pt", ".pth")) for p in top)
     if not has_safe and has_pickle and not allow_pickle:
         raise SourceError(
             f"{repo_id} only has pickle weights (.bin), which can run code when loaded",
             "pass --allow-pickle if you trust this repo",
         )
     if not has_safe and not has_pickle:
-        raise SourceError(f"{repo_id} has no model weights (no *.safetensors or *.bin files)")
+        raise SourceError(
+            f"{repo_id} has no model weights (no *.safetensors or *.bin files at its top level)"
+        )
+    patterns = [*DEFAULT_PATTERNS, *(PICKLE_PATTERNS if allow_pickle else [])]
+    wanted = {p for p in top if any(fnmatchcase(p, pat) for pat in patterns)}
+    if include:
+        wanted |= set(filter_repo_objects([f.path for f in tree], allow_patterns=list(include)))
+    kept = set(filter_repo_objects(sorted(wanted), ignore_patterns=list(exclude) or None))
+    return [f for f in tree if f.path in kept]
 
 
 def _first_line(exc: Exception) -> str:
@@ -230,9 +323,15 @@ def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
     """
     path = Path(path).resolve()
     _check_gguf_magic(path)
-    digest = sha256_file(path)
+    # Ollama names its blobs by their sha256 (and verifies them), so no need to hash GBs again.
+    blob = re.fullmatch(r"sha256-([0-9a-f]{64})", path.name)
+    digest = blob.group(1) if blob else sha256_file(path)
     final = home() / "models" / f"gguf-{digest[:16]}"
     if (final / SOURCE_FILE).is_file():
+        if extra:  # same weights reached another way (e.g. through Ollama): keep what it adds
+            meta = json.loads((final / SOURCE_FILE).read_text())
+            if any(meta.get(k) != v for k, v in extra.items()):
+                write_json(final / SOURCE_FILE, {**meta, **extra})
         return final
     arch = gguf_architecture(path)
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
