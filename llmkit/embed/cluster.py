@@ -1,0 +1,131 @@
+"""k-means over a vectors file: labels written back, a 2-D PCA scatter, the texts nearest each centroid.
+
+`k="auto"` tries k = 2..K_MAX and keeps the best silhouette score (cosine, on a sample of at
+most 5,000 rows so it stays fast on big files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from llmkit.embed.job import META_KEY
+from llmkit.embed.search import load_vectors
+from llmkit.errors import DataError, UsageError
+
+K_MAX = 12
+SILHOUETTE_SAMPLE = 5000
+
+
+def parse_k(k: str | int) -> int | None:
+    if str(k).lower() == "auto":
+        return None
+    try:
+        value = int(k)
+    except ValueError:
+        raise UsageError(f"-k must be a number or 'auto', not {k!r}", "e.g. -k 5 or -k auto") from None
+    if value < 2:
+        raise UsageError(f"-k must be at least 2, not {value}", "e.g. -k 5 or -k auto")
+    return value
+
+
+def choose_k(matrix: np.ndarray, k_max: int = K_MAX, seed: int = 0) -> tuple[int, dict[int, float]]:
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    scores = {}
+    for k in range(2, min(k_max, len(matrix) - 1) + 1):
+        labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(matrix)
+        if len(set(labels)) < 2:
+            continue
+        scores[k] = round(float(silhouette_score(matrix, labels, metric="cosine",
+                                                 sample_size=min(len(matrix), SILHOUETTE_SAMPLE),
+                                                 random_state=seed)), 4)
+    if not scores:
+        raise DataError("could not find two distinct clusters", "the vectors may all be identical")
+    return max(scores, key=scores.get), scores
+
+
+def cluster(vectors_path: Path, k: str | int = "auto", *, output: Path | None = None, plot: Path | None = None,
+            top: int = 3, seed: int = 0) -> dict:
+    """Cluster, write a `cluster` column (to `output`, default: back into the file), plot, summarize."""
+    from sklearn.cluster import KMeans
+
+    vectors = load_vectors(Path(vectors_path))
+    matrix = vectors.matrix / np.maximum(np.linalg.norm(vectors.matrix, axis=1, keepdims=True), 1e-12)
+    n = len(matrix)
+    wanted = parse_k(k)
+    if n < 3 or (wanted is not None and wanted >= n):
+        raise DataError(f"{vectors_path} has {n} rows: too few for {wanted or 'auto'} clusters",
+                        "embed more rows or choose a smaller -k")
+    scores = {}
+    if wanted is None:
+        wanted, scores = choose_k(matrix, seed=seed)
+    km = KMeans(n_clusters=wanted, n_init=5, random_state=seed).fit(matrix)
+    labels = km.labels_
+    clusters = []
+    for c in range(wanted):
+        members = np.flatnonzero(labels == c)
+        centroid = km.cluster_centers_[c] / max(np.linalg.norm(km.cluster_centers_[c]), 1e-12)
+        sims = matrix[members] @ centroid
+        nearest = members[np.argsort(-sims)[:top]]
+        clusters.append({"cluster": c, "size": int(len(members)),
+                         "nearest": [{"id": vectors.ids[i], "score": round(float(matrix[i] @ centroid), 4),
+                                      "text": vectors.texts[i] if vectors.texts else None} for i in nearest]})
+    out = Path(output) if output else vectors.path
+    if out.suffix == ".parquet" and vectors.path.suffix == ".parquet":
+        _write_labels(vectors.path, out, labels, wanted)
+    elif output:
+        raise UsageError(f"cluster -o {out} must be a .parquet file", "e.g. -o clustered.parquet")
+    if plot:
+        _plot(matrix, labels, km.cluster_centers_, Path(plot), vectors.path.name)
+    return {"k": wanted, "silhouette_by_k": scores, "rows": n, "output": str(out) if out.suffix == ".parquet" else None,
+            "plot": str(plot) if plot else None, "clusters": clusters}
+
+
+def _write_labels(src: Path, dest: Path, labels: np.ndarray, k: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(src)
+    if "cluster" in table.column_names:
+        table = table.drop_columns(["cluster"])
+    table = table.append_column("cluster", pa.array(labels.astype(np.int32)))
+    meta = dict(table.schema.metadata or {})
+    info = json.loads(meta.get(META_KEY, b"{}"))
+    meta[META_KEY] = json.dumps({**info, "clusters": k}).encode()
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _plot(matrix, labels, centers, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=2, random_state=0).fit(matrix)
+    xy, cxy = pca.transform(matrix), pca.transform(centers)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=12, alpha=0.8)
+    ax.scatter(cxy[:, 0], cxy[:, 1], c=range(len(cxy)), cmap="tab20", marker="X", s=160, edgecolors="black")
+    for i, (x, y) in enumerate(cxy):
+        ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9, weight="bold")
+    ax.set_title(f"{title}: {len(cxy)} clusters (PCA, {pca.explained_variance_ratio_.sum():.0%} of variance)")
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    fig.colorbar(sc, ax=ax, label="cluster")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
