@@ -91,37 +91,50 @@ def gguf_arch(config: dict, where: Path) -> str:
 
 
 class Weights:
-    """Lazy access to the tensors of a (possibly sharded) safetensors model dir."""
+    """The tensors of a (possibly sharded) safetensors model dir, read one at a time.
+
+    Plain reads, not mmap: mapped pages stay resident (and count in RSS) after a tensor is
+    done, so peak memory would grow to the model size; a read buffer is freed with the tensor.
+    """
+
+    DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 
     def __init__(self, model_dir: Path):
-        from safetensors import safe_open
-
         model_dir = Path(model_dir)
         index = model_dir / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         else:
             files = sorted(p.name for p in model_dir.glob("*.safetensors"))
         if not files:
             raise ExportError(f"{model_dir} has no *.safetensors weights", "save the model with safe_serialization=True")
-        self.handles = {f: safe_open(str(model_dir / f), framework="pt") for f in files}
-        self.where: dict[str, str] = {}
-        for f, h in self.handles.items():
-            for k in h.keys():
-                self.where[k] = f
+        self.entries: dict[str, tuple[Path, int, dict]] = {}
+        for f in files:
+            path = model_dir / f
+            with open(path, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+            header.pop("__metadata__", None)
+            for name, entry in header.items():
+                self.entries[name] = (path, 8 + n, entry)
 
     def names(self) -> list[str]:
-        return list(self.where)
+        return list(self.entries)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.handles[self.where[name]].get_slice(name).get_shape())
+        return tuple(self.entries[name][2]["shape"])
 
     def load(self, name: str) -> np.ndarray:
-        import torch
-
-        t = self.handles[self.where[name]].get_tensor(name)
-        return t.to(torch.float32).numpy()
+        path, base, entry = self.entries[name]
+        if entry["dtype"] not in self.DTYPES:
+            raise ExportError(f"{path.name}: tensor {name} has dtype {entry['dtype']}, expected F32/F16/BF16")
+        start, end = entry["data_offsets"]
+        with open(path, "rb") as fh:
+            fh.seek(base + start)
+            raw = np.frombuffer(fh.read(end - start), dtype=self.DTYPES[entry["dtype"]])
+        if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32, copy=False).reshape(entry["shape"])
 
 
 # ----------------------------------------------------------------------------- per-arch rules

@@ -152,7 +152,7 @@ def _command(items: list) -> list:
     if not items:
         raise GoTemplateError("empty command")
     if items[0][0] == "ident":
-        if items[0][1] not in FUNCS:
+        if items[0][1] not in FUNCS and items[0][1] not in ("and", "or"):
             raise GoTemplateError(f'function "{items[0][1]}" not supported')
         return ["call", items[0][1], *items[1:]]
     if len(items) != 1:

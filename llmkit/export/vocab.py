@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = Non
 
 def tokenizer_kind(tj: dict, where: Path) -> str:
     model = tj.get("model", {})
-    text = json.dumps([tj.get("pre_tokenizer"), tj.get("decoder")])
+    text = json.dumps([tj.get("normalizer"), tj.get("pre_tokenizer"), tj.get("decoder")], ensure_ascii=False)
     if model.get("type") == "BPE" and '"ByteLevel"' in text:
         return "bpe"
     if model.get("type") == "BPE" and model.get("byte_fallback") and "\u2581" in text:
@@ -163,6 +164,10 @@ def _tokens(tj: dict, tok, n_vocab: int, kind: str) -> tuple[list[str], list[int
             tokens.append(f"[PAD{i}]")
             types.append(UNUSED)
             scores.append(-1000.0)
+        elif kind == "spm" and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text):  # byte-fallback pieces
+            tokens.append(text)
+            types.append(BYTE)
+            scores.append(0.0)
         elif i in added:
             a = added[i]
             special = a.get("special") or _looks_special(text)
@@ -170,10 +175,6 @@ def _tokens(tj: dict, tok, n_vocab: int, kind: str) -> tuple[list[str], list[int
                 text = text.replace("\u2581", " ")
             tokens.append(text)
             types.append(CONTROL if special else USER_DEFINED)
-            scores.append(0.0)
-        elif kind == "spm" and len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
-            tokens.append(text)
-            types.append(BYTE)
             scores.append(0.0)
         else:
             tokens.append(text)
