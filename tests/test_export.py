@@ -97,10 +97,10 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path, tiny_llama_dir, tiny_qw
 
 
 def test_merge_refuses_an_adapter_for_another_model(tmp_path, tiny_llama_dir, tiny_qwen2_dir):
+    from safetensors.torch import load_file, save_file
+
     from llmkit.errors import ExportError
     from llmkit.export.merge import merge
-
-    from safetensors.torch import load_file, save_file
 
     run = make_run(tmp_path / "run", tiny_llama_dir)
     sd = run / "adapter" / "adapter_model.safetensors"

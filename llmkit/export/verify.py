@@ -137,7 +137,7 @@ def verify(
 
 def _first_diff(a, b) -> str:
     a, b = list(a), list(b)
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return f"position {i}: transformers {a[i:i + 4]} vs llama.cpp {b[i:i + 4]}"
     return f"lengths {len(a)} vs {len(b)}"
