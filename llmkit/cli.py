@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -45,6 +46,12 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug or os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
+
+
+def _exit_interrupted(signum, frame) -> None:
+    sys.stderr.write("\nInterrupted.\n")
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _print_json(data) -> None:
@@ -124,6 +131,9 @@ def pull(
     """Download or convert a model into a local Hugging Face model directory."""
     from llmkit.sources import resolve
 
+    # huggingface_hub downloads in worker threads that a KeyboardInterrupt cannot stop; exit at
+    # once instead: partial files stay as `.incomplete` blobs and the next pull resumes them.
+    signal.signal(signal.SIGINT, _exit_interrupted)
     path = resolve(
         model, revision=revision, include=include or [], exclude=exclude or [],
         allow_pickle=allow_pickle, token=token, prefer_hub=prefer_hub,
@@ -178,6 +188,27 @@ def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 # ----------------------------------------------------------------------------- train (issue 3)
+
+
+@app.command()
+def train(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (see `llmkit recipes list`) or YAML path.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="a.b=value overrides, e.g. train.lr=1e-4")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in train.output_dir from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in train.output_dir.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print run.json instead of the run dir.")] = False,
+) -> None:
+    """Fine-tune a model with LoRA/QLoRA from a recipe; writes a run dir (adapter, metrics, loss.png).
+
+    Multi-GPU: accelerate launch --config_file recipes/accelerate/ddp.yaml -m llmkit.train RECIPE
+    """
+    from llmkit.train import train as run_train
+
+    run_dir = run_train(recipe, overrides or [], resume=resume, overwrite=overwrite)
+    if json_out:
+        return _print_json(json.loads((run_dir / "run.json").read_text()))
+    typer.echo(str(run_dir))
+
 # ----------------------------------------------------------------------------- export (issue 4)
 
 
@@ -333,8 +364,8 @@ _PRECISION_OPT = typer.Option(help="auto | fp32 | int8 (onnx, fastest) | bf16 (t
 
 @app.command()
 def embed(
-    input: Annotated[Path, typer.Argument(help=".txt (a line each), .jsonl, .csv or .parquet.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="vectors .parquet (or .npy).")],
+    input: Annotated[Path, typer.Argument(help=".txt (a line each), .jsonl, .csv, .parquet — or an embedding recipe .yaml.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="vectors .parquet (or .npy).")] = None,
     column: Annotated[Optional[str], typer.Option(help="Text column (jsonl/csv/parquet; default text).")] = None,
     id_column: Annotated[Optional[str], typer.Option(help="Column to use as row id (default: row number).")] = None,
     model: Annotated[str, _MODEL_OPT] = "all-minilm-l6-v2",
@@ -350,6 +381,12 @@ def embed(
     """Embed a file of texts into vectors (streaming, deduplicated, resumable)."""
     from llmkit.embed.job import embed_file
 
+    if input.suffix in (".yaml", ".yml"):
+        from llmkit.embed.recipe import run
+
+        return _print_json(run(input))
+    if output is None:
+        raise UsageError("missing -o/--output", "e.g. llmkit embed texts.txt -o vectors.parquet")
     result = embed_file(input, output, column=column, id_column=id_column, model=model, backend=backend,
                         precision=precision, normalize=normalize, chunk=chunk, skip_bad=skip_bad,
                         keep_text=keep_text, commit_every=commit_every)

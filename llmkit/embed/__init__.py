@@ -38,3 +38,14 @@ def embed_file(input, output, **kwargs):
     from llmkit.embed.job import embed_file as _run
 
     return _run(input, output, **kwargs)
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """`llmkit.embed(texts)` must work even after `import llmkit.embed.x` has replaced the
+    function `llmkit.embed` with this package (Python sets a submodule as its parent's attribute)."""
+
+    def __call__(self, texts, **kwargs):
+        return embed(texts, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -1,6 +1,6 @@
 """k-means over a vectors file: labels written back, a 2-D PCA scatter, the texts nearest each centroid.
 
-`k="auto"` tries k = 2..K_MAX and keeps the best silhouette score (cosine, on a sample of at
+`k="auto"` tries k = 2..min(K_MAX, sqrt(n/2)) and keeps the best silhouette score (cosine, on a sample of at
 most 5,000 rows so it stays fast on big files).
 """
 
@@ -37,7 +37,9 @@ def choose_k(matrix: np.ndarray, k_max: int = K_MAX, seed: int = 0) -> tuple[int
     from sklearn.metrics import silhouette_score
 
     scores = {}
-    for k in range(2, min(k_max, len(matrix) - 1) + 1):
+    # sqrt(n/2) caps k: on small sets silhouette keeps rising as clusters shrink towards single points
+    k_max = min(k_max, len(matrix) - 1, max(2, int((len(matrix) / 2) ** 0.5)))
+    for k in range(2, k_max + 1):
         labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(matrix)
         if len(set(labels)) < 2:
             continue

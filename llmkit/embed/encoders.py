@@ -364,10 +364,10 @@ def load_encoder(model: str = DEFAULT_MODEL, backend: str = "auto", precision: s
         backend = "torch" if precision == "bf16" else AUTO_BACKEND
     if precision == "auto":
         precision = AUTO_PRECISION
-    if precision == "bf16" and not cpu_has_native_bf16():
-        from llmkit.ui import warn
-
-        warn("this CPU has no native bf16 (AMX/AVX512-BF16): bf16 will be slower than fp32")
     if backend == "torch":
+        if precision == "bf16" and not cpu_has_native_bf16():
+            from llmkit.ui import warn
+
+            warn("this CPU has no native bf16 (AMX/AVX512-BF16): bf16 will be slower than fp32")
         return TorchEncoder(model_id, path, precision, normalize)
     return OnnxEncoder(model_id, path, precision, normalize)
