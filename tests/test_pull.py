@@ -276,9 +276,11 @@ def test_offline_uses_the_cache_or_says_it_is_missing(pull, hub):
     assert "not in the local cache" in _error_lines(pull(f"{REPO}@v1", env=offline))[0]
 
 
-def test_interrupted_download_resumes_with_a_range_request(pull, hub):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_interrupted_download_resumes_with_a_range_request(pull, hub, sig):
     weights = hub.file(WIDE, "model.safetensors")
     assert len(weights.data) > 11 * 2**20
+    hub.sent.pop(weights.sha256, None)  # the throttle counts bytes sent since this point
     hub.throttle(WIDE, "model.safetensors", after=10 * 2**20 + 2**19, rate=32 * 1024)
     blobs = pull.cache / "hub" / "models--llmkit-test--wide-llama" / "blobs"
     proc = subprocess.Popen(
@@ -293,9 +295,11 @@ def test_interrupted_download_resumes_with_a_range_request(pull, hub):
             assert proc.poll() is None and time.monotonic() < deadline, "the download never got 10 MiB in"
             time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
         hub.unthrottle()
+    if sig == signal.SIGINT:  # Ctrl-C: stops at once, says so, exit code 130
+        assert proc.returncode == 130 and stderr.decode().strip().endswith("Interrupted.")
 
     # Killed mid-file: the partial blob is aside, nothing sits at a final path.
     snapshot = blobs.parent / "snapshots" / hub.repos[WIDE].refs["main"]
