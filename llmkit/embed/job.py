@@ -26,7 +26,7 @@ import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, Encoder, EncoderError, load_encoder
 from llmkit.embed.readers import Bad, Row, check_input, count_rows, read_rows
-from llmkit.errors import DataError, UsageError
+from llmkit.errors import DataError, LlmkitError, UsageError
 from llmkit.files import atomic_file, write_json
 
 RESERVED = ("id", "text_hash", "vector")
@@ -277,6 +277,10 @@ def _encode_isolating(encoder: Encoder, texts: list[str], retries: int = 2) -> t
             time.sleep(0.2 * attempt)
     if len(texts) == 1:
         return np.zeros((1, max(encoder.dim, 1)), np.float32), {0: _one_line(last)}
+    if retries and _fails_everywhere(encoder, texts, _one_line(last)):
+        if isinstance(last, LlmkitError):  # e.g. model not found, server unreachable: not a bad row
+            raise last
+        raise EncoderError(f"encoding failed for every row: {_one_line(last)}", "check the encoder and retry")
     mid = len(texts) // 2
     left, lbad = _encode_isolating(encoder, texts[:mid], retries=0)
     right, rbad = _encode_isolating(encoder, texts[mid:], retries=0)
@@ -287,6 +291,19 @@ def _encode_isolating(encoder: Encoder, texts: list[str], retries: int = 2) -> t
     if not rbad or len(rbad) < len(texts) - mid:
         out[mid:, : right.shape[1]] = right
     return out, {**lbad, **{mid + k: v for k, v in rbad.items()}}
+
+
+def _fails_everywhere(encoder: Encoder, texts: list[str], message: str) -> bool:
+    """The first and the last row alone fail the same way as the batch: the encoder is broken,
+    no row is to blame, and bisecting would only repeat the error."""
+    for text in (texts[0], texts[-1]):
+        try:
+            encoder.encode([text])
+            return False
+        except Exception as exc:
+            if _one_line(exc) != message:
+                return False
+    return True
 
 
 def _one_line(exc: Exception | None) -> str:
