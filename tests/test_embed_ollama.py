@@ -69,4 +69,5 @@ def test_ollama_encoder_job_search_and_errors(capsys, ollama_double, tmp_path):
 
     code, _, err = cli(capsys, "embed", str(src), "-o", str(tmp_path / "w.parquet"), "-m", "ollama:no-such-model")
     assert code == 1 and "Error: embed with no-such-model failed: model 'no-such-model' not found" in err
-    assert len([p for _, p, _ in ollama_double.requests if p == "/api/embed"]) <= len(posts) + 5  # no bisecting
+    bad = [b for _, p, b in ollama_double.requests if p == "/api/embed" and b["model"] == "no-such-model"]
+    assert len(bad) == 5  # 3 tries + first and last row alone, then it stops: no bisecting a broken encoder
