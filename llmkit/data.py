@@ -35,8 +35,16 @@ NEEDS = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "bot": "assistant", "model": "assistant", "system": "system", "tool": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 
@@ -87,7 +95,9 @@ def read_rows(path: str | Path, *, config: str | None = None, split: str = "trai
     if p.is_file():
         return _read_file(p)
     if p.suffix.lower() in FILE_TYPES or p.is_dir() or str(path).startswith((".", "/", "~")):
-        raise DataError(f"dataset file not found: {p}", "check data.path (relative paths resolve against the recipe file)")
+        raise DataError(
+            f"dataset file not found: {p}", "check data.path (relative paths resolve against the recipe file)"
+        )
     try:
         import datasets
 
@@ -163,8 +173,10 @@ def to_messages(row: dict, fmt: str, system: str | None = None) -> list[dict]:
     if fmt == "alpaca":
         instruction, answer = _field(row, "instruction"), _field(row, "output")
         extra = str(row.get("input") or "").strip()
-        msgs = [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction},
-                {"role": "assistant", "content": answer}]
+        msgs = [
+            {"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction},
+            {"role": "assistant", "content": answer},
+        ]
     else:
         raw = row.get("messages", row.get("conversations"))
         if not isinstance(raw, list) or not raw:
@@ -196,6 +208,7 @@ def _field(row: dict, name: str) -> str:
 
 def conversation_spans(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
     """The rendered conversation as consecutive (text, is_answer) pieces, in order."""
+
     def render(msgs, gen):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
 
@@ -212,14 +225,15 @@ def conversation_spans(tokenizer, messages: list[dict]) -> list[tuple[str, bool]
                 "set data.train_on=all, or give the recipe a simpler model.chat_template",
             )
         end = len(upto.rstrip())  # the answer and its end-of-turn token; not the newline after it
-        pieces += [(full[pos: len(prompt)], False), (full[len(prompt): end], True)]
+        pieces += [(full[pos : len(prompt)], False), (full[len(prompt) : end], True)]
         pos = end
     pieces.append((full[pos:], False))
     return [(text, answer) for text, answer in pieces if text]
 
 
-def tokenize_row(row: dict, fmt: str, tokenizer, *, max_length: int, train_on: str = "answers",
-                 system: str | None = None) -> Example:
+def tokenize_row(
+    row: dict, fmt: str, tokenizer, *, max_length: int, train_on: str = "answers", system: str | None = None
+) -> Example:
     """One row → Example; raises Skip(reason) for rows that cannot be used."""
     eos = tokenizer.eos_token_id
     if fmt == "text":
@@ -231,18 +245,26 @@ def tokenize_row(row: dict, fmt: str, tokenizer, *, max_length: int, train_on: s
         if fmt == "alpaca":
             extra = str(row.get("input") or "").strip()
             prompt_text = (ALPACA_PROMPT_INPUT if extra else ALPACA_PROMPT).format(
-                instruction=_field(row, "instruction"), input=extra)
+                instruction=_field(row, "instruction"), input=extra
+            )
             answer = _field(row, "output")
         else:
             prompt_text, answer = _field(row, "prompt"), _field(row, "completion")
         if not answer.strip():
             raise Skip("empty answer")
-        pieces = [(tokenizer(prompt_text).input_ids, False),
-                  (tokenizer(answer, add_special_tokens=False).input_ids + ([eos] if eos is not None else []), True)]
+        pieces = [
+            (tokenizer(prompt_text).input_ids, False),
+            (
+                tokenizer(answer, add_special_tokens=False).input_ids + ([eos] if eos is not None else []),
+                True,
+            ),
+        ]
     else:
         msgs = to_messages(row, fmt, system)
-        pieces = [(tokenizer(text, add_special_tokens=False).input_ids, answer)
-                  for text, answer in conversation_spans(tokenizer, msgs)]
+        pieces = [
+            (tokenizer(text, add_special_tokens=False).input_ids, answer)
+            for text, answer in conversation_spans(tokenizer, msgs)
+        ]
     ids: list[int] = []
     labels: list[int] = []
     for piece_ids, answer in pieces:
@@ -301,8 +323,11 @@ def _tokenize_all(rows, fmt, tokenizer, d, dropped: Counter) -> list[Example]:
         try:
             if not isinstance(row, dict):
                 raise Skip("not an object")
-            out.append(tokenize_row(row, fmt, tokenizer, max_length=d.max_length, train_on=d.train_on,
-                                    system=d.system))
+            out.append(
+                tokenize_row(
+                    row, fmt, tokenizer, max_length=d.max_length, train_on=d.train_on, system=d.system
+                )
+            )
         except Skip as why:
             dropped[str(why)] += 1
     return out
@@ -311,7 +336,9 @@ def _tokenize_all(rows, fmt, tokenizer, d, dropped: Counter) -> list[Example]:
 # ----------------------------------------------------------------------------- batching
 
 
-def plan_epoch(lengths: list[int], *, batch_size: int, max_length: int, packing: bool, seed: int) -> list[list[list[int]]]:
+def plan_epoch(
+    lengths: list[int], *, batch_size: int, max_length: int, packing: bool, seed: int
+) -> list[list[list[int]]]:
     """One epoch as micro-batches; a micro-batch is a list of rows; a row lists example indices.
 
     Packing fills rows of up to max_length tokens (first fit, longest first) and takes
@@ -337,8 +364,8 @@ def plan_epoch(lengths: list[int], *, batch_size: int, max_length: int, packing:
         chunk = batch_size * 64
         rows = []
         for start in range(0, len(order), chunk):
-            rows += [[i] for i in sorted(order[start: start + chunk], key=lambda i: -lengths[i])]
-    batches = [rows[k: k + batch_size] for k in range(0, len(rows), batch_size)]
+            rows += [[i] for i in sorted(order[start : start + chunk], key=lambda i: -lengths[i])]
+    batches = [rows[k : k + batch_size] for k in range(0, len(rows), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -360,9 +387,9 @@ def collate(examples: list[Example], rows: list[list[int]], pad_id: int):
         for i in row:
             ex = examples[i]
             n = len(ex)
-            input_ids[r, pos: pos + n] = torch.tensor(ex.ids)
-            labels[r, pos: pos + n] = torch.tensor(ex.labels)
-            position_ids[r, pos: pos + n] = torch.arange(n)
+            input_ids[r, pos : pos + n] = torch.tensor(ex.ids)
+            labels[r, pos : pos + n] = torch.tensor(ex.labels)
+            position_ids[r, pos : pos + n] = torch.arange(n)
             pos += n
         if pos < width:  # padding: continue counting so it forms no new segment
             start = int(position_ids[r, pos - 1]) + 1

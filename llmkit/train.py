@@ -43,7 +43,9 @@ class TrainError(LlmkitError):
     """A run that cannot start or continue (run dir in the way, no checkpoint to resume, ...)."""
 
 
-def train(recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = False, overwrite: bool = False) -> Path:
+def train(
+    recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = False, overwrite: bool = False
+) -> Path:
     """Fine-tune the recipe's model with LoRA; returns the run directory."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -58,8 +60,15 @@ def train(recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = Fa
     out = Path(t.output_dir).expanduser().resolve()
     check_run_dir(out, resume=resume, overwrite=overwrite)
 
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=hw.device == "cpu")
+    accelerator = Accelerator(
+        mixed_precision={"fp32": "no"}.get(precision, precision), cpu=hw.device == "cpu"
+    )
     main = accelerator.is_main_process
+    if accelerator.distributed_type == "DEEPSPEED" and t.grad_accum > 1:
+        raise TrainError(
+            "train.grad_accum > 1 is not supported under DeepSpeed (it steps on every backward)",
+            "set train.grad_accum=1 and raise train.batch_size or the number of processes",
+        )
     if main and overwrite and not resume:
         clear_run_dir(out)
     accelerator.wait_for_everyone()
@@ -74,8 +83,10 @@ def train(recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = Fa
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_scheduler(
-        {"constant": "constant_with_warmup"}.get(t.scheduler, t.scheduler), optimizer,
-        num_warmup_steps=math.ceil(t.warmup_ratio * plan.total_steps), num_training_steps=plan.total_steps,
+        {"constant": "constant_with_warmup"}.get(t.scheduler, t.scheduler),
+        optimizer,
+        num_warmup_steps=math.ceil(t.warmup_ratio * plan.total_steps),
+        num_training_steps=plan.total_steps,
     )
     loss_model, optimizer = accelerator.prepare(LossModel(model), optimizer)
 
@@ -86,8 +97,10 @@ def train(recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = Fa
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(dump(resolved(recipe)))
-        info(f"Training {recipe.model.name} on {hw.device} ({precision}, {accelerator.num_processes} process(es)): "
-             f"{len(dataset.train)} examples, {plan.total_steps} steps → {out}")
+        info(
+            f"Training {recipe.model.name} on {hw.device} ({precision}, {accelerator.num_processes} process(es)): "
+            f"{len(dataset.train)} examples, {plan.total_steps} steps → {out}"
+        )
         if dataset.dropped:
             warn("dropped rows: " + ", ".join(f"{n} {why}" for why, n in dataset.dropped.most_common()))
     log = Metrics(out, start_step, enabled=main)
@@ -95,7 +108,7 @@ def train(recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = Fa
     def to_device(batch):
         return {k: v.to(accelerator.device) for k, v in batch.items()}
 
-    eval_loss = None
+    eval_loss, loop_start = None, time.perf_counter()
     with progress_items(_field("loss"), _field("tps")) as bar:
         task = bar.add_task("train", total=plan.total_steps, completed=start_step, loss="-", tps="-")
         for step in range(start_step, plan.total_steps):
@@ -124,21 +137,45 @@ def train(recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = Fa
             tps = step_tokens / (time.perf_counter() - step_start)
             bar.update(task, completed=done, loss=f"{train_loss:.4f}", tps=f"{tps:,.0f}")
             if done % t.log_every == 0 or done == plan.total_steps:
-                log.write(done, loss=train_loss, lr=scheduler.get_last_lr()[0], tokens=tokens_seen,
-                          tokens_per_s=round(tps, 1), epoch=round(plan.epoch_of(step), 3))
+                log.write(
+                    done,
+                    loss=train_loss,
+                    lr=scheduler.get_last_lr()[0],
+                    tokens=tokens_seen,
+                    tokens_per_s=round(tps, 1),
+                    epoch=round(plan.epoch_of(step), 3),
+                )
             if dataset.eval and ((t.eval_every and done % t.eval_every == 0) or done == plan.total_steps):
                 eval_loss = evaluate(loss_model, dataset.eval, recipe, accelerator, pad_id)
                 log.write(done, eval_loss=eval_loss)
             if (t.save_every and done % t.save_every == 0) and done < plan.total_steps:
-                save_checkpoint(out, done, tokens_seen, accelerator, loss_model, optimizer, scheduler, t.keep_checkpoints)
+                save_checkpoint(
+                    out, done, tokens_seen, accelerator, loss_model, optimizer, scheduler, t.keep_checkpoints
+                )
 
+    train_seconds = time.perf_counter() - loop_start
     accelerator.wait_for_everyone()
     save_adapter(out / "adapter", accelerator, loss_model, tokenizer)
     if main:
         log.close()
         plot_loss(out)
-        write_json(out / "run.json", run_info(recipe, base_dir, hw, precision, accelerator, dataset, plan,
-                                               tokens_seen, started, log.last_loss, eval_loss))
+        write_json(
+            out / "run.json",
+            run_info(
+                recipe,
+                base_dir,
+                hw,
+                precision,
+                accelerator,
+                dataset,
+                plan,
+                tokens_seen,
+                started,
+                train_seconds,
+                log.last_loss,
+                eval_loss,
+            ),
+        )
         info(f"Done: adapter in {out / 'adapter'}  (chat with it: llmkit chat {out})")
     accelerator.wait_for_everyone()
     return out
@@ -161,12 +198,20 @@ def load_model(recipe: Recipe, precision: str, accelerator):
         path = recipe.resolve_path(m.chat_template) if len(m.chat_template) < 256 else None
         tokenizer.chat_template = path.read_text() if path and path.is_file() else m.chat_template
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    kwargs = dict(dtype=dtype, trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation or "sdpa")
+    kwargs = dict(
+        dtype=dtype,
+        trust_remote_code=m.trust_remote_code,
+        attn_implementation=m.attn_implementation or "sdpa",
+    )
     if m.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
         kwargs["device_map"] = {"": accelerator.local_process_index}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     model.config.use_cache = False
@@ -175,12 +220,20 @@ def load_model(recipe: Recipe, precision: str, accelerator):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lo = recipe.lora
-    config = LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules,
-                        use_dora=lo.use_dora, use_rslora=lo.use_rslora, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lo.r,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        target_modules=lo.target_modules,
+        use_dora=lo.use_dora,
+        use_rslora=lo.use_rslora,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config), tokenizer, base_dir
 
 
@@ -198,8 +251,10 @@ class LossModel(torch.nn.Module):
         lm = peft_model.get_base_model()
         cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
         # Models that post-process logits (softcapping, scaling) take the plain path.
-        special = any(getattr(cfg, a, None) not in (None, 1, 1.0)
-                      for a in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+        special = any(
+            getattr(cfg, a, None) not in (None, 1, 1.0)
+            for a in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+        )
         self.fast = not special and lm.get_output_embeddings() is not None
 
     def forward(self, input_ids, position_ids, labels):
@@ -218,12 +273,17 @@ def evaluate(loss_model, examples, recipe, accelerator, pad_id) -> float:
     """Mean loss per answer token over the eval set (split across processes)."""
 
     d = recipe.data
-    batches = datalib.plan_epoch([len(e) for e in examples], batch_size=recipe.train.batch_size,
-                                 max_length=d.max_length, packing=d.packing, seed=0)
+    batches = datalib.plan_epoch(
+        [len(e) for e in examples],
+        batch_size=recipe.train.batch_size,
+        max_length=d.max_length,
+        packing=d.packing,
+        seed=0,
+    )
     loss_model.eval()
     total = torch.zeros(2, device=accelerator.device)
     with torch.no_grad():
-        for rows in batches[accelerator.process_index:: accelerator.num_processes]:
+        for rows in batches[accelerator.process_index :: accelerator.num_processes]:
             batch = {k: v.to(accelerator.device) for k, v in datalib.collate(examples, rows, pad_id).items()}
             total[0] += loss_model(**batch).float()
             total[1] += int((batch["labels"][:, 1:] != datalib.IGNORE).sum())
@@ -245,12 +305,19 @@ class Plan:
         lengths = [len(e) for e in examples]
 
         def epoch_batches(epoch: int):
-            return datalib.plan_epoch(lengths, batch_size=t.batch_size, max_length=d.max_length,
-                                      packing=d.packing, seed=t.seed + epoch)
+            return datalib.plan_epoch(
+                lengths,
+                batch_size=t.batch_size,
+                max_length=d.max_length,
+                packing=d.packing,
+                seed=t.seed + epoch,
+            )
 
         first = epoch_batches(0)
         # With several processes every one of them needs a micro-batch, so a ragged tail is dropped.
-        self.steps_per_epoch = (len(first) // self.per_step) if world > 1 else math.ceil(len(first) / self.per_step)
+        self.steps_per_epoch = (
+            (len(first) // self.per_step) if world > 1 else math.ceil(len(first) / self.per_step)
+        )
         if self.steps_per_epoch == 0:
             raise TrainError(
                 f"{len(first)} micro-batches per epoch cannot fill one step of {self.per_step}",
@@ -265,10 +332,10 @@ class Plan:
 
     def _all(self, step: int) -> list:
         epoch, k = divmod(step, self.steps_per_epoch)
-        return self.epochs[epoch][k * self.per_step: (k + 1) * self.per_step]
+        return self.epochs[epoch][k * self.per_step : (k + 1) * self.per_step]
 
     def micro_batches(self, step: int, rank: int) -> list:
-        return self._all(step)[rank:: self.world]
+        return self._all(step)[rank :: self.world]
 
     def label_tokens(self, step: int) -> int:
         return sum(self.examples[i].n_labels for mb in self._all(step) for row in mb for i in row)
@@ -286,11 +353,15 @@ def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     has_run = out.is_dir() and any((out / name).exists() for name in RUN_FILES)
     if resume:
         if not last_checkpoint(out):
-            raise TrainError(f"{out} has no checkpoint to resume from",
-                             "checkpoints are written every train.save_every steps; start afresh with --overwrite")
+            raise TrainError(
+                f"{out} has no checkpoint to resume from",
+                "checkpoints are written every train.save_every steps; start afresh with --overwrite",
+            )
     elif has_run and not overwrite:
-        raise TrainError(f"{out} already holds a training run",
-                         "pass --resume to continue it, --overwrite to replace it, or set train.output_dir")
+        raise TrainError(
+            f"{out} already holds a training run",
+            "pass --resume to continue it, --overwrite to replace it, or set train.output_dir",
+        )
 
 
 def clear_run_dir(out: Path) -> None:
@@ -304,8 +375,10 @@ def clear_run_dir(out: Path) -> None:
 
 
 def last_checkpoint(out: Path) -> Path | None:
-    done = sorted((p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").is_file()),
-                  key=lambda p: int(p.name.split("-")[1]))
+    done = sorted(
+        (p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").is_file()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     return done[-1] if done else None
 
 
@@ -325,20 +398,28 @@ def save_checkpoint(out, step, tokens_seen, accelerator, loss_model, optimizer, 
 
     state = _adapter_state(accelerator, loss_model)
     final = out / "checkpoints" / f"step-{step:06d}"
-    rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    rng = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
     tmp = out / "checkpoints" / f".rng-{step}-{accelerator.process_index}.pt"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     torch.save(rng, tmp)  # every process has its own RNG; collected into the checkpoint by the main one
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with atomic_dir(final, replace=True) as d:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, d / "adapter_model.safetensors")
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in state.items()}, d / "adapter_model.safetensors"
+            )
             torch.save(optimizer.state_dict(), d / "optimizer.pt")
             torch.save(scheduler.state_dict(), d / "scheduler.pt")
             for r in range(accelerator.num_processes):
                 (out / "checkpoints" / f".rng-{step}-{r}.pt").rename(d / f"rng-{r}.pt")
-            write_json(d / "state.json", {"step": step, "tokens_seen": tokens_seen, "world_size": accelerator.num_processes})
+            write_json(
+                d / "state.json",
+                {"step": step, "tokens_seen": tokens_seen, "world_size": accelerator.num_processes},
+            )
         for old in sorted(p for p in (out / "checkpoints").glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -351,8 +432,11 @@ def load_checkpoint(out, accelerator, loss_model, optimizer, scheduler) -> tuple
     ckpt = last_checkpoint(out)
     state = json.loads((ckpt / "state.json").read_text())
     if state["world_size"] != accelerator.num_processes:
-        raise TrainError(f"{ckpt} was written by {state['world_size']} process(es), this run has "
-                         f"{accelerator.num_processes}", "resume with the same number of processes")
+        raise TrainError(
+            f"{ckpt} was written by {state['world_size']} process(es), this run has "
+            f"{accelerator.num_processes}",
+            "resume with the same number of processes",
+        )
     peft_model = accelerator.unwrap_model(loss_model).model
     set_peft_model_state_dict(peft_model, load_file(ckpt / "adapter_model.safetensors"))
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
@@ -378,7 +462,12 @@ def save_adapter(final: Path, accelerator, loss_model, tokenizer) -> None:
 def resolved(recipe: Recipe) -> Recipe:
     """The recipe with paths made absolute, so the run dir's copy loads from anywhere."""
     data = recipe.model_dump()
-    for section, key in (("data", "path"), ("data", "eval_path"), ("model", "name"), ("model", "chat_template")):
+    for section, key in (
+        ("data", "path"),
+        ("data", "eval_path"),
+        ("model", "name"),
+        ("model", "chat_template"),
+    ):
         value = data[section][key]
         if value and len(value) < 256 and "\n" not in value:
             p = recipe.resolve_path(value)
@@ -388,7 +477,20 @@ def resolved(recipe: Recipe) -> Recipe:
     return load(data)
 
 
-def run_info(recipe, base_dir, hw, precision, accelerator, dataset, plan, tokens_seen, started, train_loss, eval_loss):
+def run_info(
+    recipe,
+    base_dir,
+    hw,
+    precision,
+    accelerator,
+    dataset,
+    plan,
+    tokens_seen,
+    started,
+    train_seconds,
+    train_loss,
+    eval_loss,
+):
     import accelerate
     import peft
     import transformers
@@ -397,8 +499,12 @@ def run_info(recipe, base_dir, hw, precision, accelerator, dataset, plan, tokens
         "base_model": recipe.model.name,
         "base_path": str(base_dir),
         "adapter": "adapter",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__, "accelerate": accelerate.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "accelerate": accelerate.__version__,
+        },
         "hardware": {"device": hw.device, "name": hw.name, "processes": accelerator.num_processes},
         "precision": precision,
         "steps": plan.total_steps,
@@ -409,6 +515,7 @@ def run_info(recipe, base_dir, hw, precision, accelerator, dataset, plan, tokens
         "eval_loss": eval_loss,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
+        "train_seconds": round(train_seconds, 2),  # the loop only (this session), without loading and saving
     }
 
 
@@ -430,7 +537,7 @@ class Metrics:
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
-        self.fh = open(self.path, "a")
+        self.fh = open(self.path, "a")  # noqa: SIM115 (closed in close())
 
     def write(self, step: int, **values) -> None:
         if not self.enabled:
@@ -459,7 +566,7 @@ def plot_loss(out: Path) -> None:
     for key, label in (("loss", "train"), ("eval_loss", "eval")):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
-            ax.plot(*zip(*pts), marker="o" if key == "eval_loss" else None, label=label)
+            ax.plot(*zip(*pts, strict=True), marker="o" if key == "eval_loss" else None, label=label)
     ax.set(xlabel="step", ylabel="loss (per answer token)", title=out.name)
     ax.legend()
     fig.tight_layout()

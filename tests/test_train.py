@@ -1,0 +1,255 @@
+"""Training on the tiny Llama: the run dir, checkpoint/resume after SIGKILL, bad input, devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from llmkit import devices
+from llmkit.errors import LlmkitError, RecipeError
+
+STEPS, SAVE_EVERY = 24, 3
+OVERRIDES = [
+    f"train.max_steps={STEPS}",
+    f"train.save_every={SAVE_EVERY}",
+    "train.eval_every=6",
+    "train.batch_size=2",
+]
+
+
+def _adapter(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_llama_dir):
+    """One uninterrupted tiny run through the library API (the reference for the resume test)."""
+    import llmkit
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return llmkit.train("tiny", overrides=[*OVERRIDES, f"train.output_dir={out}"])
+
+
+def test_run_dir_layout(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {
+        "recipe.yaml",
+        "run.json",
+        "adapter",
+        "checkpoints",
+        "metrics.jsonl",
+        "tensorboard",
+        "loss.png",
+    } <= names
+    assert not [n for n in names if n.startswith(".")]  # no temp leftovers
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["base_model"] == "tiny-llama" and info["steps"] == STEPS and info["precision"] == "fp32"
+    assert info["tokens_seen"] > 0 and info["data"]["train_examples"] + info["data"]["eval_examples"] == 24
+    assert set(info["versions"]) >= {"torch", "transformers", "peft", "accelerate"}
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in rows if "eval_loss" in r] == [6, 12, 18, 24]
+    assert rows[-1]["eval_loss"] == info["eval_loss"]
+    assert [r["loss"] for r in rows if "loss" in r][-1] < [r["loss"] for r in rows if "loss" in r][0]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((run_dir / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
+
+
+def test_adapter_loads_with_peft_and_runs(run_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.recipe import load
+    from llmkit.runs import load_for_inference
+
+    recipe = load(run_dir / "recipe.yaml")  # the resolved recipe loads from anywhere
+    assert os.path.isabs(recipe.data.path) and recipe.train.output_dir == str(run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(info["base_path"], dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    state = _adapter(run_dir / "adapter")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in state.items())  # it trained
+    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    assert tok.chat_template and "<|start_header_id|>" in tok.chat_template
+    model2, tok2 = load_for_inference(run_dir)
+    ids = tok2("Hello", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, model2(ids).logits)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(run_dir, tmp_path):
+    """SIGKILL mid-run, then --resume: the final adapter equals the uninterrupted run's."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "llmkit", "train", "tiny", *OVERRIDES, f"train.output_dir={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoints" / f"step-{2 * SAVE_EVERY:06d}" / "state.json").exists():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    assert not (out / "adapter").exists()  # never a half-written adapter at the final path
+    killed_at = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
+    assert 2 * SAVE_EVERY <= killed_at < STEPS
+
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from step {killed_at}" in resumed.stderr.replace("\n", " ")
+
+    a, b = _adapter(run_dir / "adapter"), _adapter(out / "adapter")
+    assert a.keys() == b.keys()
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff <= 1e-6, diff
+    steps = [
+        json.loads(ln)["step"]
+        for ln in (out / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(ln)
+    ]
+    assert steps == list(range(1, STEPS + 1))  # metrics past the checkpoint were replaced, not duplicated
+
+
+def test_refuses_existing_run_and_overwrites_on_request(run_dir, tmp_path):
+    import shutil
+
+    import llmkit
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "notes.txt").write_text("mine")
+    with pytest.raises(LlmkitError, match="already holds a training run") as err:
+        llmkit.train("tiny", overrides=["train.max_steps=2", f"train.output_dir={copy}"])
+    assert "--overwrite" in err.value.hint
+    llmkit.train(
+        "tiny",
+        overrides=["train.max_steps=2", "train.save_every=0", f"train.output_dir={copy}"],
+        overwrite=True,
+    )
+    assert json.loads((copy / "run.json").read_text())["steps"] == 2
+    assert not (copy / "checkpoints").exists() and (copy / "notes.txt").read_text() == "mine"
+
+
+def test_resume_without_checkpoint(tmp_path):
+    import llmkit
+
+    with pytest.raises(LlmkitError, match="has no checkpoint to resume from"):
+        llmkit.train("tiny", overrides=[f"train.output_dir={tmp_path / 'empty'}"], resume=True)
+
+
+def test_failed_run_leaves_no_adapter(tmp_path, monkeypatch):
+    """A failure while the adapter is being written leaves nothing at adapter/."""
+    from transformers import PreTrainedTokenizerBase
+
+    import llmkit
+
+    def broken(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", broken)
+    out = tmp_path / "fails"
+    with pytest.raises(OSError, match="disk full"):
+        llmkit.train("tiny", overrides=["train.max_steps=2", f"train.output_dir={out}"])
+    assert not (out / "adapter").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".adapter")]
+
+
+def test_recipe_errors_listed_at_once(llmkit_cli):
+    r = llmkit_cli("train", "tiny", "train.lr=-1", "lora.r=0", "train.bogus=1")
+    assert r.returncode == 1
+    assert (
+        "3 problems" in r.stderr
+        and "train.lr" in r.stderr
+        and "lora.r" in r.stderr
+        and "train.bogus" in r.stderr
+    )
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_dataset_via_cli(llmkit_cli, tmp_path):
+    r = llmkit_cli("train", "tiny", f"data.path={tmp_path}/missing.jsonl", f"train.output_dir={tmp_path}/o")
+    assert r.returncode == 1 and "Error: dataset file not found" in r.stderr and "hint:" in r.stderr
+
+
+def test_qlora_on_cpu_is_a_clear_error(tmp_path):
+    import llmkit
+
+    if devices.detect().device == "cuda":
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(devices.HardwareError, match="QLoRA needs a CUDA GPU") as err:
+        llmkit.train("tiny", overrides=["model.load_in_4bit=true", f"train.output_dir={tmp_path}/q"])
+    assert "load_in_4bit=false" in err.value.hint
+
+
+def test_devices_describe_and_precision():
+    info = devices.describe()
+    assert {"device", "name", "bf16", "train_precision", "qlora", "cpu_isa", "cpu_bf16"} <= set(info)
+    hw = devices.Hardware("cpu", "x", 1, False, "fp32", False, "AVX2", "none")
+    assert devices.choose_precision("auto", hw) == "fp32"
+    amx = devices.Hardware("cpu", "x", 1, True, "bf16", False, "AVX512", "amx_bf16")
+    assert devices.choose_precision("auto", amx) == "bf16"
+    with pytest.raises(devices.HardwareError, match="fp16 training is not supported on CPU"):
+        devices.choose_precision("fp16", hw)
+    if info["device"] == "cpu":
+        assert info["train_precision"] == ("bf16" if info["cpu_bf16"] != "none" else "fp32")
+
+
+@pytest.mark.parametrize("name", ["tiny", "smollm2-135m-chat", "qwen2.5-0.5b-lora", "llama3.2-1b-qlora"])
+def test_shipped_training_recipes_validate(name):
+    from llmkit.recipe import find, load
+
+    recipe = load(name)
+    assert find(name).read_text().startswith("# ")
+    assert recipe.resolve_path(recipe.data.path).is_file()
+    with pytest.raises(RecipeError):
+        load(name, ["train.precision=fp8"])
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_llama_dir):
+    """`accelerate launch -m llmkit.train` with 2 CPU processes (DDP over gloo) gives a loadable adapter."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "llmkit.train",
+        "tiny",
+        "train.max_steps=4",
+        "train.save_every=2",
+        f"train.output_dir={out}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["hardware"]["processes"] == 2 and info["steps"] == 4
+    assert sorted(p.name for p in (out / "checkpoints" / "step-000002").glob("rng-*")) == [
+        "rng-0.pt",
+        "rng-1.pt",
+    ]
+    from llmkit.runs import load_for_inference
+
+    load_for_inference(out)
