@@ -202,9 +202,12 @@ def train(
 
     Multi-GPU: accelerate launch --config_file recipes/accelerate/ddp.yaml -m llmkit.train RECIPE
     """
+    from llmkit.recipe import load
+
+    loaded = load(recipe, overrides or [])  # recipe errors show before torch is imported
     from llmkit.train import train as run_train
 
-    run_dir = run_train(recipe, overrides or [], resume=resume, overwrite=overwrite)
+    run_dir = run_train(loaded, resume=resume, overwrite=overwrite)
     if json_out:
         return _print_json(json.loads((run_dir / "run.json").read_text()))
     typer.echo(str(run_dir))
