@@ -111,7 +111,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
             out: dict = {}
             with safe_open(str(base_dir / shard), framework="pt") as fh:
                 metadata = fh.metadata() or {"format": "pt"}
-                for name in fh:
+                for name in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
                     base_names.add(name)
                     tensor = fh.get_tensor(name)
                     replaced = adapter.tensors.pop(name, None)  # modules_to_save: a full new tensor
