@@ -448,7 +448,7 @@ def _render_report(rep: dict) -> None:
         typer.echo(f"  {label:<16} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}")
     labels = rep["confusion"]["labels"]
     typer.echo("confusion (rows = true, cols = predicted): " + " ".join(labels))
-    for label, row in zip(labels, rep["confusion"]["matrix"]):
+    for label, row in zip(labels, rep["confusion"]["matrix"], strict=True):
         typer.echo(f"  {label:<16} " + " ".join(f"{v:>5}" for v in row))
 
 

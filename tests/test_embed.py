@@ -260,7 +260,7 @@ def test_faiss_index_recall_at_10_against_exact(tmp_path):
     vectors = Vectors(path, x, list(range(len(x))), None, {"model": "m"})
     _, exact = exact_topk(q / np.linalg.norm(q, axis=1, keepdims=True), x, 10)
     _, approx = topk(q, vectors, 10, method="faiss")
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, exact)])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, exact, strict=False)])
     print(f"faiss HNSW recall@10 vs exact: {recall:.4f}")
     assert recall >= 0.95
     assert len(list(tmp_path.glob(".v.parquet.hnsw*.faiss"))) == 1  # built once, cached beside the file

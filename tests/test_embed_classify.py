@@ -147,7 +147,7 @@ def test_cluster_auto_k_labels_written_back_plot_and_nearest(capsys, labelled_ve
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pq.read_table(out)
     clusters, labels = table.column("cluster").to_pylist(), table.column("label").to_pylist()
-    purity = sum(Counter(lab for lab, c in zip(labels, clusters) if c == k).most_common(1)[0][1]
+    purity = sum(Counter(lab for lab, c in zip(labels, clusters, strict=False) if c == k).most_common(1)[0][1]
                  for k in set(clusters)) / len(labels)
     assert purity >= 0.9
     assert all(len(c["nearest"]) == 3 and c["nearest"][0]["text"] for c in result["clusters"])

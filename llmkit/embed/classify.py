@@ -183,9 +183,9 @@ def predict(clf_dir: Path, input: Path, *, column: str | None = None, id_column:
 
 def _predict_rows(clf: Classifier, encoder, rows):
     probs = clf.proba(encoder.encode([r.text for r in rows]))
-    for row, p in zip(rows, probs):
+    for row, p in zip(rows, probs, strict=False):
         yield {"id": row.id, "label": clf.classes[int(p.argmax())],
-               "probs": {c: round(float(x), 4) for c, x in zip(clf.classes, p)}}
+               "probs": {c: round(float(x), 4) for c, x in zip(clf.classes, p, strict=False)}}
 
 
 def evaluate(clf_dir: Path, data: Path, *, text_column: str | None = None, label_column: str | None = None,

@@ -209,7 +209,7 @@ class _State:
     def _vectors(self, texts: list[str], hashes: list[str]) -> tuple[np.ndarray, dict[int, str]]:
         todo: dict[str, int] = {}  # hash → position in `unique`
         unique: list[str] = []
-        for text, h in zip(texts, hashes):
+        for text, h in zip(texts, hashes, strict=False):
             if h not in self.cache and h not in todo:
                 todo[h] = len(unique)
                 unique.append(text)

@@ -155,12 +155,10 @@ def _read_csv(path: Path, column: str, id_column: str | None) -> Iterator[Row | 
     for name, what in ((column, "text column"), (id_column, "id column")):
         if name and name not in reader.fieldnames:
             raise _missing(path, what, name, reader.fieldnames)
-    index = 0
-    for record in reader:
+    for index, record in enumerate(reader):
         while bad:
             yield bad.pop(0)
         yield _split(path, record, column, id_column, index, reader.line_num)
-        index += 1
     yield from bad
 
 

@@ -160,10 +160,10 @@ def similar(queries: list[str], index_path: Path, k: int = 5, *, model: str | No
     check_same_model(vectors, encoder)
     scores, idx = topk(qvec, vectors, k, method)
     results = []
-    for q, srow, irow in zip(queries, scores, idx):
+    for q, srow, irow in zip(queries, scores, idx, strict=False):
         hits = [{"rank": r + 1, "id": vectors.ids[i], "score": round(float(s), 4),
                  "text": vectors.texts[i] if vectors.texts else None}
-                for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
+                for r, (s, i) in enumerate(zip(srow, irow, strict=False)) if i >= 0]
         results.append({"query": q, "hits": hits})
     return results
 
