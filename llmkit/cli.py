@@ -212,6 +212,28 @@ def train(
         return _print_json(json.loads((run_dir / "run.json").read_text()))
     typer.echo(str(run_dir))
 
+@app.command("run")
+def run_recipe(
+    recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="a.b=value overrides")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in train.output_dir.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the GGUF in llama.cpp against transformers.")] = False,
+) -> None:
+    """Pull → train → export (→ Ollama model if the recipe names one), in one command."""
+    from llmkit.recipe import load
+
+    loaded = load(recipe, overrides or [])  # recipe errors show before anything heavy starts
+    from llmkit.pipeline import run
+
+    result = run(loaded, resume=resume, overwrite=overwrite, verify=verify)
+    for label, value in (("gguf", result.gguf), ("modelfile", result.modelfile), ("ollama", result.ollama_model)):
+        if value:
+            typer.echo(f"{label}: {value}")
+    if result.ollama_command and not result.ollama_model:
+        typer.echo(f"next: {result.ollama_command}")
+
+
 # ----------------------------------------------------------------------------- export (issue 4)
 
 
