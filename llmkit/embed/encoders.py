@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,43 +260,47 @@ def _read_json(path: Path):
 
 def onnx_model(path: Path, precision: str) -> Path:
     """Export (once) and quantize (once) a model; cached under LLMKIT_HOME by weights hash."""
-    from llmkit.files import atomic_dir, home, sha256_file
+    from llmkit.files import home, sha256_file
+    from llmkit.ui import info
 
     weights = path / "model.safetensors"
     if not weights.exists():
         raise EncoderError(f"{path} has no model.safetensors", "the ONNX backend exports safetensors weights only")
-    key = sha256_file(weights)[:16]
-    cache = home() / "embed" / f"onnx-{key}-v{EXPORT_VERSION}"
-    target = cache / f"model-{precision}.onnx"
-    if target.exists():
-        return target
-    from llmkit.ui import info
-
-    fp32 = cache / "model-fp32.onnx"
+    cache = home() / "embed" / f"onnx-{sha256_file(weights)[:16]}-v{EXPORT_VERSION}"
+    cache.mkdir(parents=True, exist_ok=True)
+    fp32, target = cache / "model-fp32.onnx", cache / f"model-{precision}.onnx"
     if not fp32.exists():
-        info(f"Exporting {path.name} to ONNX (once; cached in {cache})")
-        with atomic_dir(cache / ".fp32", replace=True) as tmp:
-            _export(path, tmp / "model-fp32.onnx")
-        (cache / ".fp32" / "model-fp32.onnx").rename(fp32)
-        (cache / ".fp32").rmdir()
-    if precision == "int8":
+        info(f"Exporting {path} to ONNX once (cached in {cache})")
+        _atomic(fp32, lambda tmp: _export(path, tmp))
+    if not target.exists() and precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         info("Quantizing to int8 (per-channel, dynamic; once)")
-        with atomic_dir(cache / ".int8", replace=True) as tmp:
-            quantize_dynamic(str(fp32), str(tmp / target.name), per_channel=True, weight_type=QuantType.QInt8)
-        (cache / ".int8" / target.name).rename(target)
-        (cache / ".int8").rmdir()
+        _atomic(target, lambda tmp: quantize_dynamic(str(fp32), str(tmp), per_channel=True,
+                                                     weight_type=QuantType.QInt8))
     return target
+
+
+def _atomic(final: Path, write) -> None:
+    """Write through a private temp name, then rename: concurrent or killed runs never see half a file."""
+    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}.onnx")
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _export(path: Path, dest: Path) -> None:
     """torch.onnx export of transformer + pooling (normalization stays in numpy)."""
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     pooling = _st_config(path)["pooling"]
-    model = AutoModel.from_pretrained(str(path), torch_dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager").eval()
     takes_types = "token_type_ids" in model.forward.__code__.co_varnames
 
     class Pooled(torch.nn.Module):
@@ -317,7 +322,8 @@ def _export(path: Path, dest: Path) -> None:
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if takes_types else [])
     args = (ids, ids, torch.zeros_like(ids)) if takes_types else (ids, ids)
     axes = {n: {0: "batch", 1: "seq"} for n in names} | {"sentence_embedding": {0: "batch"}}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes the dynamic axes already cover
         torch.onnx.export(Pooled(), args, str(dest), input_names=names, output_names=["sentence_embedding"],
                           dynamic_axes=axes, opset_version=17, dynamo=False, do_constant_folding=True)
 
