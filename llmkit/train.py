@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,6 +36,9 @@ from llmkit.errors import LlmkitError
 from llmkit.files import atomic_dir, write_json
 from llmkit.recipe import Recipe, dump, load
 from llmkit.ui import info, progress_items, warn
+
+# peft asks transformers a deprecated question on every get_peft_model; not the user's concern
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 RUN_FILES = ("recipe.yaml", "run.json", "adapter", "checkpoints", "metrics.jsonl", "tensorboard", "loss.png")
 

@@ -23,6 +23,14 @@ OVERRIDES = [
 ]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _adapter(path):
     from safetensors.torch import load_file
 
@@ -233,7 +241,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_llama_dir):
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        "0",
+        str(_free_port()),
         "-m",
         "llmkit.train",
         "tiny",
