@@ -170,7 +170,8 @@ def test_job_bad_inputs_are_one_line_errors(capsys, tmp_path):
     assert code == 1 and "unsupported input format .docx" in err
     code, _, err = cli(capsys, "embed", str(tmp_path / "blank.txt"), "-o", str(tmp_path / "v.csv"))
     assert code == 2 and "must end in .parquet or .npy" in err
-    assert all(len(e.strip().splitlines()) <= 2 for e in [err])  # message + hint, no traceback
+    assert len(err.strip().splitlines()) == 2  # message + hint, no traceback
+    assert not list(tmp_path.glob(".*"))  # no work dir left by a job that never started
 
 
 def test_job_non_utf8_lines_fail_with_line_numbers_or_skip(capsys, tmp_path):

@@ -85,15 +85,17 @@ def embed_file(
         "normalize": normalize, "chunk": chunk, "skip_bad": skip_bad, "keep_text": keep_text,
         "commit_every": commit_every,
     }
-    done_parts = _prepare_work_dir(work, fingerprint)
     rows_iter = read_rows(input, column, id_column)  # checks columns before the model loads
     first = next(rows_iter, None)
     if first is None:
         raise DataError(f"{input} has no rows", "give a file with at least one non-blank row")
+    done_parts = _prepare_work_dir(work, fingerprint)
     encoder = encoder or load_encoder(model, backend, precision, normalize)
     if chunk:
         encoder.chunk_long = True  # type: ignore[attr-defined]
     errors_path = output.with_name(output.name + ".errors.jsonl")
+    if not done_parts:
+        errors_path.unlink(missing_ok=True)  # a report from an earlier, finished run
     state = _State(encoder, work, errors_path, keep_text)
     total = count_rows(input)
     start = time.perf_counter()
@@ -123,6 +125,7 @@ def embed_file(
             part_no = state.commit(part_no, block, bad, done_parts, skip_bad, input)
             bar.update(task, completed=resumed + state.rows, rate=_rate(state.rows, start))
     if resumed + state.rows == 0:
+        shutil.rmtree(work, ignore_errors=True)
         raise DataError(f"{input} has no usable rows", "every row was bad or blank")
     info = {**encoder.info(), "normalized": normalize, "input": str(input), "column": column or "text"}
     total_rows = _merge(work, output, info)
