@@ -77,3 +77,19 @@ def test_chat_with_an_ollama_model_end_to_end(smollm2_in_ollama, smollm2_dir):
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     assert "quantized (Q4_1)" in r.stderr
+
+
+@pytest.mark.slow
+def test_export_of_an_ollama_base_keeps_its_parameters_and_system(smollm2_in_ollama, smollm2_dir, tmp_path):
+    env = {"OLLAMA_HOST": smollm2_in_ollama.host, "OLLAMA_MODELS": str(smollm2_in_ollama.models_dir)}
+    out = tmp_path / "export"
+    r = run_llmkit("export", "ollama:smollm2:135m", "-o", str(out), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    modelfile = (out / "Modelfile").read_text()
+    assert "PARAMETER temperature 0.2" in modelfile  # inherited from the Ollama base
+    assert 'SYSTEM """You are helpful."""' in modelfile or "SYSTEM You are helpful." in modelfile
+    assert 'PARAMETER stop "<|im_start|>"' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    # the same weights reached as the built-in name carry no Ollama settings
+    plain = run_llmkit("export", "smollm2-135m-instruct", "-o", str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr
+    assert "temperature" not in (tmp_path / "plain" / "Modelfile").read_text()

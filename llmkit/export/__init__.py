@@ -112,7 +112,13 @@ def export(
             "copy tokenizer.json and tokenizer_config.json from the base model into it",
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    chat = _chat_template(tokenizer, template)
+    base_ref = run.base_ref if run is not None else str(source)
+    base_ollama = _ollama_base(run.base_dir() if run is not None else model_dir, base_ref)
+    chat = _chat_template(tokenizer, template, base_ollama)
+    if base_ollama:  # the base came from Ollama: keep its parameters and system prompt as defaults
+        inherited = {k: v for k, v in (base_ollama.get("parameters") or {}).items() if k != "stop"}
+        parameters = {**inherited, **(parameters or {})}
+        system = system if system is not None else base_ollama.get("system")
     result.template_family, result.template_proven, result.stops = chat.family, chat.proven, chat.stops
     result.notes += chat.notes
     for note in chat.notes:
@@ -151,7 +157,22 @@ def export(
     return result
 
 
-def _chat_template(tokenizer, template_file):
+def _ollama_base(model_dir: Path, ref: str) -> dict:
+    """What Ollama knew about the base (template, parameters, system) when it is `ollama:NAME`.
+
+    Resolving `ollama:NAME` just refreshed this metadata in the converted dir's source file.
+    """
+    import json
+
+    from llmkit.sources import SOURCE_FILE
+
+    meta_file = Path(model_dir) / SOURCE_FILE
+    if not ref.startswith("ollama:") or not meta_file.is_file():
+        return {}
+    return json.loads(meta_file.read_text()).get("ollama") or {}
+
+
+def _chat_template(tokenizer, template_file, base_ollama: dict | None = None):
     from llmkit.export import templates
     from llmkit.export.vocab import chat_template_of
 
@@ -162,7 +183,26 @@ def _chat_template(tokenizer, template_file):
     kwargs = {"bos": bos, "add_bos": add_bos, "eos": tokenizer.eos_token}
     if template_file:
         return templates.from_file(Path(template_file), tokenizer, jinja, **kwargs)
-    return templates.choose(tokenizer, jinja, **kwargs)
+    try:
+        chat = templates.choose(tokenizer, jinja, **kwargs)
+    except ExportError:
+        if not (base_ollama and base_ollama.get("template")):
+            raise
+        # Not in our catalogue, but Ollama already ran this base with its own template: reuse it.
+        stops = [str(s) for s in _as_list((base_ollama.get("parameters") or {}).get("stop"))]
+        return templates.ChatTemplate(
+            family="ollama-base", go=base_ollama["template"], stops=stops, jinja=jinja, proven=False,
+            notes=["chat template taken from the Ollama base model (not proven equal to the HF template)"],
+        )
+    base_stops = _as_list((base_ollama or {}).get("parameters", {}).get("stop"))
+    chat.stops = list(dict.fromkeys([*chat.stops, *map(str, base_stops)]))
+    return chat
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _shows_system(go: str) -> bool:
