@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -113,7 +114,9 @@ def train(
         return {k: v.to(accelerator.device) for k, v in batch.items()}
 
     eval_loss, loop_start = None, time.perf_counter()
-    with progress_items(_field("loss"), _field("tps")) as bar:
+    bar = progress_items(_field("loss"), _field("tps"))
+    bar.disable = bar.disable or not main  # one bar, from the main process
+    with bar:
         task = bar.add_task("train", total=plan.total_steps, completed=start_step, loss="-", tps="-")
         for step in range(start_step, plan.total_steps):
             loss_model.train()
@@ -601,7 +604,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in the output dir")
     args = parser.parse_args(argv)
     try:
-        print(train(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite))
+        out = train(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite)
+        if os.environ.get("RANK", "0") == "0":
+            print(out)
     except LlmkitError as exc:
         sys.stderr.write(f"Error: {exc.message}\n" + (f"  hint: {exc.hint}\n" if exc.hint else ""))
         sys.exit(exc.exit_code)

@@ -231,7 +231,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_llama_dir):
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--cpu",
+        "--multi_gpu",  # the torchrun launcher; on a machine without GPUs the processes use CPU + gloo
         "--num_processes",
         "2",
         "--num_machines",
