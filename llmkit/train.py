@@ -80,8 +80,9 @@ def train(
     set_seed(t.seed)
     started = time.time()
 
-    model, tokenizer, base_dir = load_model(recipe, precision, accelerator)
-    dataset = datalib.prepare(recipe, tokenizer, seed=t.seed)
+    tokenizer, base_dir = load_tokenizer(recipe)
+    dataset = datalib.prepare(recipe, tokenizer, seed=t.seed)  # data errors show before the model loads
+    model = load_model(recipe, base_dir, precision, accelerator)
     plan = Plan(dataset.train, recipe, accelerator.num_processes)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
 
@@ -191,10 +192,9 @@ def train(
 # ----------------------------------------------------------------------------- model and loss
 
 
-def load_model(recipe: Recipe, precision: str, accelerator):
-    """Base model (frozen; 4-bit for QLoRA) with LoRA adapters, and its tokenizer."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(recipe: Recipe):
+    """The base model's local dir and tokenizer, with the recipe's chat template if it names one."""
+    from transformers import AutoTokenizer
 
     from llmkit.sources import resolve
 
@@ -204,6 +204,15 @@ def load_model(recipe: Recipe, precision: str, accelerator):
     if m.chat_template:
         path = recipe.resolve_path(m.chat_template) if len(m.chat_template) < 256 else None
         tokenizer.chat_template = path.read_text() if path and path.is_file() else m.chat_template
+    return tokenizer, base_dir
+
+
+def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
+    """Base model (frozen; 4-bit for QLoRA) with LoRA adapters."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    m = recipe.model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     kwargs = dict(
         dtype=dtype,
@@ -241,7 +250,7 @@ def load_model(recipe: Recipe, precision: str, accelerator):
         use_rslora=lo.use_rslora,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config), tokenizer, base_dir
+    return get_peft_model(model, config)
 
 
 class LossModel(torch.nn.Module):
