@@ -261,3 +261,28 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_llama_dir):
     from llmkit.runs import load_for_inference
 
     load_for_inference(out)
+
+
+def test_dora_rslora_checkpointing_and_recipe_chat_template(tmp_path):
+    """The LoRA switches reach PEFT, gradient checkpointing trains, and a recipe's chat template is used and saved."""
+    import llmkit
+
+    template = "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>{{ m['content'] }}<|eot_id|>{% endfor %}"
+    out = llmkit.train(
+        "tiny",
+        overrides=[
+            "lora.use_dora=true",
+            "lora.use_rslora=true",
+            "train.gradient_checkpointing=true",
+            "train.max_steps=2",
+            "train.save_every=0",
+            f"model.chat_template={json.dumps(template)}",
+            f"train.output_dir={tmp_path / 'dora'}",
+        ],
+    )
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["use_dora"] is True and config["use_rslora"] is True
+    assert any("lora_magnitude_vector" in k for k in _adapter(out / "adapter"))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out / "adapter").chat_template == template
