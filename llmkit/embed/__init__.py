@@ -40,12 +40,6 @@ def embed_file(input, output, **kwargs):
     return _run(input, output, **kwargs)
 
 
-class _CallableModule(__import__("types").ModuleType):
-    """`llmkit.embed(texts)` must work even after `import llmkit.embed.x` has replaced the
-    function `llmkit.embed` with this package (Python sets a submodule as its parent's attribute)."""
+from llmkit._callable import make_module_callable  # noqa: E402
 
-    def __call__(self, texts, **kwargs):
-        return embed(texts, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, embed)

@@ -238,3 +238,8 @@ def _adapter_only(run, base_dir: Path, out_dir: Path, gguf: str) -> ExportResult
     result = ExportResult(out_dir=out_dir, adapter_gguf=out, gguf_type=gguf)
     write_json(out_dir / "export.json", result.as_dict())
     return result
+
+
+from llmkit._callable import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, export)
