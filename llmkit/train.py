@@ -24,7 +24,6 @@ import random
 import shutil
 import sys
 import time
-import types
 import warnings
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from llmkit import data as datalib
 from llmkit import devices
+from llmkit._callable import make_module_callable
 from llmkit.errors import LlmkitError
 from llmkit.files import atomic_dir, write_json
 from llmkit.recipe import Recipe, dump, load
@@ -621,14 +621,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
 
 
-class _CallableModule(types.ModuleType):
-    """`import llmkit.train` rebinds the name `llmkit.train` to this module; keep `llmkit.train(recipe)` working."""
-
-    def __call__(self, *args, **kwargs):
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, train)  # `llmkit.train(recipe)` works after `import llmkit.train` too
 
 if __name__ == "__main__":
     main()
