@@ -25,11 +25,12 @@ def pull(ref: str, **kwargs):
     return resolve(ref, **kwargs)
 
 
-def train(recipe, **kwargs):
-    """Fine-tune with LoRA from a recipe (path or `Recipe`); returns the run directory."""
+def train(recipe, overrides=(), **kwargs):
+    """Fine-tune with LoRA from a recipe (name, path, dict or `Recipe`) and `a.b=value` overrides;
+    returns the run directory. Keyword options: resume, overwrite."""
     from llmkit.train import train as _train
 
-    return _train(recipe, **kwargs)
+    return _train(recipe, overrides, **kwargs)
 
 
 def export(source, **kwargs):
