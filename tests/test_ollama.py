@@ -279,7 +279,8 @@ def test_error_inside_a_200_stream_is_one_line(ollama_double):
 
 def test_ctrl_c_during_pull_exits_130_and_the_pull_resumes(ollama_double):
     size = 2_000_000
-    ollama_double.add_registry_model("big", size=size, chunk=20_000, chunk_delay=0.03)
+    # ~10 s of download: wide enough that a loaded CI machine cannot finish it before the Ctrl-C
+    ollama_double.add_registry_model("big", size=size, chunk=20_000, chunk_delay=0.1)
     env = {**os.environ, **_ollama_env(ollama_double)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmkit", "ollama", "pull", "big"],

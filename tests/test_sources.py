@@ -34,12 +34,17 @@ def test_unknown_reference_is_one_clear_line(llmkit_cli):
 
 
 def test_not_a_gguf_file(tmp_path, llmkit_cli):
+    from llmkit.files import home
+
+    models = home() / "models"
+    before = sorted(models.iterdir()) if models.exists() else []
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 this is a zip, not a gguf")
     result = llmkit_cli("pull", str(fake))
     assert result.returncode == 1
     assert "is not a GGUF file (bad magic)" in result.stderr
-    assert not any((tmp_path.parent).glob("**/gguf-*")), "nothing may be left behind"
+    after = sorted(models.iterdir()) if models.exists() else []
+    assert after == before, "nothing may be left behind"
 
 
 def test_gguf_of_an_unsupported_architecture(tmp_path):
