@@ -71,8 +71,12 @@ def worker(spec: dict, texts_file: str, out_file: str) -> dict:
     vectors = np.asarray(encode(texts), np.float32)
     seconds = time.perf_counter() - t0
     np.save(out_file, vectors)
-    return {"sentences_per_s": round(len(texts) / seconds, 1), "seconds": round(seconds, 2),
-            "load_s": round(load_s, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {
+        "sentences_per_s": round(len(texts) / seconds, 1),
+        "seconds": round(seconds, 2),
+        "load_s": round(load_s, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
 
 
 def classification() -> dict:
@@ -87,10 +91,20 @@ def classification() -> dict:
     texts, labels = read_labelled(ROOT / "recipes/data/embed-labelled.csv", "text", "label")
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
     emb = cross_val_score(LogisticRegression(max_iter=2000, C=10.0), embed(texts), labels, cv=folds).mean()
-    tfidf = cross_val_score(make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                                          LogisticRegression(max_iter=2000, C=10.0)), texts, labels, cv=folds).mean()
-    return {"dataset": "recipes/data/embed-labelled.csv (120 rows, 4 classes)", "protocol": "5-fold stratified CV",
-            "embeddings_logreg_accuracy": round(float(emb), 4), "tfidf_logreg_accuracy": round(float(tfidf), 4)}
+    tfidf = cross_val_score(
+        make_pipeline(
+            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(max_iter=2000, C=10.0)
+        ),
+        texts,
+        labels,
+        cv=folds,
+    ).mean()
+    return {
+        "dataset": "recipes/data/embed-labelled.csv (120 rows, 4 classes)",
+        "protocol": "5-fold stratified CV",
+        "embeddings_logreg_accuracy": round(float(emb), 4),
+        "tfidf_logreg_accuracy": round(float(tfidf), 4),
+    }
 
 
 def main() -> None:
@@ -110,8 +124,16 @@ def main() -> None:
     env = {**os.environ, "LLMKIT_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.setdefault("LLMKIT_HOME", str(ROOT / ".llmkit-home"))
     # build the ONNX exports before timing anything (a one-time cost, cached in LLMKIT_HOME)
-    subprocess.run([sys.executable, "-c", "from llmkit.embed.encoders import load_encoder as l; "
-                    "l(backend='onnx', precision='fp32'); l(backend='onnx', precision='int8')"], env=env, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from llmkit.embed.encoders import load_encoder as l; "
+            "l(backend='onnx', precision='fp32'); l(backend='onnx', precision='int8')",
+        ],
+        env=env,
+        check=True,
+    )
     rows = {}
     for name, spec in PATHS.items():
         if spec.get("needs_bf16") and not cpu_has_native_bf16():
@@ -119,8 +141,12 @@ def main() -> None:
             print(f"{name}: skipped (no native bf16)", flush=True)
             continue
         out = tmp / f"{len(rows)}.npy"
-        done = subprocess.run([sys.executable, __file__, "--worker", name, str(tmp / "texts.json"), str(out)],
-                              capture_output=True, text=True, env=env)
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", name, str(tmp / "texts.json"), str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if done.returncode != 0:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         rows[name] = {**json.loads(done.stdout.strip().splitlines()[-1]), "vectors": out}
@@ -134,13 +160,23 @@ def main() -> None:
             continue
         vec = np.load(row.pop("vectors"))
         cos = (vec / np.linalg.norm(vec, axis=1, keepdims=True) * ref).sum(1)
-        row.update(cosine_mean=round(float(cos.mean()), 5), cosine_min=round(float(cos.min()), 5),
-                   speedup=round(row["sentences_per_s"] / rows[base_name]["sentences_per_s"], 2))
+        row.update(
+            cosine_mean=round(float(cos.mean()), 5),
+            cosine_min=round(float(cos.min()), 5),
+            speedup=round(row["sentences_per_s"] / rows[base_name]["sentences_per_s"], 2),
+        )
     result = {
-        "model": "sentence-transformers/all-MiniLM-L6-v2", "sentences": len(texts),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "native_bf16": cpu_has_native_bf16(),
-                    "python": platform.python_version(), "load_avg_at_start": os.getloadavg()[0]},
-        "paths": rows, "classification": classification(),
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "sentences": len(texts),
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "native_bf16": cpu_has_native_bf16(),
+            "python": platform.python_version(),
+            "load_avg_at_start": os.getloadavg()[0],
+        },
+        "paths": rows,
+        "classification": classification(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
@@ -149,11 +185,15 @@ def main() -> None:
         if "skipped" in r:
             print(f"{name:<42} skipped: {r['skipped']}")
             continue
-        print(f"{name:<42} {r['sentences_per_s']:>8} {r['speedup']:>5}x {r['cosine_mean']:>9} {r['cosine_min']:>8} "
-              f"{r['peak_rss_mb']:>7}")
+        print(
+            f"{name:<42} {r['sentences_per_s']:>8} {r['speedup']:>5}x {r['cosine_mean']:>9} {r['cosine_min']:>8} "
+            f"{r['peak_rss_mb']:>7}"
+        )
     c = result["classification"]
-    print(f"\nclassification ({c['protocol']}): embeddings+LR {c['embeddings_logreg_accuracy']}, "
-          f"TF-IDF+LR {c['tfidf_logreg_accuracy']}\nwrote {RESULTS}")
+    print(
+        f"\nclassification ({c['protocol']}): embeddings+LR {c['embeddings_logreg_accuracy']}, "
+        f"TF-IDF+LR {c['tfidf_logreg_accuracy']}\nwrote {RESULTS}"
+    )
 
 
 def _cpu_name() -> str:

@@ -39,12 +39,32 @@ def baseline_tools(work: Path) -> tuple[Path, dict]:
     """llama.cpp's converter from the llama-cpp-python sdist, plus the env it needs."""
     sdist_dir = work / "sdist"
     py = sys.executable
-    subprocess.run([py, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                    f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(sdist_dir)], check=True)
+    subprocess.run(
+        [
+            py,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+            "-d",
+            str(sdist_dir),
+        ],
+        check=True,
+    )
     tar = next(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
     with tarfile.open(tar) as tf:
-        members = [m for m in tf.getmembers() if "/vendor/llama.cpp/" in m.name and (
-            m.name.endswith("convert_hf_to_gguf.py") or "/conversion/" in m.name or "/gguf-py/" in m.name)]
+        members = [
+            m
+            for m in tf.getmembers()
+            if "/vendor/llama.cpp/" in m.name
+            and (
+                m.name.endswith("convert_hf_to_gguf.py") or "/conversion/" in m.name or "/gguf-py/" in m.name
+            )
+        ]
         tf.extractall(work, members=members, filter="data")
     root = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
     deps = work / "deps"
@@ -77,28 +97,56 @@ def main() -> None:
         runs = {
             "llmkit": measure([sys.executable, "-c", code], {**ours_env, "LLMKIT_QUIET": "1"}),
             "convert_hf_to_gguf.py": measure(
-                [sys.executable, str(script), str(model_dir), "--outtype", out_type, "--outfile", str(theirs)], base_env
+                [
+                    sys.executable,
+                    str(script),
+                    str(model_dir),
+                    "--outtype",
+                    out_type,
+                    "--outfile",
+                    str(theirs),
+                ],
+                base_env,
             ),
         }
         for tool, path in (("llmkit", ours), ("convert_hf_to_gguf.py", theirs)):
             report = verify(path, model_dir, out_type)
             wall, rss = runs[tool]
-            rows.append({
-                "type": out_type, "tool": tool, "wall_s": round(wall, 2), "peak_rss_mib": round(rss / 2**20),
-                "size_mib": round(path.stat().st_size / 2**20, 1), "top1": round(report.top1, 4),
-                "max_abs_logit_diff": round(report.max_abs_diff, 4), "tokens_match": report.tokens_match,
-            })
+            rows.append(
+                {
+                    "type": out_type,
+                    "tool": tool,
+                    "wall_s": round(wall, 2),
+                    "peak_rss_mib": round(rss / 2**20),
+                    "size_mib": round(path.stat().st_size / 2**20, 1),
+                    "top1": round(report.top1, 4),
+                    "max_abs_logit_diff": round(report.max_abs_diff, 4),
+                    "tokens_match": report.tokens_match,
+                }
+            )
             print(json.dumps(rows[-1]))
     for out_type in TYPES:
-        ours, theirs = (next(r for r in rows if r["type"] == out_type and r["tool"] == t)
-                        for t in ("llmkit", "convert_hf_to_gguf.py"))
-        print(f"{out_type}: time {ours['wall_s'] / theirs['wall_s']:.2f}x, peak RSS "
-              f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x, top-1 {ours['top1']:.3f} vs {theirs['top1']:.3f}")
+        ours, theirs = (
+            next(r for r in rows if r["type"] == out_type and r["tool"] == t)
+            for t in ("llmkit", "convert_hf_to_gguf.py")
+        )
+        print(
+            f"{out_type}: time {ours['wall_s'] / theirs['wall_s']:.2f}x, peak RSS "
+            f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x, top-1 {ours['top1']:.3f} vs {theirs['top1']:.3f}"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "model": "SmolLM2-135M-Instruct (embedded Q4_1 GGUF → HF f32 → GGUF)", "cpu_threads": 2,
-        "llama_cpp_python": LLAMA_CPP_PYTHON, "rows": rows,
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "model": "SmolLM2-135M-Instruct (embedded Q4_1 GGUF → HF f32 → GGUF)",
+                "cpu_threads": 2,
+                "llama_cpp_python": LLAMA_CPP_PYTHON,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {RESULTS}")
 
 

@@ -49,8 +49,12 @@ print(before, peak())
 
 
 def run(code: str) -> str:
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                       env={"LLMKIT_QUIET": "1", "OMP_NUM_THREADS": "2", **__import__("os").environ})
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={"LLMKIT_QUIET": "1", "OMP_NUM_THREADS": "2", **__import__("os").environ},
+    )
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     return r.stdout
@@ -68,8 +72,15 @@ def main() -> None:
             ("gguf f16", f'write_gguf("{d}/merged", "{d}/m.gguf", "f16")'),
         ):
             before, after = map(int, run(MEASURE.format(d=d, call=call)).split()[-2:])
-            rows.append({"layers": layers, "step": step, "model_mib": round(size / 2**20),
-                         "largest_shard_mib": round(shard / 2**20), "peak_growth_mib": round((after - before) / 2**20)})
+            rows.append(
+                {
+                    "layers": layers,
+                    "step": step,
+                    "model_mib": round(size / 2**20),
+                    "largest_shard_mib": round(shard / 2**20),
+                    "peak_growth_mib": round((after - before) / 2**20),
+                }
+            )
             print(json.dumps(rows[-1]))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"rows": rows}, indent=2) + "\n")

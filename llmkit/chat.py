@@ -73,10 +73,11 @@ def generate(model, tokenizer, messages, *, max_new_tokens=256, temperature=0.0,
             streamer=streamer,
             eos_token_id=sorted(eos),
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos),
-            top_p=None, top_k=None,
+            top_p=None,
+            top_k=None,
             **sampling,
         )
-    answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     if stream:
         sys.stdout.flush()
     return answer.strip()

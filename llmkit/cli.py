@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -82,7 +82,7 @@ def recipes_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
 @recipes_app.command("show")
 def recipes_show(
     recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="a.b=value overrides")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="a.b=value overrides")] = None,
 ) -> None:
     """Print a recipe with every default filled in and overrides applied."""
     from llmkit.recipe import dump, load
@@ -119,13 +119,23 @@ def recipes_copy(
 
 @app.command()
 def pull(
-    model: Annotated[str, typer.Argument(help="HF repo id[@revision], local dir, .gguf file, ollama:NAME, or a built-in name.")],
-    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (or use MODEL@REV).")] = None,
-    include: Annotated[Optional[list[str]], typer.Option(help="Extra glob patterns to download.")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Glob patterns to skip.")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also download pickle (.bin/.pt) weights.")] = False,
-    token: Annotated[Optional[str], typer.Option(help="HF token for gated repos (default: $HF_TOKEN).", show_default=False)] = None,
-    prefer_hub: Annotated[bool, typer.Option("--prefer-hub", help="Fetch built-in names from the Hub instead of the embedded copy.")] = False,
+    model: Annotated[
+        str,
+        typer.Argument(help="HF repo id[@revision], local dir, .gguf file, ollama:NAME, or a built-in name."),
+    ],
+    revision: Annotated[str | None, typer.Option(help="Branch, tag or commit (or use MODEL@REV).")] = None,
+    include: Annotated[list[str] | None, typer.Option(help="Extra glob patterns to download.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Glob patterns to skip.")] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Also download pickle (.bin/.pt) weights.")
+    ] = False,
+    token: Annotated[
+        str | None, typer.Option(help="HF token for gated repos (default: $HF_TOKEN).", show_default=False)
+    ] = None,
+    prefer_hub: Annotated[
+        bool,
+        typer.Option("--prefer-hub", help="Fetch built-in names from the Hub instead of the embedded copy."),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Download or convert a model into a local Hugging Face model directory."""
@@ -135,8 +145,13 @@ def pull(
     # once instead: partial files stay as `.incomplete` blobs and the next pull resumes them.
     signal.signal(signal.SIGINT, _exit_interrupted)
     path = resolve(
-        model, revision=revision, include=include or [], exclude=exclude or [],
-        allow_pickle=allow_pickle, token=token, prefer_hub=prefer_hub,
+        model,
+        revision=revision,
+        include=include or [],
+        exclude=exclude or [],
+        allow_pickle=allow_pickle,
+        token=token,
+        prefer_hub=prefer_hub,
     )
     if json_out:
         return _print_json({"model": model, "path": str(path)})
@@ -165,8 +180,10 @@ def models(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def chat(
     model: Annotated[str, typer.Argument(help="Model reference or a training run dir (base + adapter).")],
-    prompt: Annotated[Optional[str], typer.Argument(help="One-shot prompt; omit for an interactive chat.")] = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    prompt: Annotated[
+        str | None, typer.Argument(help="One-shot prompt; omit for an interactive chat.")
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
 ) -> None:
@@ -193,9 +210,15 @@ def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def train(
     recipe: Annotated[str, typer.Argument(help="Recipe name (see `llmkit recipes list`) or YAML path.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="a.b=value overrides, e.g. train.lr=1e-4")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in train.output_dir from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in train.output_dir.")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="a.b=value overrides, e.g. train.lr=1e-4")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in train.output_dir from its last checkpoint.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run already in train.output_dir.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print run.json instead of the run dir.")] = False,
 ) -> None:
     """Fine-tune a model with LoRA/QLoRA from a recipe; writes a run dir (adapter, metrics, loss.png).
@@ -212,13 +235,18 @@ def train(
         return _print_json(json.loads((run_dir / "run.json").read_text()))
     typer.echo(str(run_dir))
 
+
 @app.command("run")
 def run_recipe(
     recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="a.b=value overrides")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="a.b=value overrides")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in train.output_dir.")] = False,
-    verify: Annotated[bool, typer.Option("--verify", help="Check the GGUF in llama.cpp against transformers.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run already in train.output_dir.")
+    ] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the GGUF in llama.cpp against transformers.")
+    ] = False,
 ) -> None:
     """Pull → train → export (→ Ollama model if the recipe names one), in one command."""
     from llmkit.recipe import load
@@ -227,7 +255,11 @@ def run_recipe(
     from llmkit.pipeline import run
 
     result = run(loaded, resume=resume, overwrite=overwrite, verify=verify)
-    for label, value in (("gguf", result.gguf), ("modelfile", result.modelfile), ("ollama", result.ollama_model)):
+    for label, value in (
+        ("gguf", result.gguf),
+        ("modelfile", result.modelfile),
+        ("ollama", result.ollama_model),
+    ):
         if value:
             typer.echo(f"{label}: {value}")
     if result.ollama_command and not result.ollama_model:
@@ -239,28 +271,63 @@ def run_recipe(
 
 @app.command()
 def export(
-    source: Annotated[str, typer.Argument(help="Training run dir (base + adapter), model dir or model reference.")],
-    gguf: Annotated[Optional[str], typer.Option("--gguf", help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 (default: recipe, else f16).")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output dir (default: the run dir, or exports/NAME).")] = None,
-    ollama: Annotated[Optional[str], typer.Option("--ollama", help="Create this Ollama model (needs a running server).")] = None,
-    quantize: Annotated[Optional[str], typer.Option("--quantize", help="Server-side Ollama quantization: q8_0 | q4_K_S | q4_K_M.")] = None,
-    verify: Annotated[bool, typer.Option("--verify", help="Check tokens and logits in llama.cpp against transformers.")] = False,
-    template: Annotated[Optional[Path], typer.Option("--template", help="Ollama Go template file, for chat templates llmkit does not know.")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", help="SYSTEM prompt for the Modelfile.")] = None,
-    adapter_only: Annotated[bool, typer.Option("--adapter-only", help="Write the LoRA alone as a GGUF adapter (for Ollama's ADAPTER).")] = False,
+    source: Annotated[
+        str, typer.Argument(help="Training run dir (base + adapter), model dir or model reference.")
+    ],
+    gguf: Annotated[
+        str | None,
+        typer.Option(
+            "--gguf", help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 (default: recipe, else f16)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Output dir (default: the run dir, or exports/NAME)."),
+    ] = None,
+    ollama: Annotated[
+        str | None, typer.Option("--ollama", help="Create this Ollama model (needs a running server).")
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option("--quantize", help="Server-side Ollama quantization: q8_0 | q4_K_S | q4_K_M."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check tokens and logits in llama.cpp against transformers.")
+    ] = False,
+    template: Annotated[
+        Path | None,
+        typer.Option("--template", help="Ollama Go template file, for chat templates llmkit does not know."),
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", help="SYSTEM prompt for the Modelfile.")] = None,
+    adapter_only: Annotated[
+        bool,
+        typer.Option("--adapter-only", help="Write the LoRA alone as a GGUF adapter (for Ollama's ADAPTER)."),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Merge a LoRA run and write GGUF + Modelfile (and an Ollama model with --ollama)."""
     from llmkit.export import export as run_export
 
     result = run_export(
-        source, gguf=gguf, output=output, ollama=ollama, quantize=quantize, verify=verify,
-        template=template, system=system, adapter_only=adapter_only,
+        source,
+        gguf=gguf,
+        output=output,
+        ollama=ollama,
+        quantize=quantize,
+        verify=verify,
+        template=template,
+        system=system,
+        adapter_only=adapter_only,
     )
     if json_out:
         return _print_json(result.as_dict())
-    for label, value in (("merged", result.merged_dir), ("gguf", result.gguf), ("adapter", result.adapter_gguf),
-                         ("modelfile", result.modelfile), ("ollama", result.ollama_model)):
+    for label, value in (
+        ("merged", result.merged_dir),
+        ("gguf", result.gguf),
+        ("adapter", result.adapter_gguf),
+        ("modelfile", result.modelfile),
+        ("ollama", result.ollama_model),
+    ):
         if value:
             typer.echo(f"{label}: {value}")
     if result.ollama_command and not result.ollama_model:
@@ -269,13 +336,18 @@ def export(
 
 # ----------------------------------------------------------------------------- ollama (issue 5)
 
-ollama_app = typer.Typer(help="Run and manage models in Ollama (server at $OLLAMA_HOST).", no_args_is_help=True)
+ollama_app = typer.Typer(
+    help="Run and manage models in Ollama (server at $OLLAMA_HOST).", no_args_is_help=True
+)
 app.add_typer(ollama_app, name="ollama")
 
 
 @ollama_app.command("serve")
 def ollama_serve(
-    gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="Let the server use GPUs, or hide them.", show_default=False)] = None,
+    gpu: Annotated[
+        bool | None,
+        typer.Option("--gpu/--cpu", help="Let the server use GPUs, or hide them.", show_default=False),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a started server to answer.")] = 30.0,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -292,7 +364,9 @@ def ollama_serve(
 
 
 @ollama_app.command("pull")
-def ollama_pull(name: Annotated[str, typer.Argument(help="Model name, e.g. llama3.2 or qwen2.5:0.5b.")]) -> None:
+def ollama_pull(
+    name: Annotated[str, typer.Argument(help="Model name, e.g. llama3.2 or qwen2.5:0.5b.")],
+) -> None:
     """Download a model into Ollama, with a progress bar per layer (Ctrl-C to stop; rerun to resume)."""
     from llmkit.ollama import pull
 
@@ -305,11 +379,15 @@ def ollama_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> No
     """List the models the Ollama server has."""
     from llmkit.ollama import list_models
 
-    _ollama_table(list_models(), ["name", "size", "family", "parameter_size", "quantization", "modified_at"], json_out)
+    _ollama_table(
+        list_models(), ["name", "size", "family", "parameter_size", "quantization", "modified_at"], json_out
+    )
 
 
 @ollama_app.command("show")
-def ollama_show(name: Annotated[str, typer.Argument()], json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+def ollama_show(
+    name: Annotated[str, typer.Argument()], json_out: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """Show a model: family, size, quantization, template, parameters, system prompt."""
     from llmkit.ollama import show
 
@@ -337,24 +415,35 @@ def ollama_ps(json_out: Annotated[bool, typer.Option("--json")] = False) -> None
     """List the models loaded in memory right now."""
     from llmkit.ollama import ps
 
-    _ollama_table(ps(), ["name", "size", "size_vram", "parameter_size", "quantization", "expires_at"], json_out)
+    _ollama_table(
+        ps(), ["name", "size", "size_vram", "parameter_size", "quantization", "expires_at"], json_out
+    )
 
 
 @ollama_app.command("run")
 def ollama_run(
     name: Annotated[str, typer.Argument(help="Model name.")],
-    prompt: Annotated[Optional[str], typer.Argument(help="One-shot prompt; omit for an interactive chat.")] = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (0 = greedy).")] = None,
-    num_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
-    num_predict: Annotated[Optional[int], typer.Option(help="Most tokens to generate.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Any Ollama option, KEY=VALUE (e.g. min_p=0.05).")] = None,
+    prompt: Annotated[
+        str | None, typer.Argument(help="One-shot prompt; omit for an interactive chat.")
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")] = None,
+    num_ctx: Annotated[int | None, typer.Option(help="Context window in tokens.")] = None,
+    num_predict: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Any Ollama option, KEY=VALUE (e.g. min_p=0.05)."),
+    ] = None,
 ) -> None:
     """Generate from a model (streamed), or chat with it: /bye quits, /system sets a system prompt."""
     from llmkit.ollama import run
 
-    options = {k: v for k, v in dict(temperature=temperature, num_ctx=num_ctx, num_predict=num_predict, seed=seed).items() if v is not None}
+    options = {
+        k: v
+        for k, v in dict(temperature=temperature, num_ctx=num_ctx, num_predict=num_predict, seed=seed).items()
+        if v is not None
+    }
     for item in option or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -378,9 +467,13 @@ def _ollama_table(rows: list[dict], columns: list[str], json_out: bool) -> None:
     for r in rows:
         table.add_row(*[human_size(r[c]) if c.startswith("size") else str(r[c] or "-") for c in columns])
     out.print(table)
+
+
 # ----------------------------------------------------------------------------- embed (issue 6)
 
-classify_app = typer.Typer(help="Train, apply and evaluate text classifiers on embeddings.", no_args_is_help=True)
+classify_app = typer.Typer(
+    help="Train, apply and evaluate text classifiers on embeddings.", no_args_is_help=True
+)
 app.add_typer(classify_app, name="classify")
 _MODEL_OPT = typer.Option("--model", "-m", help="sentence-transformers dir/HF id, or ollama:NAME.")
 _BACKEND_OPT = typer.Option(help="auto | torch (exact reference) | onnx | ollama.")
@@ -389,17 +482,28 @@ _PRECISION_OPT = typer.Option(help="auto | fp32 | int8 (onnx, fastest) | bf16 (t
 
 @app.command()
 def embed(
-    input: Annotated[Path, typer.Argument(help=".txt (a line each), .jsonl, .csv, .parquet — or an embedding recipe .yaml.")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="vectors .parquet (or .npy).")] = None,
-    column: Annotated[Optional[str], typer.Option(help="Text column (jsonl/csv/parquet; default text).")] = None,
-    id_column: Annotated[Optional[str], typer.Option(help="Column to use as row id (default: row number).")] = None,
+    input: Annotated[
+        Path,
+        typer.Argument(help=".txt (a line each), .jsonl, .csv, .parquet — or an embedding recipe .yaml."),
+    ],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="vectors .parquet (or .npy).")] = None,
+    column: Annotated[str | None, typer.Option(help="Text column (jsonl/csv/parquet; default text).")] = None,
+    id_column: Annotated[
+        str | None, typer.Option(help="Column to use as row id (default: row number).")
+    ] = None,
     model: Annotated[str, _MODEL_OPT] = "all-minilm-l6-v2",
     backend: Annotated[str, _BACKEND_OPT] = "auto",
     precision: Annotated[str, _PRECISION_OPT] = "auto",
     normalize: Annotated[bool, typer.Option(help="L2-normalize vectors (cosine).")] = True,
-    chunk: Annotated[bool, typer.Option("--chunk", help="Average windows of long texts instead of truncating.")] = False,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip (and report) non-UTF-8/bad lines.")] = False,
-    keep_text: Annotated[bool, typer.Option("--text/--no-text", help="Keep the text column in the output.")] = True,
+    chunk: Annotated[
+        bool, typer.Option("--chunk", help="Average windows of long texts instead of truncating.")
+    ] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip (and report) non-UTF-8/bad lines.")
+    ] = False,
+    keep_text: Annotated[
+        bool, typer.Option("--text/--no-text", help="Keep the text column in the output.")
+    ] = True,
     commit_every: Annotated[int, typer.Option(help="Rows per committed (resumable) chunk.")] = 4096,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -412,26 +516,43 @@ def embed(
         return _print_json(run(input))
     if output is None:
         raise UsageError("missing -o/--output", "e.g. llmkit embed texts.txt -o vectors.parquet")
-    result = embed_file(input, output, column=column, id_column=id_column, model=model, backend=backend,
-                        precision=precision, normalize=normalize, chunk=chunk, skip_bad=skip_bad,
-                        keep_text=keep_text, commit_every=commit_every)
+    result = embed_file(
+        input,
+        output,
+        column=column,
+        id_column=id_column,
+        model=model,
+        backend=backend,
+        precision=precision,
+        normalize=normalize,
+        chunk=chunk,
+        skip_bad=skip_bad,
+        keep_text=keep_text,
+        commit_every=commit_every,
+    )
     s = result.summary()
     if json_out:
         return _print_json(s)
-    typer.echo(f"{s['rows']} rows → {s['output']} ({s['model']}, {s['backend']}/{s['precision']}, dim {s['dim']}; "
-               f"{s['encoded']} encoded, {s['duplicates']} duplicates, {s['truncated']} truncated, "
-               f"{s['failed']} failed, {s['rows_per_s']} rows/s)")
+    typer.echo(
+        f"{s['rows']} rows → {s['output']} ({s['model']}, {s['backend']}/{s['precision']}, dim {s['dim']}; "
+        f"{s['encoded']} encoded, {s['duplicates']} duplicates, {s['truncated']} truncated, "
+        f"{s['failed']} failed, {s['rows_per_s']} rows/s)"
+    )
     if s["failed"]:
         typer.echo(f"failed rows are listed in {s['output']}.errors.jsonl", err=True)
 
 
 @app.command()
 def similar(
-    query: Annotated[Optional[str], typer.Argument(help="Query text (or use --queries).")] = None,
-    index: Annotated[Path, typer.Option("--index", "-i", help="vectors.parquet from llmkit embed.")] = Path("vectors.parquet"),
+    query: Annotated[str | None, typer.Argument(help="Query text (or use --queries).")] = None,
+    index: Annotated[Path, typer.Option("--index", "-i", help="vectors.parquet from llmkit embed.")] = Path(
+        "vectors.parquet"
+    ),
     k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 5,
-    queries: Annotated[Optional[Path], typer.Option(help="File with one query per line.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Default: the model that built the index.")] = None,
+    queries: Annotated[Path | None, typer.Option(help="File with one query per line.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Default: the model that built the index.")
+    ] = None,
     method: Annotated[str, typer.Option(help="auto | exact | faiss (HNSW, for large files).")] = "auto",
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -447,7 +568,9 @@ def similar(
     for r in results:
         typer.echo(f"query: {r['query']}")
         for h in r["hits"]:
-            typer.echo(f"  {h['rank']}. {h['score']:.4f}  [{h['id']}] {h['text'] if h['text'] is not None else ''}")
+            typer.echo(
+                f"  {h['rank']}. {h['score']:.4f}  [{h['id']}] {h['text'] if h['text'] is not None else ''}"
+            )
 
 
 @app.command()
@@ -467,7 +590,9 @@ def similarity(
 def _render_report(rep: dict) -> None:
     typer.echo(f"accuracy {rep['accuracy']:.4f}  macro-F1 {rep['macro_f1']:.4f}  (n={rep['n']})")
     for label, m in rep["per_class"].items():
-        typer.echo(f"  {label:<16} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}")
+        typer.echo(
+            f"  {label:<16} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}"
+        )
     labels = rep["confusion"]["labels"]
     typer.echo("confusion (rows = true, cols = predicted): " + " ".join(labels))
     for label, row in zip(labels, rep["confusion"]["matrix"], strict=True):
@@ -488,11 +613,20 @@ def classify_train(
     """Train a logistic-regression classifier on embeddings; report on a held-out split."""
     from llmkit.embed.classify import train
 
-    config = train(data, output, text_column=text_column, label_column=label_column, model=model,
-                   test_size=test_size, force=force)
+    config = train(
+        data,
+        output,
+        text_column=text_column,
+        label_column=label_column,
+        model=model,
+        test_size=test_size,
+        force=force,
+    )
     if json_out:
         return _print_json(config)
-    typer.echo(f"classifier → {output} ({len(config['classes'])} classes, {config['train_rows']} training rows)")
+    typer.echo(
+        f"classifier → {output} ({len(config['classes'])} classes, {config['train_rows']} training rows)"
+    )
     _render_report(config["held_out"])
 
 
@@ -500,8 +634,10 @@ def classify_train(
 def classify_predict(
     classifier: Annotated[Path, typer.Argument(help="Classifier dir.")],
     input: Annotated[Path, typer.Argument(help=".txt/.jsonl/.csv/.parquet to label.")],
-    column: Annotated[Optional[str], typer.Option(help="Text column (default: the one it was trained on).")] = None,
-    id_column: Annotated[Optional[str], typer.Option(help="Column to use as row id.")] = None,
+    column: Annotated[
+        str | None, typer.Option(help="Text column (default: the one it was trained on).")
+    ] = None,
+    id_column: Annotated[str | None, typer.Option(help="Column to use as row id.")] = None,
 ) -> None:
     """Label each row: one JSON line per row with label and probabilities (streaming)."""
     from llmkit.embed.classify import predict
@@ -514,8 +650,8 @@ def classify_predict(
 def classify_eval(
     classifier: Annotated[Path, typer.Argument(help="Classifier dir.")],
     data: Annotated[Path, typer.Argument(help="Labelled data.")],
-    text_column: Annotated[Optional[str], typer.Option(help="Default: as trained.")] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="Default: as trained.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Default: as trained.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Default: as trained.")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Accuracy, macro-F1, per-class scores and confusion matrix on labelled data."""
@@ -529,8 +665,10 @@ def classify_eval(
 def cluster(
     vectors: Annotated[Path, typer.Argument(help="vectors.parquet from llmkit embed.")],
     k: Annotated[str, typer.Option("-k", help="Number of clusters, or auto (best silhouette).")] = "auto",
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write labelled vectors here (default: in place).")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="2-D PCA scatter PNG.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write labelled vectors here (default: in place).")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="2-D PCA scatter PNG.")] = None,
     top: Annotated[int, typer.Option(help="Texts shown per centroid.")] = 3,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -540,7 +678,10 @@ def cluster(
     result = run_cluster(vectors, k, output=output, plot=plot, top=top)
     if json_out:
         return _print_json(result)
-    typer.echo(f"k={result['k']} over {result['rows']} rows → {result['output']}" + (f", plot {plot}" if plot else ""))
+    typer.echo(
+        f"k={result['k']} over {result['rows']} rows → {result['output']}"
+        + (f", plot {plot}" if plot else "")
+    )
     for c in result["clusters"]:
         typer.echo(f"cluster {c['cluster']} ({c['size']} rows):")
         for h in c["nearest"]:

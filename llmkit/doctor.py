@@ -36,10 +36,14 @@ def checks() -> list[dict]:
     rows += _hf_rows()
     rows += _ollama_rows()
     llama = _version("llama-cpp-python")
-    rows.append(_row("llama-cpp-python", llama or "not installed", bool(llama) or None, "for export --verify"))
+    rows.append(
+        _row("llama-cpp-python", llama or "not installed", bool(llama) or None, "for export --verify")
+    )
     for label, path in (("free disk (llmkit home)", home()),):
         usage = shutil.disk_usage(path)
-        rows.append(_row(label, human_size(usage.free), usage.free > 5 * 2**30, f"of {human_size(usage.total)}"))
+        rows.append(
+            _row(label, human_size(usage.free), usage.free > 5 * 2**30, f"of {human_size(usage.total)}")
+        )
     return rows
 
 
@@ -58,7 +62,14 @@ def _torch_rows() -> list[dict]:
             rows.append(_row(f"cuda:{i}", props.name, True, f"{human_size(props.total_memory)} memory"))
     elif d["device"] == "mps":
         rows.append(_row("mps", "available", True))
-    rows.append(_row("cpu", d["name"], True, f"{torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs, {d['cpu_isa']}"))
+    rows.append(
+        _row(
+            "cpu",
+            d["name"],
+            True,
+            f"{torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs, {d['cpu_isa']}",
+        )
+    )
     bf16_note = f"CPU bf16 instructions: {d['cpu_bf16']}" if d["device"] == "cpu" else ""
     rows.append(_row("bf16", "yes" if d["bf16"] else "no", None, bf16_note))
     rows.append(_row("QLoRA (4-bit)", "yes" if d["qlora"] else "no", None, "needs CUDA + bitsandbytes"))
@@ -89,7 +100,9 @@ def _ollama_rows() -> list[dict]:
     exe = shutil.which("ollama")
     if exe:
         try:
-            out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+            out = subprocess.run(
+                [exe, "--version"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             out = "present"
         binary = _row("ollama binary", out.splitlines()[-1] if out else exe, True, exe)

@@ -26,13 +26,19 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    name: str = Field(description="Model reference: HF repo id[@rev], local dir, .gguf, ollama:NAME, or built-in name.")
+    name: str = Field(
+        description="Model reference: HF repo id[@rev], local dir, .gguf, ollama:NAME, or built-in name."
+    )
     revision: str | None = Field(None, description="Hub branch, tag or commit.")
-    trust_remote_code: bool = Field(False, description="Run code shipped with the model (only if you trust it).")
+    trust_remote_code: bool = Field(
+        False, description="Run code shipped with the model (only if you trust it)."
+    )
     chat_template: str | None = Field(
         None, description="Jinja chat template (inline or a file path) for models that have none."
     )
-    load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit NF4 (CUDA + bitsandbytes only).")
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: load the base in 4-bit NF4 (CUDA + bitsandbytes only)."
+    )
     attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2.")
 
 
@@ -41,11 +47,17 @@ class DataSection(_Section):
     config: str | None = Field(None, description="HF dataset config name.")
     split: str = Field("train", description="HF dataset split.")
     format: Literal["auto", "messages", "alpaca", "prompt_completion", "text"] = "auto"
-    eval_path: str | None = Field(None, description="Separate eval file; otherwise eval_fraction of the data.")
+    eval_path: str | None = Field(
+        None, description="Separate eval file; otherwise eval_fraction of the data."
+    )
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    max_length: int = Field(1024, ge=8, description="Tokens per example; longer rows are counted and skipped.")
+    max_length: int = Field(
+        1024, ge=8, description="Tokens per example; longer rows are counted and skipped."
+    )
     packing: bool = Field(True, description="Pack several examples per sequence (no cross-attention).")
-    train_on: Literal["answers", "all"] = Field("answers", description="Loss on assistant answers only, or on all tokens.")
+    train_on: Literal["answers", "all"] = Field(
+        "answers", description="Loss on assistant answers only, or on all tokens."
+    )
     system: str | None = Field(None, description="System prompt added to conversations that have none.")
     limit: int | None = Field(None, ge=1, description="Use only the first N rows (quick trials).")
 
@@ -62,7 +74,9 @@ class LoraSection(_Section):
 class TrainSection(_Section):
     output_dir: str = Field("runs/run", description="Run directory (adapter, checkpoints, metrics).")
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
     batch_size: int = Field(4, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-4, gt=0)
@@ -82,9 +96,13 @@ class TrainSection(_Section):
 class ExportSection(_Section):
     gguf: Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"] = "f16"
     ollama: str | None = Field(None, description="Ollama model name to create.")
-    quantize: Literal["q8_0", "q4_K_S", "q4_K_M"] | None = Field(None, description="Server-side Ollama quantization.")
+    quantize: Literal["q8_0", "q4_K_S", "q4_K_M"] | None = Field(
+        None, description="Server-side Ollama quantization."
+    )
     system: str | None = None
-    template: str | None = Field(None, description="Go template file for Ollama, when the chat template is unknown.")
+    template: str | None = Field(
+        None, description="Go template file for Ollama, when the chat template is unknown."
+    )
     parameters: dict[str, Any] = Field(default_factory=dict, description="Extra Ollama PARAMETERs.")
 
 
@@ -160,7 +178,9 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise RecipeError(f"bad override '{item}'", "write overrides as section.key=value, e.g. train.lr=1e-4")
+            raise RecipeError(
+                f"bad override '{item}'", "write overrides as section.key=value, e.g. train.lr=1e-4"
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
@@ -231,7 +251,11 @@ def _describe(err: dict, data: dict) -> str:
         model = _model_at(loc[:-1])
         fields = list(model.model_fields) if model else []
         near = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.5)
-        hint = f"did you mean '{'.'.join(loc[:-1] + [near[0]])}'?" if near else f"valid keys: {', '.join(fields)}"
+        hint = (
+            f"did you mean '{'.'.join(loc[:-1] + [near[0]])}'?"
+            if near
+            else f"valid keys: {', '.join(fields)}"
+        )
         return f"{path}: unknown key ({hint})"
     if kind == "missing":
         return f"{path}: required key is missing"

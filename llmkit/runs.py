@@ -40,7 +40,9 @@ def open_run(path: str | Path) -> Run:
     if not is_run_dir(p):
         raise SourceError(f"{p} is not a training run directory (no recipe.yaml + adapter/)")
     if not (p / "adapter" / "adapter_config.json").is_file():
-        raise SourceError(f"{p}/adapter holds no finished adapter", "the run may still be training, or failed; try --resume")
+        raise SourceError(
+            f"{p}/adapter holds no finished adapter", "the run may still be training, or failed; try --resume"
+        )
     return Run(path=p, recipe=load(p / "recipe.yaml"), adapter_dir=p / "adapter")
 
 

@@ -32,7 +32,15 @@ TINY_NAMES = ("tiny-llama", "tiny-qwen2")
 
 # What a model needs, and nothing that can execute code: safetensors weights, configs,
 # tokenizer and chat-template files, from the repo's top level. Pickle weights only on request.
-DEFAULT_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.jinja", "merges.txt", "vocab.txt"]
+DEFAULT_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "tokenizer.model",
+    "*.tiktoken",
+    "*.jinja",
+    "merges.txt",
+    "vocab.txt",
+]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
 SOURCE_FILE = "llmkit-source.json"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -73,7 +81,9 @@ def resolve(
     if "@" in ref:
         ref, _, rev = ref.partition("@")
         if revision and rev != revision:
-            raise SourceError(f"two revisions given: @{rev} and --revision {revision}", "use only one of them")
+            raise SourceError(
+                f"two revisions given: @{rev} and --revision {revision}", "use only one of them"
+            )
         revision = rev
     if _REPO_ID.match(ref) and not path.exists() and not ref.startswith((".", "/", "~")):
         return download(
@@ -102,7 +112,10 @@ def check_model_dir(path: Path) -> Path:
     pickles = list(path.glob("pytorch_model*.bin"))
     if not weights and not pickles:
         missing.append("weights (*.safetensors)")
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")):
+    if not any(
+        (path / f).is_file()
+        for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+    ):
         missing.append("tokenizer (tokenizer.json or tokenizer.model)")
     if missing:
         raise SourceError(f"{path} is not a usable model directory: missing {', '.join(missing)}")
@@ -295,7 +308,9 @@ def embedded_gguf(name: str) -> Path:
         )
     path = Path(list(found.submodule_search_locations)[0]) / spec["file"]
     if not path.is_file():
-        raise SourceError(f"{path} is missing from the {spec['package']} package", f"reinstall: {spec['install']}")
+        raise SourceError(
+            f"{path} is missing from the {spec['package']} package", f"reinstall: {spec['install']}"
+        )
     return path
 
 
@@ -392,16 +407,27 @@ def list_models() -> list[dict]:
     for name, spec in BUILTIN.items():
         try:
             p = embedded_gguf(name)
-            rows.append({"name": name, "source": f"embedded ({spec['package']})", "size": p.stat().st_size, "path": str(p)})
+            rows.append(
+                {
+                    "name": name,
+                    "source": f"embedded ({spec['package']})",
+                    "size": p.stat().st_size,
+                    "path": str(p),
+                }
+            )
         except SourceError:
-            rows.append({"name": name, "source": f"not installed: {spec['install']}", "size": 0, "path": None})
+            rows.append(
+                {"name": name, "source": f"not installed: {spec['install']}", "size": 0, "path": None}
+            )
     models_dir = home() / "models"
     if models_dir.is_dir():
         for d in sorted(models_dir.iterdir()):
             if d.name.startswith(".") or not (d / "config.json").is_file():
                 continue
             meta = json.loads((d / SOURCE_FILE).read_text()) if (d / SOURCE_FILE).is_file() else {}
-            source = f"gguf: {Path(meta['file']).name}" if meta.get("source") == "gguf" else "built from config"
+            source = (
+                f"gguf: {Path(meta['file']).name}" if meta.get("source") == "gguf" else "built from config"
+            )
             rows.append({"name": d.name, "source": source, "size": dir_size(d), "path": str(d)})
     try:
         from huggingface_hub import scan_cache_dir
@@ -411,7 +437,14 @@ def list_models() -> list[dict]:
                 continue
             for rev in repo.revisions:
                 refs = ",".join(sorted(rev.refs)) or rev.commit_hash[:8]
-                rows.append({"name": f"{repo.repo_id}@{refs}", "source": "hf cache", "size": rev.size_on_disk, "path": str(rev.snapshot_path)})
+                rows.append(
+                    {
+                        "name": f"{repo.repo_id}@{refs}",
+                        "source": "hf cache",
+                        "size": rev.size_on_disk,
+                        "path": str(rev.snapshot_path),
+                    }
+                )
     except Exception as exc:  # no cache yet, or an unreadable one
         if "not found" not in str(exc).lower() and "does not exist" not in str(exc).lower():
             warn(f"could not scan the Hugging Face cache: {_first_line(exc)}")

@@ -12,12 +12,8 @@ from pathlib import Path
 
 from llmkit.files import atomic_dir, home
 
-LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -35,7 +31,13 @@ TINY = {
     "tiny-llama": {
         "arch": "llama",
         "regex": LLAMA3_REGEX,
-        "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "special": [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+        ],
         "bos": "<|begin_of_text|>",
         "eos": "<|eot_id|>",
         "pad": "<|end_of_text|>",
@@ -107,7 +109,8 @@ def build(name: str, out: Path, *, seed: int = 0) -> Path:
             [
                 processors.ByteLevel(trim_offsets=False),
                 processors.TemplateProcessing(
-                    single=f"{spec['bos']} $A", pair=f"{spec['bos']} $A {spec['bos']} $B",
+                    single=f"{spec['bos']} $A",
+                    pair=f"{spec['bos']} $A {spec['bos']} $B",
                     special_tokens=[(spec["bos"], bos_id)],
                 ),
             ]
@@ -142,7 +145,9 @@ def build(name: str, out: Path, *, seed: int = 0) -> Path:
     else:
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
     model.generation_config = GenerationConfig(
-        bos_token_id=common["bos_token_id"], eos_token_id=common["eos_token_id"], pad_token_id=common["pad_token_id"]
+        bos_token_id=common["bos_token_id"],
+        eos_token_id=common["eos_token_id"],
+        pad_token_id=common["pad_token_id"],
     )
     model.save_pretrained(out, safe_serialization=True)
     hf_tok.save_pretrained(out)

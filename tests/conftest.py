@@ -100,7 +100,12 @@ def run_llmkit(*args: str, env: dict | None = None, input: str | None = None, ti
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "llmkit", *args],
-        capture_output=True, text=True, env=full_env, input=input, timeout=timeout, cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        timeout=timeout,
+        cwd=cwd,
     )
 
 

@@ -13,7 +13,11 @@ def test_one_shot_with_tiny_model(llmkit_cli):
 
 def test_interactive_keeps_going_until_bye(llmkit_cli):
     result = llmkit_cli(
-        "chat", "tiny-llama", "--max-new-tokens", "3", input="hello\n/system Be terse.\nagain\n/bye\nnever read\n"
+        "chat",
+        "tiny-llama",
+        "--max-new-tokens",
+        "3",
+        input="hello\n/system Be terse.\nagain\n/bye\nnever read\n",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(">>> ") == 4  # hello, /system, again, /bye; "never read" is not read
@@ -32,6 +36,8 @@ def test_model_without_chat_template_is_a_clear_error(tiny_llama_dir, tmp_path, 
 
 @pytest.mark.slow
 def test_smollm2_knows_the_capital_of_france(llmkit_cli, smollm2_dir):
-    result = llmkit_cli("chat", "smollm2-135m-instruct", "What is the capital of France?", "--max-new-tokens", "24")
+    result = llmkit_cli(
+        "chat", "smollm2-135m-instruct", "What is the capital of France?", "--max-new-tokens", "24"
+    )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout

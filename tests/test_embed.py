@@ -19,9 +19,19 @@ from llmkit.errors import LlmkitError
 
 REPO = Path(__file__).resolve().parent.parent
 LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 60)  # ~540 tokens > 256
-TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
-         "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods.",
-         "A monkey is playing drums.", "", "ok", LONG, "Heavy rain is expected tomorrow in the north."]
+TEXTS = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A monkey is playing drums.",
+    "",
+    "ok",
+    LONG,
+    "Heavy rain is expected tomorrow in the north.",
+]
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -51,11 +61,17 @@ def test_onnx_fp32_matches_sentence_transformers(reference):
     vec = fast.encode(TEXTS)
     assert vec.shape == (len(TEXTS), 384) and vec.dtype == np.float32
     cos = (vec * ref).sum(1)
-    assert cos.min() > 0.9999, cos  # incl. the long text: truncated at 256 like ST, not at tokenizer.json's 128
+    assert cos.min() > 0.9999, (
+        cos
+    )  # incl. the long text: truncated at 256 like ST, not at tokenizer.json's 128
     assert fast.truncated == ref_enc.truncated == 1
     assert np.allclose(np.linalg.norm(vec, axis=1), 1, atol=1e-5)
-    assert fast.info() == {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384, "backend": "onnx",
-                           "precision": "fp32"}
+    assert fast.info() == {
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "dim": 384,
+        "backend": "onnx",
+        "precision": "fp32",
+    }
 
 
 def test_onnx_int8_is_close_and_cached(reference):
@@ -86,10 +102,21 @@ def test_python_api_embed_and_chunking():
 
 def test_bad_precision_and_backend_are_one_line_errors(capsys, tmp_path):
     (tmp_path / "a.txt").write_text("hello\n")
-    code, _, err = cli(capsys, "embed", str(tmp_path / "a.txt"), "-o", str(tmp_path / "v.parquet"),
-                       "--backend", "onnx", "--precision", "bf16")
+    code, _, err = cli(
+        capsys,
+        "embed",
+        str(tmp_path / "a.txt"),
+        "-o",
+        str(tmp_path / "v.parquet"),
+        "--backend",
+        "onnx",
+        "--precision",
+        "bf16",
+    )
     assert code == 2 and err.startswith("Error: --precision bf16 is not available with --backend onnx")
-    code, _, err = cli(capsys, "embed", str(tmp_path / "a.txt"), "-o", str(tmp_path / "v.parquet"), "--backend", "gpu9")
+    code, _, err = cli(
+        capsys, "embed", str(tmp_path / "a.txt"), "-o", str(tmp_path / "v.parquet"), "--backend", "gpu9"
+    )
     assert code == 2 and "unknown backend 'gpu9'" in err
 
 
@@ -114,8 +141,13 @@ def test_job_txt_to_parquet_dedups_and_records_the_encoder(tmp_path):
     assert table.schema.field("vector").type == pa.list_(pa.float32(), 384)
     assert table.column_names == ["id", "text_hash", "vector", "text"]
     assert table.column("id").to_pylist() == [0, 1, 2, 3, 4]
-    assert table.column("text").to_pylist() == ["hello world", "the cat sat", "hello world", "another line",
-                                                "the cat sat"]
+    assert table.column("text").to_pylist() == [
+        "hello world",
+        "the cat sat",
+        "hello world",
+        "another line",
+        "the cat sat",
+    ]
     assert table.column("text_hash").to_pylist()[0] == text_hash("hello world")
     assert np.allclose(vec[0], vec[2]) and np.allclose(vec[0], embed(["hello world"])[0], atol=1e-5)
     meta = json.loads(table.schema.metadata[META_KEY])
@@ -139,7 +171,7 @@ def test_job_jsonl_csv_parquet_with_columns_and_passthrough(tmp_path):
     assert table.column("input_id").to_pylist() == [0, 10, 20, 30, 40]  # a clashing input column is renamed
     assert table.column("lang").to_pylist() == ["en"] * 5 and "body" in table.column_names
 
-    (tmp_path / "in.csv").write_text("title,label\n\"Hello, world\",a\nSecond row,b\n")
+    (tmp_path / "in.csv").write_text('title,label\n"Hello, world",a\nSecond row,b\n')
     embed_file(tmp_path / "in.csv", tmp_path / "c.parquet", column="title")
     table = pq.read_table(tmp_path / "c.parquet")
     assert table.column("title").to_pylist() == ["Hello, world", "Second row"]
@@ -157,7 +189,9 @@ def test_job_bad_inputs_are_one_line_errors(capsys, tmp_path):
     code, _, err = cli(capsys, "embed", str(tmp_path / "in.jsonl"), "-o", out, "--column", "text")
     assert code == 1 and "no text column 'text'; available columns: body, lang" in err
     (tmp_path / "in.csv").write_text("a,b\n1,2\n")
-    code, _, err = cli(capsys, "embed", str(tmp_path / "in.csv"), "-o", out, "--column", "a", "--id-column", "key")
+    code, _, err = cli(
+        capsys, "embed", str(tmp_path / "in.csv"), "-o", out, "--column", "a", "--id-column", "key"
+    )
     assert code == 1 and "no id column 'key'; available columns: a, b" in err
     (tmp_path / "empty.txt").write_text("")
     code, _, err = cli(capsys, "embed", str(tmp_path / "empty.txt"), "-o", out)
@@ -236,8 +270,9 @@ def topics_vectors(tmp_path_factory):
 
 
 def test_similar_exact_topk_and_similarity(capsys, topics_vectors):
-    code, stdout, err = cli(capsys, "similar", "my laptop battery dies fast", "--index", str(topics_vectors),
-                            "-k", "3", "--json")
+    code, stdout, err = cli(
+        capsys, "similar", "my laptop battery dies fast", "--index", str(topics_vectors), "-k", "3", "--json"
+    )
     assert code == 0, err
     hits = json.loads(stdout)[0]["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
@@ -276,14 +311,22 @@ def test_querying_an_index_of_another_model_or_dimension(capsys, tmp_path, topic
     meta = json.loads(table.schema.metadata[META_KEY])
     other = table.replace_schema_metadata({META_KEY: json.dumps({**meta, "model": "acme/other-embedder"})})
     pq.write_table(other, tmp_path / "other.parquet")
-    code, _, err = cli(capsys, "similar", "hello", "--index", str(tmp_path / "other.parquet"),
-                       "--model", "all-minilm-l6-v2")
+    code, _, err = cli(
+        capsys, "similar", "hello", "--index", str(tmp_path / "other.parquet"), "--model", "all-minilm-l6-v2"
+    )
     assert code == 1
-    assert "built with acme/other-embedder (dim 384), but the queries use sentence-transformers/all-MiniLM-L6-v2" in err
-    small = pa.table({"id": [0, 1], "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(32, np.float32)), 16)})
+    assert (
+        "built with acme/other-embedder (dim 384), but the queries use sentence-transformers/all-MiniLM-L6-v2"
+        in err
+    )
+    small = pa.table(
+        {"id": [0, 1], "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(32, np.float32)), 16)}
+    )
     pq.write_table(small.replace_schema_metadata({META_KEY: json.dumps(meta)}), tmp_path / "dim16.parquet")
     code, _, err = cli(capsys, "similar", "hello", "--index", str(tmp_path / "dim16.parquet"))
-    assert code == 1 and "(dim 16), but the queries use sentence-transformers/all-MiniLM-L6-v2 (dim 384)" in err
+    assert (
+        code == 1 and "(dim 16), but the queries use sentence-transformers/all-MiniLM-L6-v2 (dim 384)" in err
+    )
     code, _, err = cli(capsys, "similar", "hello", "--index", str(tmp_path / "missing.parquet"))
     assert code == 1 and "not found" in err
 

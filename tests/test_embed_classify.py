@@ -42,7 +42,10 @@ def test_train_reports_held_out_metrics_and_saves_no_pickle(clf_dir):
     config = json.loads((clf_dir / "classifier.json").read_text())
     rep = config["held_out"]
     assert config["classes"] == ["cooking", "sports", "tech", "weather"]
-    assert config["encoder"]["model"] == "sentence-transformers/all-MiniLM-L6-v2" and config["encoder"]["dim"] == 384
+    assert (
+        config["encoder"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+        and config["encoder"]["dim"] == 384
+    )
     assert rep["n"] == 24 and rep["accuracy"] >= 0.9 and rep["macro_f1"] >= 0.9
     assert set(rep["per_class"]) == set(config["classes"])
     assert np.array(rep["confusion"]["matrix"]).sum() == 24
@@ -80,7 +83,9 @@ def test_eval_and_its_bad_inputs(capsys, clf_dir, tmp_path):
     (tmp_path / "other.csv").write_text("text,label\nhello,greeting\nbye,greeting\n")
     code, _, err = cli(capsys, "classify", "eval", str(clf_dir), str(tmp_path / "other.csv"))
     assert code == 1 and "labels greeting are not among the classifier's" in err
-    code, _, err = cli(capsys, "classify", "train", str(LABELLED), "-o", str(tmp_path / "c"), "--label-column", "topic")
+    code, _, err = cli(
+        capsys, "classify", "train", str(LABELLED), "-o", str(tmp_path / "c"), "--label-column", "topic"
+    )
     assert code == 1 and "no label column 'topic'; available columns: text, label" in err
     (tmp_path / "one.csv").write_text("text,label\na,x\nb,x\nc,x\n")
     code, _, err = cli(capsys, "classify", "train", str(tmp_path / "one.csv"), "-o", str(tmp_path / "c"))
@@ -104,8 +109,10 @@ def test_tampered_classifier_dirs_are_refused(capsys, clf_dir, tmp_path):
 
     shapes = _copy(clf_dir, tmp_path / "shapes")
     tensors = load_file(str(shapes / "classifier.safetensors"))
-    save_file({"coef": tensors["coef"][:, :100].copy(), "intercept": tensors["intercept"]},
-              str(shapes / "classifier.safetensors"))
+    save_file(
+        {"coef": tensors["coef"][:, :100].copy(), "intercept": tensors["intercept"]},
+        str(shapes / "classifier.safetensors"),
+    )
     code, _, err = cli(capsys, "classify", "predict", str(shapes), str(UNLABELLED))
     assert code == 1 and "tensor shapes" in err and "do not fit 4 classes × dim 384" in err
 
@@ -139,16 +146,19 @@ def labelled_vectors(tmp_path_factory):
 def test_cluster_auto_k_labels_written_back_plot_and_nearest(capsys, labelled_vectors, tmp_path):
     png = tmp_path / "clusters.png"
     out = tmp_path / "clustered.parquet"
-    code, stdout, err = cli(capsys, "cluster", str(labelled_vectors), "-k", "auto", "-o", str(out),
-                            "--plot", str(png), "--json")
+    code, stdout, err = cli(
+        capsys, "cluster", str(labelled_vectors), "-k", "auto", "-o", str(out), "--plot", str(png), "--json"
+    )
     assert code == 0, err
     result = json.loads(stdout)
     assert result["k"] == 4 and max(result["silhouette_by_k"], key=result["silhouette_by_k"].get) == "4"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pq.read_table(out)
     clusters, labels = table.column("cluster").to_pylist(), table.column("label").to_pylist()
-    purity = sum(Counter(lab for lab, c in zip(labels, clusters, strict=False) if c == k).most_common(1)[0][1]
-                 for k in set(clusters)) / len(labels)
+    purity = sum(
+        Counter(lab for lab, c in zip(labels, clusters, strict=False) if c == k).most_common(1)[0][1]
+        for k in set(clusters)
+    ) / len(labels)
     assert purity >= 0.9
     assert all(len(c["nearest"]) == 3 and c["nearest"][0]["text"] for c in result["clusters"])
     assert sum(c["size"] for c in result["clusters"]) == 120

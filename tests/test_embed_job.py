@@ -13,8 +13,13 @@ import pyarrow.parquet as pq
 
 
 def _spawn(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llmkit", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
 
 
 def test_sigkilled_job_resumes_with_one_row_per_input_row_in_order(tmp_path):
@@ -57,8 +62,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _peak_rss_kb(src, out) -> int:
-    done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(src), str(out)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "2", "LLMKIT_QUIET": "1"}, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(src), str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2", "LLMKIT_QUIET": "1"},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     return int(done.stdout.split()[-1])
 

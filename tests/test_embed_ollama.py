@@ -47,7 +47,9 @@ def test_ollama_encoder_job_search_and_errors(capsys, ollama_double, tmp_path):
     texts = [f"question {i} about {['rain', 'football', 'pasta'][i % 3]}" for i in range(150)]
     src.write_text("\n".join(texts + texts[:10]) + "\n")  # 10 duplicates, encoded once
     out = tmp_path / "v.parquet"
-    code, stdout, err = cli(capsys, "embed", str(src), "-o", str(out), "-m", "ollama:nomic-embed-text", "--json")
+    code, stdout, err = cli(
+        capsys, "embed", str(src), "-o", str(out), "-m", "ollama:nomic-embed-text", "--json"
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["rows"] == 160 and summary["encoded"] == 150
@@ -64,10 +66,16 @@ def test_ollama_encoder_job_search_and_errors(capsys, ollama_double, tmp_path):
     assert code == 0, err
     assert json.loads(stdout)[0]["hits"][0]["text"] == texts[4]  # queried with the index's own model
     code, _, err = cli(capsys, "similar", "rain", "--index", str(out), "--model", "all-minilm-l6-v2")
-    assert code == 1 and "built with ollama:nomic-embed-text (dim 64), but the queries use " \
-                          "sentence-transformers/all-MiniLM-L6-v2 (dim 384)" in err
+    assert (
+        code == 1
+        and "built with ollama:nomic-embed-text (dim 64), but the queries use "
+        "sentence-transformers/all-MiniLM-L6-v2 (dim 384)"
+        in err
+    )
 
-    code, _, err = cli(capsys, "embed", str(src), "-o", str(tmp_path / "w.parquet"), "-m", "ollama:no-such-model")
+    code, _, err = cli(
+        capsys, "embed", str(src), "-o", str(tmp_path / "w.parquet"), "-m", "ollama:no-such-model"
+    )
     assert code == 1 and "Error: embed with no-such-model failed: model 'no-such-model' not found" in err
     bad = [b for _, p, b in ollama_double.requests if p == "/api/embed" and b["model"] == "no-such-model"]
     assert len(bad) == 5  # 3 tries + first and last row alone, then it stops: no bisecting a broken encoder

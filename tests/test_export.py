@@ -10,7 +10,9 @@ import yaml
 
 from llmkit.errors import LlmkitError
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make setup` (tools/install-llama-cpp.sh)")
+pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is installed by `make setup` (tools/install-llama-cpp.sh)"
+)
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -35,8 +37,11 @@ def make_run(root: Path, base_dir: Path, *, export: dict | None = None, seed: in
     peft.save_pretrained(root / "adapter")
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(root / "adapter")
     recipe = {
-        "name": root.name, "model": {"name": str(base_dir)}, "data": {"path": "data.jsonl", "max_length": 256},
-        "lora": {"r": 8, "alpha": 16}, "export": export or {},
+        "name": root.name,
+        "model": {"name": str(base_dir)},
+        "data": {"path": "data.jsonl", "max_length": 256},
+        "lora": {"r": 8, "alpha": 16},
+        "export": export or {},
     }
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     return root
@@ -73,7 +78,11 @@ def exported(llama_run):
 
 @pytest.mark.parametrize(
     ("model", "lora"),
-    [("llama", {}), ("qwen2", {"use_rslora": True, "use_dora": True}), ("llama", {"modules_to_save": ["lm_head"]})],
+    [
+        ("llama", {}),
+        ("qwen2", {"use_rslora": True, "use_dora": True}),
+        ("llama", {"modules_to_save": ["lm_head"]}),
+    ],
     ids=["lora", "rslora-dora-tied", "modules_to_save"],
 )
 def test_merged_logits_equal_base_plus_adapter(tmp_path, tiny_llama_dir, tiny_qwen2_dir, model, lora):
@@ -88,11 +97,15 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path, tiny_llama_dir, tiny_qw
     ids = AutoTokenizer.from_pretrained(merged)("The capital of France is Paris, and 2+2=4.").input_ids
     with torch.no_grad():
         got = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)(torch.tensor([ids])).logits[0]
-        base_logits = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)(torch.tensor([ids])).logits[0]
+        base_logits = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)(
+            torch.tensor([ids])
+        ).logits[0]
     want = peft_logits(run, ids)
     assert (got - want).abs().max().item() <= 1e-4
     assert (base_logits - want).abs().max().item() > 1e-2  # the adapter does change the model
-    assert {"tokenizer.json", "tokenizer_config.json", "config.json", "llmkit-merge.json"} <= {p.name for p in merged.iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "config.json", "llmkit-merge.json"} <= {
+        p.name for p in merged.iterdir()
+    }
     assert not list(tmp_path.glob(".merged*"))
 
 
@@ -105,7 +118,9 @@ def test_merge_refuses_an_adapter_for_another_model(tmp_path, tiny_llama_dir, ti
     run = make_run(tmp_path / "run", tiny_llama_dir)
     sd = run / "adapter" / "adapter_model.safetensors"
     tensors = load_file(sd)
-    tensors["base_model.model.model.layers.9.mlp.up_proj.lora_A.weight"] = next(iter(tensors.values())).clone()
+    tensors["base_model.model.model.layers.9.mlp.up_proj.lora_A.weight"] = next(
+        iter(tensors.values())
+    ).clone()
     save_file(tensors, sd)
     with pytest.raises(ExportError, match="match no base weight"):
         merge(tiny_llama_dir, run / "adapter", tmp_path / "merged")
@@ -128,7 +143,10 @@ def test_run_export_writes_verified_gguf_and_modelfile(exported, llama_run):
     # no server in this test: the exact command to run later
     assert r.ollama_command == f"ollama create tiny-pirate -f {llama_run / 'Modelfile'}"
     saved = json.loads((llama_run / "export.json").read_text())
-    assert saved["gguf"] == str(llama_run / "model.gguf") and json.loads((llama_run / "verify.json").read_text())["passed"]
+    assert (
+        saved["gguf"] == str(llama_run / "model.gguf")
+        and json.loads((llama_run / "verify.json").read_text())["passed"]
+    )
 
 
 def test_adapter_only_gguf_in_llama_cpp_equals_merged(exported, llama_run, tmp_path):
@@ -154,7 +172,9 @@ def test_plain_model_export_and_alternate_output(tiny_qwen2_dir, tmp_path):
     from llmkit.export import export
 
     r = export(str(tiny_qwen2_dir), gguf="q8_0", output=tmp_path / "out")
-    assert r.merged_dir is None and r.gguf == tmp_path / "out" / "model.gguf" and r.template_family == "chatml"
+    assert (
+        r.merged_dir is None and r.gguf == tmp_path / "out" / "model.gguf" and r.template_family == "chatml"
+    )
     text = (tmp_path / "out" / "Modelfile").read_text()
     assert "You are a helpful assistant." in text and 'PARAMETER stop "<|im_end|>"' in text
     assert "num_ctx" not in text
@@ -212,7 +232,10 @@ def test_ollama_create_with_template_stop_and_quantize(ollama_double, exported, 
     r = export(llama_run, ollama="tiny-pirate:v1", quantize="q4_K_M")
     assert r.ollama_model == "tiny-pirate:v1"
     m = ollama_double.model("tiny-pirate:v1")
-    assert m["template"].startswith("{{- range .Messages }}<|start_header_id|>") and m["system"] == "You are a pirate."
+    assert (
+        m["template"].startswith("{{- range .Messages }}<|start_header_id|>")
+        and m["system"] == "You are a pirate."
+    )
     assert "<|eot_id|>" in m["parameters"]["stop"] and m["parameters"]["num_ctx"] == 256
     assert m["config"]["file_type"] == "Q4_K_M" and m["config"]["model_family"] == "llama"
 
@@ -232,6 +255,8 @@ def test_ollama_accepts_the_adapter_gguf(ollama_double, llama_run, tmp_path):
     from llmkit.ollama import create_model
 
     res = export(llama_run, adapter_only=True, output=tmp_path)
-    base = export(yaml.safe_load((llama_run / "recipe.yaml").read_text())["model"]["name"], output=tmp_path / "base")
+    base = export(
+        yaml.safe_load((llama_run / "recipe.yaml").read_text())["model"]["name"], output=tmp_path / "base"
+    )
     create_model("tiny-base-lora", base.gguf, adapter=res.adapter_gguf, progress=False)
     assert len(ollama_double.model("tiny-base-lora")["adapters"]) == 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make setup` (tools/install-llama-cpp.sh)")
+pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is installed by `make setup` (tools/install-llama-cpp.sh)"
+)
 pytestmark = pytest.mark.slow
 
 
@@ -20,7 +22,12 @@ def test_smollm2_f16_export_is_verified(smol_export):
 
     r = smol_export
     print(r.verify)
-    assert r.verify["passed"] and r.verify["top1"] == 1.0 and r.verify["tokens_match"] and r.verify["chat_tokens_match"]
+    assert (
+        r.verify["passed"]
+        and r.verify["top1"] == 1.0
+        and r.verify["tokens_match"]
+        and r.verify["chat_tokens_match"]
+    )
     reader = GGUFReader(r.gguf)
     assert reader.get_field("tokenizer.ggml.pre").contents() == "smollm"  # llama.cpp's chkhsh table
     assert r.template_family == "chatml" and r.template_proven

@@ -16,7 +16,9 @@ from llmkit.errors import ExportError
 from llmkit.export.gguf import write_gguf
 from llmkit.export.verify import verify
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make setup` (tools/install-llama-cpp.sh)")
+pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is installed by `make setup` (tools/install-llama-cpp.sh)"
+)
 
 
 def fields(path: Path) -> dict:
@@ -44,9 +46,18 @@ def build_qwen3(out: Path, tokenizer_dir: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(1)
     cfg = Qwen3Config(
-        vocab_size=448, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6,
-        tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=448,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     Qwen3ForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -60,12 +71,25 @@ def build_llama31_rope(out: Path, tokenizer_dir: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(2)
-    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 10000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
     cfg = LlamaConfig(
-        vocab_size=448, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rope_parameters=rope,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=448,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_parameters=rope,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -88,16 +112,28 @@ def build_spm_llama(out: Path) -> Path:
     specials = ["<unk>", "<s>", "</s>", *[f"<0x{i:02X}>" for i in range(256)]]
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False)
     tk.train_from_iterator([_CORPUS.replace(" ", "\u2581")] * 4, trainer=trainer)
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     template = (
         "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
         "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
     )
-    hf = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                 chat_template=template)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", chat_template=template
+    )
     torch.manual_seed(3)
-    cfg = LlamaConfig(vocab_size=640, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=640,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out)
     hf.save_pretrained(out)
     return out
@@ -134,9 +170,22 @@ def out_dir(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- llama.cpp agreement
 
 CASES = [
-    ("llama", "f32"), ("llama", "f16"), ("llama", "bf16"), ("llama", "q8_0"), ("llama", "q4_0"), ("llama", "q5_1"),
-    ("qwen2", "f32"), ("qwen2", "f16"), ("qwen2", "q8_0"), ("qwen2", "q4_1"), ("qwen2", "q5_0"),
-    ("qwen3", "f16"), ("qwen3", "q8_0"), ("llama31", "f32"), ("spm", "f16"), ("llama-bf16src", "f16"),
+    ("llama", "f32"),
+    ("llama", "f16"),
+    ("llama", "bf16"),
+    ("llama", "q8_0"),
+    ("llama", "q4_0"),
+    ("llama", "q5_1"),
+    ("qwen2", "f32"),
+    ("qwen2", "f16"),
+    ("qwen2", "q8_0"),
+    ("qwen2", "q4_1"),
+    ("qwen2", "q5_0"),
+    ("qwen3", "f16"),
+    ("qwen3", "q8_0"),
+    ("llama31", "f32"),
+    ("spm", "f16"),
+    ("llama-bf16src", "f16"),
 ]
 
 
@@ -157,14 +206,19 @@ def test_llama_metadata(models, out_dir):
     f = fields(path)
     assert f["general.architecture"] == "llama" and f["general.type"] == "model"
     assert f["general.file_type"] == 1  # MOSTLY_F16: Ollama can quantize it
-    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "llama-bpe"  # by the split regex
+    assert (
+        f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "llama-bpe"
+    )  # by the split regex
     tokens, types = f["tokenizer.ggml.tokens"], f["tokenizer.ggml.token_type"]
     assert len(tokens) == 448 == f["llama.vocab_size"]  # padded to the embedding rows
     assert tokens[-1] == "[PAD447]" and types[-1] == 5  # UNUSED
     assert types[tokens.index("<|eot_id|>")] == 3  # CONTROL
     assert tokens[f["tokenizer.ggml.eos_token_id"]] == "<|eot_id|>"
     assert tokens[f["tokenizer.ggml.eot_token_id"]] == "<|eot_id|>"
-    assert tokens[f["tokenizer.ggml.bos_token_id"]] == "<|begin_of_text|>" and f["tokenizer.ggml.add_bos_token"] is True
+    assert (
+        tokens[f["tokenizer.ggml.bos_token_id"]] == "<|begin_of_text|>"
+        and f["tokenizer.ggml.add_bos_token"] is True
+    )
     assert "<|start_header_id|>" in f["tokenizer.chat_template"]
     assert f["llama.rope.dimension_count"] == 16
     assert "output.weight" in f["_tensors"] and f["_tensors"]["blk.0.attn_norm.weight"] == "F32"
@@ -176,8 +230,10 @@ def test_qwen2_metadata_tied_and_qwen3_norms(models, out_dir):
     assert "output.weight" not in f["_tensors"]  # tied: llama.cpp reuses token_embd
     assert f["_tensors"]["token_embd.weight"] == "Q8_0" and f["general.file_type"] == 7
     assert f["tokenizer.ggml.tokens"][f["tokenizer.ggml.eot_token_id"]] == "<|im_end|>"
-    f = fields(out_dir / "qwen3-f16.gguf") if (out_dir / "qwen3-f16.gguf").exists() else fields(
-        write_gguf(models["qwen3"], out_dir / "qwen3-f16.gguf", "f16").path
+    f = (
+        fields(out_dir / "qwen3-f16.gguf")
+        if (out_dir / "qwen3-f16.gguf").exists()
+        else fields(write_gguf(models["qwen3"], out_dir / "qwen3-f16.gguf", "f16").path)
     )
     assert f["general.architecture"] == "qwen3" and f["qwen3.attention.key_length"] == 32
     assert "blk.0.attn_q_norm.weight" in f["_tensors"]
@@ -241,7 +297,7 @@ def test_failed_write_leaves_nothing(tiny_llama_dir, tmp_path):
         from llmkit.errors import LlmkitError
         from llmkit.export.gguf import write_gguf
         try:
-            write_gguf({str(tiny_llama_dir)!r}, {str(tmp_path / 'model.gguf')!r}, "f32")
+            write_gguf({str(tiny_llama_dir)!r}, {str(tmp_path / "model.gguf")!r}, "f32")
         except LlmkitError as e:
             print("ERROR", e.message)
     """)

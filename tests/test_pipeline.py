@@ -8,13 +8,17 @@ from pathlib import Path
 def test_run_tiny_recipe_into_ollama(llmkit_cli, ollama_double, tmp_path):
     run_dir = tmp_path / "run"
     result = llmkit_cli(
-        "run", "tiny", f"train.output_dir={run_dir}", "train.max_steps=4", "export.ollama=tiny-llmkit",
+        "run",
+        "tiny",
+        f"train.output_dir={run_dir}",
+        "train.max_steps=4",
+        "export.ollama=tiny-llmkit",
         env={"OLLAMA_HOST": ollama_double.host},
     )
     assert result.returncode == 0, result.stderr
     assert "1/3 pull" in result.stderr and "2/3 train" in result.stderr and "3/3 export" in result.stderr
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
-    gguf = Path(next(l.split(": ", 1)[1] for l in result.stdout.splitlines() if l.startswith("gguf: ")))
+    gguf = Path(next(x.split(": ", 1)[1] for x in result.stdout.splitlines() if x.startswith("gguf: ")))
     assert gguf.is_file() and gguf.read_bytes()[:4] == b"GGUF"
     assert "ollama: tiny-llmkit" in result.stdout
     model = ollama_double.model("tiny-llmkit")

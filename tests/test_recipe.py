@@ -82,7 +82,10 @@ def test_cli_validate_show_copy(llmkit_cli, tmp_path):
     shown = llmkit_cli("recipes", "show", "tiny", "train.lr=0.5")
     assert shown.returncode == 0 and "lr: 0.5" in shown.stdout
     copied = llmkit_cli("recipes", "copy", "tiny", str(tmp_path))
-    assert copied.returncode == 0 and (tmp_path / "tiny.yaml").read_text() == (RECIPES_DIR / "tiny.yaml").read_text()
+    assert (
+        copied.returncode == 0
+        and (tmp_path / "tiny.yaml").read_text() == (RECIPES_DIR / "tiny.yaml").read_text()
+    )
     again = llmkit_cli("recipes", "copy", "tiny", str(tmp_path))
     assert again.returncode == 1 and "already exists" in again.stderr
     bad = tmp_path / "typo.yaml"

@@ -77,7 +77,9 @@ def test_tiny_models_are_real_and_chat_ready(tiny_llama_dir, tiny_qwen2_dir):
         model = AutoModelForCausalLM.from_pretrained(path)
         assert model.config.model_type == arch
         assert model.config.vocab_size >= len(tok) and model.config.vocab_size % 64 == 0
-        text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+        )
         assert "hi" in text
         ids = tok("Paris 🚀 123", return_tensors="pt").input_ids
         assert tok.decode(ids[0], skip_special_tokens=True) == "Paris 🚀 123"
@@ -98,7 +100,13 @@ def test_embedded_smollm2_converts_once_and_answers(smollm2_dir, smollm2_gguf):
 
     model, tok = load_for_inference("smollm2-135m-instruct")
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
-    answer = generate(model, tok, [{"role": "user", "content": "What is the capital of France?"}], stream=False, max_new_tokens=20)
+    answer = generate(
+        model,
+        tok,
+        [{"role": "user", "content": "What is the capital of France?"}],
+        stream=False,
+        max_new_tokens=20,
+    )
     assert "Paris" in answer
 
 

@@ -19,7 +19,11 @@ EXTRA = [
         {"role": "assistant", "content": "2"},
         {"role": "user", "content": "Three?"},
     ],
-    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+    [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ],
 ]
 
 PHI3_JINJA = (
@@ -78,7 +82,15 @@ def _proof(tok, chat, jinja):
 
 def test_go_trim_markers_and_text():
     assert render("A  {{- .System -}}  B{{ range .Messages }}{{ end }}", [], system="s") == "AsB"
-    assert render("x {{- /* note */ -}} y{{ .Messages }}".replace("{{ .Messages }}", "{{ range .Messages }}{{ end }}"), []) == "xy"
+    assert (
+        render(
+            "x {{- /* note */ -}} y{{ .Messages }}".replace(
+                "{{ .Messages }}", "{{ range .Messages }}{{ end }}"
+            ),
+            [],
+        )
+        == "xy"
+    )
 
 
 def test_go_if_else_range_and_functions():
@@ -87,15 +99,31 @@ def test_go_if_else_range_and_functions():
         '{{ else if ne .Role "tool" }}({{ .Content }}){{ else }}T{{ end }}{{ else }}empty{{ end }}'
         '{{ if and .System (gt (len .Messages) 1) }}+{{ $.System }}{{ end }}{{ or "" "fallback" }}'
     )
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "A"},
+    ]
     assert render(tpl, msgs) == "[0:S][1:U](A)+Sfallback"
     assert render(tpl, []) == "emptyfallback"
-    assert render('{{ range .Messages }}{{ if eq (len $.Messages) 1 }}{{ index $.System }}{{ end }}{{ end }}', msgs[:1]) == "S"
+    assert (
+        render(
+            "{{ range .Messages }}{{ if eq (len $.Messages) 1 }}{{ index $.System }}{{ end }}{{ end }}",
+            msgs[:1],
+        )
+        == "S"
+    )
 
 
 def test_go_errors_are_loud():
-    for bad in ("{{ .Messages | len }}", "{{ range .Messages }}", "{{ with .Messages }}x{{ end }}",
-                "{{ .Messages }}{{ end }}", "{{ range .Messages }}{{ .Nope }}{{ end }}", "{{ .Messages }}{{ printf }}"):
+    for bad in (
+        "{{ .Messages | len }}",
+        "{{ range .Messages }}",
+        "{{ with .Messages }}x{{ end }}",
+        "{{ .Messages }}{{ end }}",
+        "{{ range .Messages }}{{ .Nope }}{{ end }}",
+        "{{ .Messages }}{{ printf }}",
+    ):
         with pytest.raises(GoTemplateError):
             render(bad, [{"role": "user", "content": "x"}])
     with pytest.raises(GoTemplateError):
@@ -104,11 +132,19 @@ def test_go_errors_are_loud():
 
 def test_ollama_values_collate_and_modelfile_system():
     v = ollama_values(
-        [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}],
+        [
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "c"},
+        ],
         system="SYS",
     )
     assert v["System"] == "SYS"
-    assert [(m["Role"], m["Content"]) for m in v["Messages"]] == [("system", "SYS"), ("user", "a\n\nb"), ("assistant", "c")]
+    assert [(m["Role"], m["Content"]) for m in v["Messages"]] == [
+        ("system", "SYS"),
+        ("user", "a\n\nb"),
+        ("assistant", "c"),
+    ]
     # A request with its own system message keeps it; the Modelfile SYSTEM is not added.
     v = ollama_values([{"role": "system", "content": "mine"}, {"role": "user", "content": "x"}], system="SYS")
     assert v["System"] == "mine"
@@ -137,17 +173,26 @@ def test_tiny_models_templates_are_chosen_and_proven(tiny_llama_dir, tiny_qwen2_
     chat = templates.choose(qwen, qwen.chat_template, bos=None, add_bos=False, eos=qwen.eos_token)
     assert chat.family == "chatml" and "You are a helpful assistant." in chat.go
     assert chat.stops[:2] == ["<|im_start|>", "<|im_end|>"]
-    assert not templates.differences(chat.go, qwen, qwen.chat_template, templates.PROBES + EXTRA, bos=None, add_bos=False)
+    assert not templates.differences(
+        chat.go, qwen, qwen.chat_template, templates.PROBES + EXTRA, bos=None, add_bos=False
+    )
     # with a Modelfile SYSTEM, Ollama renders what HF renders with that system message
     conv = [{"role": "user", "content": "Hi"}]
-    hf = qwen.apply_chat_template([{"role": "system", "content": "Pirate."}, *conv], tokenize=False, add_generation_prompt=True)
+    hf = qwen.apply_chat_template(
+        [{"role": "system", "content": "Pirate."}, *conv], tokenize=False, add_generation_prompt=True
+    )
     assert render(chat.go, conv, system="Pirate.") == hf
 
 
 @pytest.mark.parametrize(
     ("jinja", "family"),
-    [(PHI3_JINJA, "phi3"), (GEMMA2_JINJA, "gemma"), (GEMMA3_JINJA, "gemma"), (MISTRAL_JINJA, "mistral"),
-     (QWEN25_JINJA, "chatml")],
+    [
+        (PHI3_JINJA, "phi3"),
+        (GEMMA2_JINJA, "gemma"),
+        (GEMMA3_JINJA, "gemma"),
+        (MISTRAL_JINJA, "mistral"),
+        (QWEN25_JINJA, "chatml"),
+    ],
 )
 def test_families_chosen_by_rendering(tok, jinja, family):
     chat = _choose(tok, jinja, eos=tok.eos_token)
@@ -171,7 +216,9 @@ def test_no_template_falls_back_to_alpaca(tok):
 def test_template_file_proven_or_flagged(tok, tmp_path):
     good = tmp_path / "good.tmpl"
     good.write_text(templates.LLAMA3)
-    chat = templates.from_file(good, tok, tok.chat_template, bos=tok.bos_token, add_bos=True, eos="<|eot_id|>")
+    chat = templates.from_file(
+        good, tok, tok.chat_template, bos=tok.bos_token, add_bos=True, eos="<|eot_id|>"
+    )
     assert chat.family == "custom" and chat.proven and "<|eot_id|>" in chat.stops
     bad = tmp_path / "bad.tmpl"
     bad.write_text("{{ range .Messages }}{{ .Content }}{{ end }}")

@@ -13,8 +13,15 @@ from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
 __all__ = ["embed", "embed_file", "load_encoder", "DEFAULT_MODEL"]
 
 
-def embed(texts, *, model: str = DEFAULT_MODEL, backend: str = "auto", precision: str = "auto",
-          normalize: bool = True, chunk: bool = False):
+def embed(
+    texts,
+    *,
+    model: str = DEFAULT_MODEL,
+    backend: str = "auto",
+    precision: str = "auto",
+    normalize: bool = True,
+    chunk: bool = False,
+):
     """Embed a list of texts (or one string); returns a float32 matrix with one row per text."""
     if isinstance(texts, str):
         texts = [texts]

@@ -49,11 +49,16 @@ class Classifier:
         try:
             encoder = load_encoder(enc["model"], backend, precision, enc.get("normalized", True))
         except LlmkitError as exc:
-            raise ClassifierError(f"{self.path} needs encoder {enc['model']}, which is not available: {exc.message}",
-                                  exc.hint or "install or download that model, then retry") from exc
+            raise ClassifierError(
+                f"{self.path} needs encoder {enc['model']}, which is not available: {exc.message}",
+                exc.hint or "install or download that model, then retry",
+            ) from exc
         if encoder.dim and encoder.dim != self.coef.shape[1]:
-            raise ClassifierError(f"{self.path}: encoder {enc['model']} gives dim {encoder.dim}, "
-                                  f"the classifier expects {self.coef.shape[1]}", "retrain the classifier")
+            raise ClassifierError(
+                f"{self.path}: encoder {enc['model']} gives dim {encoder.dim}, "
+                f"the classifier expects {self.coef.shape[1]}",
+                "retrain the classifier",
+            )
         return encoder
 
 
@@ -63,8 +68,11 @@ def read_labelled(path: Path, text_column: str, label_column: str) -> tuple[list
         if isinstance(row, Bad):
             raise DataError(f"{path}: line {row.line} is {row.reason}", "fix or remove that line")
         if label_column not in row.extra:
-            raise DataError(f"{path}: no label column {label_column!r}; available columns: "
-                            f"{', '.join(map(str, row.extra))}", "pick one with --label-column")
+            raise DataError(
+                f"{path}: no label column {label_column!r}; available columns: "
+                f"{', '.join(map(str, row.extra))}",
+                "pick one with --label-column",
+            )
         label = row.extra[label_column]
         if label is None or str(label).strip() == "":
             raise DataError(f"{path}: row {row.index + 1} has no label", "label every row or remove it")
@@ -81,17 +89,36 @@ def report(y_true: list[str], y_pred: list[str], classes: list[str]) -> dict:
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     return {
         "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
-        "macro_f1": round(float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)), 4),
-        "per_class": {c: {"precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
-                          "f1": round(float(f[i]), 4), "support": int(s[i])} for i, c in enumerate(classes)},
+        "macro_f1": round(
+            float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)), 4
+        ),
+        "per_class": {
+            c: {
+                "precision": round(float(p[i]), 4),
+                "recall": round(float(r[i]), 4),
+                "f1": round(float(f[i]), 4),
+                "support": int(s[i]),
+            }
+            for i, c in enumerate(classes)
+        },
         "confusion": {"labels": classes, "matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist()},
         "n": len(y_true),
     }
 
 
-def train(data: Path, out_dir: Path, *, text_column: str = "text", label_column: str = "label",
-          model: str = DEFAULT_MODEL, backend: str = "auto", precision: str = "auto", test_size: float = 0.2,
-          seed: int = 0, force: bool = False) -> dict:
+def train(
+    data: Path,
+    out_dir: Path,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    model: str = DEFAULT_MODEL,
+    backend: str = "auto",
+    precision: str = "auto",
+    test_size: float = 0.2,
+    seed: int = 0,
+    force: bool = False,
+) -> dict:
     """Fit on a stratified split, report on the held-out part, save the fitted model."""
     from safetensors.numpy import save_file
     from sklearn.linear_model import LogisticRegression
@@ -104,27 +131,44 @@ def train(data: Path, out_dir: Path, *, text_column: str = "text", label_column:
     classes = sorted(set(labels))
     counts = {c: labels.count(c) for c in classes}
     if len(classes) < 2:
-        raise DataError(f"{data}: only one label ({classes[0]}) in {label_column!r}", "a classifier needs ≥ 2 labels")
+        raise DataError(
+            f"{data}: only one label ({classes[0]}) in {label_column!r}", "a classifier needs ≥ 2 labels"
+        )
     if min(counts.values()) < 2:
         rare = [c for c, n in counts.items() if n < 2]
         raise DataError(f"{data}: label(s) {', '.join(rare)} have fewer than 2 rows", "add examples for them")
     encoder = load_encoder(model, backend, precision)
     vectors = encoder.encode(texts)
-    x_tr, x_te, y_tr, y_te = train_test_split(vectors, labels, test_size=test_size, random_state=seed,
-                                              stratify=labels if len(texts) * test_size >= len(classes) else None)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        vectors,
+        labels,
+        test_size=test_size,
+        random_state=seed,
+        stratify=labels if len(texts) * test_size >= len(classes) else None,
+    )
     clf = LogisticRegression(max_iter=2000, C=10.0).fit(x_tr, y_tr)
     if list(clf.classes_) != classes:
         raise DataError(f"{data}: the training split lacks some labels", "add more examples per label")
     held_out = report(y_te, list(clf.predict(x_te)), classes)
-    config = {"format": FORMAT, "classes": classes,
-              "encoder": {**encoder.info(), "normalized": True},
-              "text_column": text_column, "label_column": label_column,
-              "train_rows": len(y_tr), "held_out": held_out, "data": str(data)}
+    config = {
+        "format": FORMAT,
+        "classes": classes,
+        "encoder": {**encoder.info(), "normalized": True},
+        "text_column": text_column,
+        "label_column": label_column,
+        "train_rows": len(y_tr),
+        "held_out": held_out,
+        "data": str(data),
+    }
     with atomic_dir(out_dir, replace=True) as tmp:
         # ascontiguousarray: sklearn may hand back Fortran-ordered arrays, which safetensors would scramble
-        save_file({"coef": np.ascontiguousarray(clf.coef_, np.float32),
-                   "intercept": np.ascontiguousarray(clf.intercept_, np.float32)},
-                  str(tmp / WEIGHTS))
+        save_file(
+            {
+                "coef": np.ascontiguousarray(clf.coef_, np.float32),
+                "intercept": np.ascontiguousarray(clf.intercept_, np.float32),
+            },
+            str(tmp / WEIGHTS),
+        )
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return config
 
@@ -136,8 +180,10 @@ def load(path: Path) -> Classifier:
 
     path = Path(path)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-        raise ClassifierError(f"{path} is not a classifier dir (needs {CONFIG} and {WEIGHTS})",
-                              "make one with: llmkit classify train DATA -o DIR")
+        raise ClassifierError(
+            f"{path} is not a classifier dir (needs {CONFIG} and {WEIGHTS})",
+            "make one with: llmkit classify train DATA -o DIR",
+        )
     bad = f"{path} looks tampered with or corrupt"
     hint = "retrain it with: llmkit classify train"
     try:
@@ -148,23 +194,45 @@ def load(path: Path) -> Classifier:
         tensors = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ClassifierError(f"{bad}: {WEIGHTS} is not a valid safetensors file ({exc})", hint) from exc
-    ok = isinstance(config, dict) and config.get("format") == FORMAT and isinstance(config.get("classes"), list) \
-        and isinstance(config.get("encoder"), dict) and isinstance(config["encoder"].get("model"), str)
+    ok = (
+        isinstance(config, dict)
+        and config.get("format") == FORMAT
+        and isinstance(config.get("classes"), list)
+        and isinstance(config.get("encoder"), dict)
+        and isinstance(config["encoder"].get("model"), str)
+    )
     if not ok:
         raise ClassifierError(f"{bad}: {CONFIG} lacks format/classes/encoder", hint)
     classes = [str(c) for c in config["classes"]]
     coef, intercept = tensors.get("coef"), tensors.get("intercept")
     rows = 1 if len(classes) == 2 else len(classes)
     dim = config["encoder"].get("dim")
-    if (coef is None or intercept is None or coef.ndim != 2 or coef.shape != (rows, dim)
-            or intercept.shape != (rows,) or len(set(classes)) != len(classes) or len(classes) < 2):
+    if (
+        coef is None
+        or intercept is None
+        or coef.ndim != 2
+        or coef.shape != (rows, dim)
+        or intercept.shape != (rows,)
+        or len(set(classes)) != len(classes)
+        or len(classes) < 2
+    ):
         shapes = {k: list(v.shape) for k, v in tensors.items()}
-        raise ClassifierError(f"{bad}: tensor shapes {shapes} do not fit {len(classes)} classes × dim {dim}", hint)
+        raise ClassifierError(
+            f"{bad}: tensor shapes {shapes} do not fit {len(classes)} classes × dim {dim}", hint
+        )
     return Classifier(path, classes, coef.astype(np.float32), intercept.astype(np.float32), config)
 
 
-def predict(clf_dir: Path, input: Path, *, column: str | None = None, id_column: str | None = None,
-            batch: int = 512, backend: str = "auto", precision: str = "auto"):
+def predict(
+    clf_dir: Path,
+    input: Path,
+    *,
+    column: str | None = None,
+    id_column: str | None = None,
+    batch: int = 512,
+    backend: str = "auto",
+    precision: str = "auto",
+):
     """Yield {id, label, probs} per input row, streaming in batches."""
     clf = load(clf_dir)
     encoder = clf.encoder(backend, precision)
@@ -184,18 +252,33 @@ def predict(clf_dir: Path, input: Path, *, column: str | None = None, id_column:
 def _predict_rows(clf: Classifier, encoder, rows):
     probs = clf.proba(encoder.encode([r.text for r in rows]))
     for row, p in zip(rows, probs, strict=False):
-        yield {"id": row.id, "label": clf.classes[int(p.argmax())],
-               "probs": {c: round(float(x), 4) for c, x in zip(clf.classes, p, strict=False)}}
+        yield {
+            "id": row.id,
+            "label": clf.classes[int(p.argmax())],
+            "probs": {c: round(float(x), 4) for c, x in zip(clf.classes, p, strict=False)},
+        }
 
 
-def evaluate(clf_dir: Path, data: Path, *, text_column: str | None = None, label_column: str | None = None,
-             backend: str = "auto", precision: str = "auto") -> dict:
+def evaluate(
+    clf_dir: Path,
+    data: Path,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    backend: str = "auto",
+    precision: str = "auto",
+) -> dict:
     clf = load(clf_dir)
-    texts, labels = read_labelled(Path(data), text_column or clf.config.get("text_column", "text"),
-                                  label_column or clf.config.get("label_column", "label"))
+    texts, labels = read_labelled(
+        Path(data),
+        text_column or clf.config.get("text_column", "text"),
+        label_column or clf.config.get("label_column", "label"),
+    )
     unknown = sorted(set(labels) - set(clf.classes))
     if unknown:
-        raise DataError(f"{data}: labels {', '.join(unknown)} are not among the classifier's "
-                        f"({', '.join(clf.classes)})", "evaluate on data with the same label set")
+        raise DataError(
+            f"{data}: labels {', '.join(unknown)} are not among the classifier's ({', '.join(clf.classes)})",
+            "evaluate on data with the same label set",
+        )
     probs = clf.proba(clf.encoder(backend, precision).encode(texts))
     return report(labels, [clf.classes[i] for i in probs.argmax(1)], clf.classes)

@@ -43,16 +43,32 @@ def choose_k(matrix: np.ndarray, k_max: int = K_MAX, seed: int = 0) -> tuple[int
         labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(matrix)
         if len(set(labels)) < 2:
             continue
-        scores[k] = round(float(silhouette_score(matrix, labels, metric="cosine",
-                                                 sample_size=min(len(matrix), SILHOUETTE_SAMPLE),
-                                                 random_state=seed)), 4)
+        scores[k] = round(
+            float(
+                silhouette_score(
+                    matrix,
+                    labels,
+                    metric="cosine",
+                    sample_size=min(len(matrix), SILHOUETTE_SAMPLE),
+                    random_state=seed,
+                )
+            ),
+            4,
+        )
     if not scores:
         raise DataError("could not find two distinct clusters", "the vectors may all be identical")
     return max(scores, key=scores.get), scores
 
 
-def cluster(vectors_path: Path, k: str | int = "auto", *, output: Path | None = None, plot: Path | None = None,
-            top: int = 3, seed: int = 0) -> dict:
+def cluster(
+    vectors_path: Path,
+    k: str | int = "auto",
+    *,
+    output: Path | None = None,
+    plot: Path | None = None,
+    top: int = 3,
+    seed: int = 0,
+) -> dict:
     """Cluster, write a `cluster` column (to `output`, default: back into the file), plot, summarize."""
     from sklearn.cluster import KMeans
 
@@ -61,8 +77,10 @@ def cluster(vectors_path: Path, k: str | int = "auto", *, output: Path | None = 
     n = len(matrix)
     wanted = parse_k(k)
     if n < 3 or (wanted is not None and wanted >= n):
-        raise DataError(f"{vectors_path} has {n} rows: too few for {wanted or 'auto'} clusters",
-                        "embed more rows or choose a smaller -k")
+        raise DataError(
+            f"{vectors_path} has {n} rows: too few for {wanted or 'auto'} clusters",
+            "embed more rows or choose a smaller -k",
+        )
     scores = {}
     if wanted is None:
         wanted, scores = choose_k(matrix, seed=seed)
@@ -74,9 +92,20 @@ def cluster(vectors_path: Path, k: str | int = "auto", *, output: Path | None = 
         centroid = km.cluster_centers_[c] / max(np.linalg.norm(km.cluster_centers_[c]), 1e-12)
         sims = matrix[members] @ centroid
         nearest = members[np.argsort(-sims)[:top]]
-        clusters.append({"cluster": c, "size": int(len(members)),
-                         "nearest": [{"id": vectors.ids[i], "score": round(float(matrix[i] @ centroid), 4),
-                                      "text": vectors.texts[i] if vectors.texts else None} for i in nearest]})
+        clusters.append(
+            {
+                "cluster": c,
+                "size": int(len(members)),
+                "nearest": [
+                    {
+                        "id": vectors.ids[i],
+                        "score": round(float(matrix[i] @ centroid), 4),
+                        "text": vectors.texts[i] if vectors.texts else None,
+                    }
+                    for i in nearest
+                ],
+            }
+        )
     out = Path(output) if output else vectors.path
     if out.suffix == ".parquet" and vectors.path.suffix == ".parquet":
         _write_labels(vectors.path, out, labels, wanted)
@@ -84,8 +113,14 @@ def cluster(vectors_path: Path, k: str | int = "auto", *, output: Path | None = 
         raise UsageError(f"cluster -o {out} must be a .parquet file", "e.g. -o clustered.parquet")
     if plot:
         _plot(matrix, labels, km.cluster_centers_, Path(plot), vectors.path.name)
-    return {"k": wanted, "silhouette_by_k": scores, "rows": n, "output": str(out) if out.suffix == ".parquet" else None,
-            "plot": str(plot) if plot else None, "clusters": clusters}
+    return {
+        "k": wanted,
+        "silhouette_by_k": scores,
+        "rows": n,
+        "output": str(out) if out.suffix == ".parquet" else None,
+        "plot": str(plot) if plot else None,
+        "clusters": clusters,
+    }
 
 
 def _write_labels(src: Path, dest: Path, labels: np.ndarray, k: int) -> None:

@@ -78,8 +78,10 @@ class Encoder:
             return [(text, max(len(enc.ids), 1))]
         self.chunked += 1
         spans = enc.offsets
-        return [(text[spans[k][0] : spans[min(k + size, len(spans)) - 1][1]], min(size, len(spans) - k))
-                for k in range(0, len(spans), size)]
+        return [
+            (text[spans[k][0] : spans[min(k + size, len(spans)) - 1][1]], min(size, len(spans) - k))
+            for k in range(0, len(spans), size)
+        ]
 
     def _encode(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - protocol
         raise NotImplementedError
@@ -108,11 +110,15 @@ def resolve_model_dir(model: str) -> tuple[str, Path]:
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise EncoderError(f"{path} is not a sentence-transformers model dir (no config.json)",
-                               "point --model at a dir with config.json, tokenizer and safetensors weights")
+            raise EncoderError(
+                f"{path} is not a sentence-transformers model dir (no config.json)",
+                "point --model at a dir with config.json, tokenizer and safetensors weights",
+            )
         return str(path.resolve()), path
     if path.suffix or os.sep in model and not path.exists():
-        raise EncoderError(f"encoder model {model!r} not found", f"use a local model dir, an HF id or {DEFAULT_MODEL}")
+        raise EncoderError(
+            f"encoder model {model!r} not found", f"use a local model dir, an HF id or {DEFAULT_MODEL}"
+        )
     from llmkit.sources import resolve
 
     return model, resolve(model)
@@ -121,16 +127,20 @@ def resolve_model_dir(model: str) -> tuple[str, Path]:
 class TorchEncoder(Encoder):
     """sentence-transformers `encode` with its own batching: the exact fp32 reference."""
 
-    def __init__(self, model_id: str, path: Path, precision: str = "fp32", normalize: bool = True,
-                 batch_size: int = 32):
+    def __init__(
+        self, model_id: str, path: Path, precision: str = "fp32", normalize: bool = True, batch_size: int = 32
+    ):
         from sentence_transformers import SentenceTransformer
 
         if precision not in ("fp32", "bf16"):
-            raise UsageError(f"--precision {precision} is not available with --backend torch",
-                             "use fp32 or bf16 (int8 needs --backend onnx)")
+            raise UsageError(
+                f"--precision {precision} is not available with --backend torch",
+                "use fp32 or bf16 (int8 needs --backend onnx)",
+            )
         self.st = SentenceTransformer(str(path), device="cpu")  # a Path raises TypeError in ST 6.2
-        super().__init__(model_id, self.st.get_sentence_embedding_dimension(), "torch", precision,
-                         self.st.max_seq_length)
+        super().__init__(
+            model_id, self.st.get_sentence_embedding_dimension(), "torch", precision, self.st.max_seq_length
+        )
         self.normalize, self.batch_size = normalize, batch_size
         self.tokenizer = self.st.tokenizer
         if (path / "tokenizer.json").exists():
@@ -146,8 +156,13 @@ class TorchEncoder(Encoder):
             return np.zeros((0, self.dim), np.float32)
         self.truncated += _count_long(self.tokenizer, texts, self.max_tokens)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            vecs = self.st.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                  normalize_embeddings=self.normalize, show_progress_bar=False)
+            vecs = self.st.encode(
+                texts,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=self.normalize,
+                show_progress_bar=False,
+            )
         return np.asarray(vecs, dtype=np.float32)
 
 
@@ -161,14 +176,23 @@ def _count_long(tokenizer, texts: list[str], limit: int | None) -> int:
 class OnnxEncoder(Encoder):
     """ONNX Runtime over a cached export; tokenizes, sorts by length, batches by token budget."""
 
-    def __init__(self, model_id: str, path: Path, precision: str = "fp32", normalize: bool = True,
-                 threads: int | None = None, batch_tokens: int = 4096):
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        precision: str = "fp32",
+        normalize: bool = True,
+        threads: int | None = None,
+        batch_tokens: int = 4096,
+    ):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         if precision not in ("fp32", "int8"):
-            raise UsageError(f"--precision {precision} is not available with --backend onnx",
-                             "use fp32 or int8 (bf16 needs --backend torch)")
+            raise UsageError(
+                f"--precision {precision} is not available with --backend onnx",
+                "use fp32 or int8 (bf16 needs --backend torch)",
+            )
         cfg = _st_config(path)
         onnx_path = onnx_model(path, precision)
         opts = ort.SessionOptions()
@@ -265,7 +289,9 @@ def onnx_model(path: Path, precision: str) -> Path:
 
     weights = path / "model.safetensors"
     if not weights.exists():
-        raise EncoderError(f"{path} has no model.safetensors", "the ONNX backend exports safetensors weights only")
+        raise EncoderError(
+            f"{path} has no model.safetensors", "the ONNX backend exports safetensors weights only"
+        )
     cache = home() / "embed" / f"onnx-{sha256_file(weights)[:16]}-v{EXPORT_VERSION}"
     cache.mkdir(parents=True, exist_ok=True)
     fp32, target = cache / "model-fp32.onnx", cache / f"model-{precision}.onnx"
@@ -276,8 +302,10 @@ def onnx_model(path: Path, precision: str) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         info("Quantizing to int8 (per-channel, dynamic; once)")
-        _atomic(target, lambda tmp: quantize_dynamic(str(fp32), str(tmp), per_channel=True,
-                                                     weight_type=QuantType.QInt8))
+        _atomic(
+            target,
+            lambda tmp: quantize_dynamic(str(fp32), str(tmp), per_channel=True, weight_type=QuantType.QInt8),
+        )
     return target
 
 
@@ -324,8 +352,17 @@ def _export(path: Path, dest: Path) -> None:
     axes = {n: {0: "batch", 1: "seq"} for n in names} | {"sentence_embedding": {0: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes the dynamic axes already cover
-        torch.onnx.export(Pooled(), args, str(dest), input_names=names, output_names=["sentence_embedding"],
-                          dynamic_axes=axes, opset_version=17, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            Pooled(),
+            args,
+            str(dest),
+            input_names=names,
+            output_names=["sentence_embedding"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=True,
+        )
 
 
 class OllamaEncoder(Encoder):
@@ -356,8 +393,9 @@ class OllamaEncoder(Encoder):
 AUTO_BACKEND, AUTO_PRECISION = "onnx", "fp32"
 
 
-def load_encoder(model: str = DEFAULT_MODEL, backend: str = "auto", precision: str = "auto",
-                 normalize: bool = True) -> Encoder:
+def load_encoder(
+    model: str = DEFAULT_MODEL, backend: str = "auto", precision: str = "auto", normalize: bool = True
+) -> Encoder:
     """Build an encoder from a model reference, a backend and a precision."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}", f"choose one of: {', '.join(BACKENDS)}")

@@ -47,11 +47,19 @@ class JobResult:
     info: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"output": str(self.output), "rows": self.rows, "encoded": self.encoded,
-                "duplicates": self.rows - self.resumed_rows - self.encoded - self.failed,
-                "truncated": self.truncated, "failed": self.failed, "skipped_bad": self.skipped_bad,
-                "resumed_rows": self.resumed_rows, "seconds": round(self.seconds, 2),
-                "rows_per_s": round((self.rows - self.resumed_rows) / max(self.seconds, 1e-9), 1), **self.info}
+        return {
+            "output": str(self.output),
+            "rows": self.rows,
+            "encoded": self.encoded,
+            "duplicates": self.rows - self.resumed_rows - self.encoded - self.failed,
+            "truncated": self.truncated,
+            "failed": self.failed,
+            "skipped_bad": self.skipped_bad,
+            "resumed_rows": self.resumed_rows,
+            "seconds": round(self.seconds, 2),
+            "rows_per_s": round((self.rows - self.resumed_rows) / max(self.seconds, 1e-9), 1),
+            **self.info,
+        }
 
 
 def text_hash(text: str) -> str:
@@ -80,9 +88,18 @@ def embed_file(
     check_input(input)
     work = output.with_name(f".{output.name}.llmkit-job")
     fingerprint = {
-        "input": str(input.resolve()), "size": input.stat().st_size, "mtime_ns": input.stat().st_mtime_ns,
-        "column": column, "id_column": id_column, "model": model, "backend": backend, "precision": precision,
-        "normalize": normalize, "chunk": chunk, "skip_bad": skip_bad, "keep_text": keep_text,
+        "input": str(input.resolve()),
+        "size": input.stat().st_size,
+        "mtime_ns": input.stat().st_mtime_ns,
+        "column": column,
+        "id_column": id_column,
+        "model": model,
+        "backend": backend,
+        "precision": precision,
+        "normalize": normalize,
+        "chunk": chunk,
+        "skip_bad": skip_bad,
+        "keep_text": keep_text,
         "commit_every": commit_every,
     }
     rows_iter = read_rows(input, column, id_column)  # checks columns before the model loads
@@ -132,8 +149,17 @@ def embed_file(
     shutil.rmtree(work, ignore_errors=True)
     if state.failed == 0 and errors_path.exists():
         errors_path.unlink()
-    return JobResult(output, total_rows, state.encoded, encoder.truncated, state.failed, state.skipped_bad,
-                     time.perf_counter() - start, resumed, info)
+    return JobResult(
+        output,
+        total_rows,
+        state.encoded,
+        encoder.truncated,
+        state.failed,
+        state.skipped_bad,
+        time.perf_counter() - start,
+        resumed,
+        info,
+    )
 
 
 def _chain(first, rest):
@@ -183,8 +209,10 @@ class _State:
     def commit(self, part_no, block, bad, done_parts, skip_bad, input) -> int:
         if bad and not skip_bad:
             lines = ", ".join(str(b.line) for b in bad[:10]) + (" …" if len(bad) > 10 else "")
-            raise DataError(f"{input}: bad rows at line(s) {lines}: {bad[0].reason}",
-                            "fix the file, or pass --skip-bad to skip (and report) them")
+            raise DataError(
+                f"{input}: bad rows at line(s) {lines}: {bad[0].reason}",
+                "fix the file, or pass --skip-bad to skip (and report) them",
+            )
         if part_no < len(done_parts):  # committed by an earlier run: skip these rows
             return part_no + 1
         hashes = [text_hash(r.text) for r in block]
@@ -197,7 +225,10 @@ class _State:
         if failures:
             with open(self.errors_path, "a", encoding="utf-8") as fh:
                 for i, err in failures.items():
-                    fh.write(json.dumps({"id": block[i].id, "line": block[i].line, "error": err}, default=str) + "\n")
+                    fh.write(
+                        json.dumps({"id": block[i].id, "line": block[i].line, "error": err}, default=str)
+                        + "\n"
+                    )
         if bad:
             from llmkit.ui import warn
 
@@ -205,8 +236,10 @@ class _State:
         self.rows += len(keep)
         self.failed += len(failures)
         self.skipped_bad += len(bad)
-        write_json(self.work / f"{name}.json",
-                   {"rows": len(keep), "failed": len(failures), "skipped_bad": len(bad), "has_rows": bool(keep)})
+        write_json(
+            self.work / f"{name}.json",
+            {"rows": len(keep), "failed": len(failures), "skipped_bad": len(bad), "has_rows": bool(keep)},
+        )
         return part_no + 1
 
     def _vectors(self, texts: list[str], hashes: list[str]) -> tuple[np.ndarray, dict[int, str]]:
@@ -219,8 +252,10 @@ class _State:
         fresh, bad_unique = _encode_isolating(self.encoder, unique) if unique else (None, {})
         self.encoded += len(unique) - len(bad_unique)
         if unique and len(bad_unique) == len(unique) and self.rows == 0 and self.encoded == 0:
-            raise EncoderError(f"every text failed to encode: {next(iter(bad_unique.values()))}",
-                               "check the encoder (model name, server) and retry")
+            raise EncoderError(
+                f"every text failed to encode: {next(iter(bad_unique.values()))}",
+                "check the encoder (model name, server) and retry",
+            )
         dim = self.encoder.dim
         out = np.zeros((len(texts), dim), np.float32)
         failures: dict[int, str] = {}
@@ -267,7 +302,9 @@ class _State:
         return pa.table(columns)
 
 
-def _encode_isolating(encoder: Encoder, texts: list[str], retries: int = 2) -> tuple[np.ndarray, dict[int, str]]:
+def _encode_isolating(
+    encoder: Encoder, texts: list[str], retries: int = 2
+) -> tuple[np.ndarray, dict[int, str]]:
     """Encode; on failure retry, then bisect so that only the failing rows are lost."""
     last: Exception | None = None
     for attempt in range(retries + 1):

@@ -37,8 +37,9 @@ def input_format(path: Path) -> str:
     if suffix == ".json":
         suffix = ".jsonl"
     if suffix not in FORMATS:
-        raise DataError(f"{path}: unsupported input format {path.suffix or '(none)'}",
-                        f"use one of {', '.join(FORMATS)}")
+        raise DataError(
+            f"{path}: unsupported input format {path.suffix or '(none)'}", f"use one of {', '.join(FORMATS)}"
+        )
     return suffix
 
 
@@ -68,8 +69,10 @@ def read_rows(path: Path, column: str | None = None, id_column: str | None = Non
     fmt = check_input(path)
     if fmt == ".txt":
         if column not in (None, "text"):
-            raise DataError(f"{path}: a .txt file has a single column 'text', not {column!r}",
-                            "drop --column for .txt input")
+            raise DataError(
+                f"{path}: a .txt file has a single column 'text', not {column!r}",
+                "drop --column for .txt input",
+            )
         return _read_txt(path)
     column = column or "text"
     if fmt == ".jsonl":
@@ -103,8 +106,10 @@ def _read_txt(path: Path) -> Iterator[Row | Bad]:
 
 
 def _missing(path: Path, what: str, name: str, available) -> DataError:
-    return DataError(f"{path}: no {what} {name!r}; available columns: {', '.join(map(str, available)) or '(none)'}",
-                     "pick one with --column / --id-column")
+    return DataError(
+        f"{path}: no {what} {name!r}; available columns: {', '.join(map(str, available)) or '(none)'}",
+        "pick one with --column / --id-column",
+    )
 
 
 def _split(path, record: dict, column: str, id_column: str | None, index: int, number: int) -> Row:

@@ -67,7 +67,9 @@ def load(path: Path) -> EmbedRecipe:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise RecipeError(f"cannot read embedding recipe {path}: {exc}".splitlines()[0], "check the path and YAML") from exc
+        raise RecipeError(
+            f"cannot read embedding recipe {path}: {exc}".splitlines()[0], "check the path and YAML"
+        ) from exc
     try:
         return EmbedRecipe.model_validate(data or {})
     except ValidationError as exc:
@@ -86,17 +88,37 @@ def run(path: Path, base: Path | None = None) -> dict:
         return Path(p) if Path(p).is_absolute() else root / p
 
     enc, e = recipe.encoder, recipe.embed
-    result = job.embed_file(at(e.input), at(e.output), column=e.column, id_column=e.id_column, model=enc.model,
-                            backend=enc.backend, precision=enc.precision, normalize=enc.normalize, chunk=e.chunk,
-                            skip_bad=e.skip_bad, commit_every=e.commit_every)
+    result = job.embed_file(
+        at(e.input),
+        at(e.output),
+        column=e.column,
+        id_column=e.id_column,
+        model=enc.model,
+        backend=enc.backend,
+        precision=enc.precision,
+        normalize=enc.normalize,
+        chunk=e.chunk,
+        skip_bad=e.skip_bad,
+        commit_every=e.commit_every,
+    )
     summary = {"embed": result.summary()}
     if recipe.classify:
         c = recipe.classify
-        config = classify.train(at(c.data), at(c.output), text_column=c.text_column, label_column=c.label_column,
-                                model=enc.model, backend=enc.backend, precision=enc.precision,
-                                test_size=c.test_size, force=True)
+        config = classify.train(
+            at(c.data),
+            at(c.output),
+            text_column=c.text_column,
+            label_column=c.label_column,
+            model=enc.model,
+            backend=enc.backend,
+            precision=enc.precision,
+            test_size=c.test_size,
+            force=True,
+        )
         summary["classify"] = {"output": str(at(c.output)), **config["held_out"]}
     if recipe.cluster:
         k = recipe.cluster
-        summary["cluster"] = cluster.cluster(at(e.output), k.k, plot=at(k.plot) if k.plot else None, top=k.top)
+        summary["cluster"] = cluster.cluster(
+            at(e.output), k.k, plot=at(k.plot) if k.plot else None, top=k.top
+        )
     return summary

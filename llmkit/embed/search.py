@@ -48,7 +48,9 @@ def load_vectors(path: Path, columns: tuple[str, ...] = ()) -> Vectors:
     """Read a vectors .parquet (or .npy + its .json) with the encoder info recorded in it."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"vectors file {path} not found", "make one with: llmkit embed INPUT -o vectors.parquet")
+        raise DataError(
+            f"vectors file {path} not found", "make one with: llmkit embed INPUT -o vectors.parquet"
+        )
     if path.suffix == ".npy":
         side = path.with_name(path.name + ".json")
         meta = json.loads(side.read_text()) if side.exists() else {}
@@ -63,10 +65,14 @@ def load_vectors(path: Path, columns: tuple[str, ...] = ()) -> Vectors:
     schema = pf.schema_arrow
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None or "vector" not in schema.names:
-        raise DataError(f"{path} is not a vectors file written by llmkit embed (no vector column / metadata)",
-                        "make one with: llmkit embed INPUT -o vectors.parquet")
+        raise DataError(
+            f"{path} is not a vectors file written by llmkit embed (no vector column / metadata)",
+            "make one with: llmkit embed INPUT -o vectors.parquet",
+        )
     meta = json.loads(raw)
-    names = ["vector", "id"] + [c for c in ("text", *columns) if c in schema.names and c not in ("vector", "id")]
+    names = ["vector", "id"] + [
+        c for c in ("text", *columns) if c in schema.names and c not in ("vector", "id")
+    ]
     table = pf.read(columns=names)
     vec = table.column("vector").combine_chunks()
     matrix = vec.flatten().to_numpy().reshape(len(vec), vec.type.list_size).astype(np.float32, copy=False)
@@ -85,7 +91,9 @@ def check_same_model(index: Vectors, encoder) -> None:
         )
 
 
-def exact_topk(queries: np.ndarray, matrix: np.ndarray, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    queries: np.ndarray, matrix: np.ndarray, k: int, block: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
     """Cosine (dot product of normalized rows) top-k, scanning the matrix in blocks."""
     k = min(k, len(matrix))
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
@@ -112,7 +120,9 @@ def faiss_index(vectors: Vectors):
     import faiss
 
     stat = vectors.path.stat()
-    cache = vectors.path.with_name(f".{vectors.path.name}.hnsw{HNSW_M}-{stat.st_size}-{stat.st_mtime_ns}.faiss")
+    cache = vectors.path.with_name(
+        f".{vectors.path.name}.hnsw{HNSW_M}-{stat.st_size}-{stat.st_mtime_ns}.faiss"
+    )
     if cache.exists():
         index = faiss.read_index(str(cache))
     else:
@@ -131,7 +141,9 @@ def faiss_index(vectors: Vectors):
     return index
 
 
-def topk(queries: np.ndarray, vectors: Vectors, k: int, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def topk(
+    queries: np.ndarray, vectors: Vectors, k: int, method: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     if method not in METHODS:
         raise UsageError(f"unknown search method {method!r}", f"choose one of: {', '.join(METHODS)}")
     if k < 1:
@@ -145,8 +157,16 @@ def topk(queries: np.ndarray, vectors: Vectors, k: int, method: str = "auto") ->
     return scores, ids.astype(np.int64)
 
 
-def similar(queries: list[str], index_path: Path, k: int = 5, *, model: str | None = None, backend: str = "auto",
-            precision: str = "auto", method: str = "auto") -> list[dict]:
+def similar(
+    queries: list[str],
+    index_path: Path,
+    k: int = 5,
+    *,
+    model: str | None = None,
+    backend: str = "auto",
+    precision: str = "auto",
+    method: str = "auto",
+) -> list[dict]:
     """Top-k neighbours of each query: [{query, hits: [{rank, id, score, text}]}]."""
     from llmkit.embed.encoders import load_encoder
 
@@ -161,14 +181,23 @@ def similar(queries: list[str], index_path: Path, k: int = 5, *, model: str | No
     scores, idx = topk(qvec, vectors, k, method)
     results = []
     for q, srow, irow in zip(queries, scores, idx, strict=False):
-        hits = [{"rank": r + 1, "id": vectors.ids[i], "score": round(float(s), 4),
-                 "text": vectors.texts[i] if vectors.texts else None}
-                for r, (s, i) in enumerate(zip(srow, irow, strict=False)) if i >= 0]
+        hits = [
+            {
+                "rank": r + 1,
+                "id": vectors.ids[i],
+                "score": round(float(s), 4),
+                "text": vectors.texts[i] if vectors.texts else None,
+            }
+            for r, (s, i) in enumerate(zip(srow, irow, strict=False))
+            if i >= 0
+        ]
         results.append({"query": q, "hits": hits})
     return results
 
 
-def similarity(a: str, b: str, *, model: str | None = None, backend: str = "auto", precision: str = "auto") -> float:
+def similarity(
+    a: str, b: str, *, model: str | None = None, backend: str = "auto", precision: str = "auto"
+) -> float:
     """Cosine similarity of two texts."""
     from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
 

@@ -71,8 +71,10 @@ def export(
         template = template or (run.recipe.resolve_path(opts.template) if opts.template else None)
         parameters = {**opts.parameters, **(parameters or {})}
     elif (Path(source) / "recipe.yaml").is_file():
-        raise ExportError(f"{source} is a run directory without an adapter/ (training did not finish?)",
-                          "train first: llmkit train RECIPE, or resume the run")
+        raise ExportError(
+            f"{source} is a run directory without an adapter/ (training did not finish?)",
+            "train first: llmkit train RECIPE, or resume the run",
+        )
     gguf = check_type(gguf or "f16")
     quantize = mf.check_quantize(quantize, gguf)
     if ollama:
@@ -136,14 +138,20 @@ def export(
         write_json(out_dir / "verify.json", result.verify)
         info(report.summary())
         if not report.passed:
-            raise ExportError(f"{written.path.name} does not match the HF model: {report.summary()}",
-                              "; ".join(report.details) or "try a higher-precision --gguf type (f16)")
+            raise ExportError(
+                f"{written.path.name} does not match the HF model: {report.summary()}",
+                "; ".join(report.details) or "try a higher-precision --gguf type (f16)",
+            )
 
     params = {**({"num_ctx": num_ctx} if num_ctx else {}), **(parameters or {})}
     if system and not _shows_system(chat.go):
         warn("this chat template has no system turn; the SYSTEM prompt will be ignored")
     text = mf.render_modelfile(
-        f"./{written.path.name}", template=chat.go, stops=chat.stops, system=system, parameters=params,
+        f"./{written.path.name}",
+        template=chat.go,
+        stops=chat.stops,
+        system=system,
+        parameters=params,
         comment=f"Modelfile written by llmkit export: chat template family '{chat.family}'"
         + (" (proven equal to the HF chat template)" if chat.proven else " (NOT proven equal)"),
     )
@@ -191,7 +199,11 @@ def _chat_template(tokenizer, template_file, base_ollama: dict | None = None):
         # Not in our catalogue, but Ollama already ran this base with its own template: reuse it.
         stops = [str(s) for s in _as_list((base_ollama.get("parameters") or {}).get("stop"))]
         return templates.ChatTemplate(
-            family="ollama-base", go=base_ollama["template"], stops=stops, jinja=jinja, proven=False,
+            family="ollama-base",
+            go=base_ollama["template"],
+            stops=stops,
+            jinja=jinja,
+            proven=False,
             notes=["chat template taken from the Ollama base model (not proven equal to the HF template)"],
         )
     base_stops = _as_list((base_ollama or {}).get("parameters", {}).get("stop"))
@@ -220,13 +232,21 @@ def _ollama_create(result: ExportResult, name: str, chat, system, params, quanti
 
     result.ollama_command = ollama_command(name, result.modelfile, quantize)
     if server_version() is None:
-        warn(f"no Ollama server is reachable; the GGUF and Modelfile are ready. Create the model with:\n  "
-             f"{result.ollama_command}")
+        warn(
+            f"no Ollama server is reachable; the GGUF and Modelfile are ready. Create the model with:\n  "
+            f"{result.ollama_command}"
+        )
         result.notes.append("ollama server not reachable: run ollama_command")
         return
     info(f"Creating Ollama model {name}")
-    create_model(name, result.gguf, template=chat.go, system=system,
-                 parameters={"stop": chat.stops, **params}, quantize=quantize)
+    create_model(
+        name,
+        result.gguf,
+        template=chat.go,
+        system=system,
+        parameters={"stop": chat.stops, **params},
+        quantize=quantize,
+    )
     result.ollama_model = name
 
 

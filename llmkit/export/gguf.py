@@ -107,7 +107,9 @@ class Weights:
         else:
             files = sorted(p.name for p in model_dir.glob("*.safetensors"))
         if not files:
-            raise ExportError(f"{model_dir} has no *.safetensors weights", "save the model with safe_serialization=True")
+            raise ExportError(
+                f"{model_dir} has no *.safetensors weights", "save the model with safe_serialization=True"
+            )
         self.entries: dict[str, tuple[Path, int, dict]] = {}
         for f in files:
             path = model_dir / f
@@ -153,7 +155,9 @@ def rope_settings(config: dict) -> tuple[float, dict | None]:
     """(rope theta, scaling dict or None) from either the old or the transformers-5 config layout."""
     params = config.get("rope_parameters") or {}
     theta = config.get("rope_theta") or params.get("rope_theta") or 10000.0
-    scaling = config.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
+    scaling = config.get("rope_scaling") or (
+        params if params.get("rope_type", "default") != "default" else None
+    )
     if scaling and (scaling.get("rope_type") or scaling.get("type")) == "default":
         scaling = None
     return float(theta), scaling
@@ -228,14 +232,18 @@ def plan_tensors(weights: Weights, arch: str, config: dict, out_type: str) -> li
             continue  # llama.cpp reuses token_embd when output.weight is absent
         name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise ExportError(f"tensor {hf_name} has no GGUF name for architecture {arch}", "is this a plain causal LM?")
+            raise ExportError(
+                f"tensor {hf_name} has no GGUF name for architecture {arch}", "is this a plain causal LM?"
+            )
         shape = weights.shape(hf_name)
         transform = None
         if arch == "llama" and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             transform = lambda w: permute_qk(w, n_head)  # noqa: E731
         elif arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             transform = lambda w: permute_qk(w, n_kv)  # noqa: E731
-        plans.append(TensorPlan(name, shape, tensor_type(name, shape, out_type), _loader(weights, hf_name, transform)))
+        plans.append(
+            TensorPlan(name, shape, tensor_type(name, shape, out_type), _loader(weights, hf_name, transform))
+        )
     return plans
 
 
@@ -247,7 +255,9 @@ def tensor_type(name: str, shape: tuple[int, ...], out_type: str) -> str:
         return "F32"
     qtype = TYPES[out_type][0]
     if qtype.startswith(("Q4", "Q5")) and name in ("output.weight", "token_embd.weight"):
-        qtype = "Q8_0"  # like llama-quantize: 4/5-bit logits (tied models read them from token_embd) hurt most
+        qtype = (
+            "Q8_0"  # like llama-quantize: 4/5-bit logits (tied models read them from token_embd) hurt most
+        )
     block = gguf.GGML_QUANT_SIZES[getattr(gguf.GGMLQuantizationType, qtype)][0]
     if shape[-1] % block:
         return "F16"
@@ -269,7 +279,9 @@ def encode(array: np.ndarray, qtype: str) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)
     if qtype == "F16":
         return np.ascontiguousarray(array, dtype=np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), getattr(gguf.GGMLQuantizationType, qtype))
+    return gguf.quants.quantize(
+        np.ascontiguousarray(array, dtype=np.float32), getattr(gguf.GGMLQuantizationType, qtype)
+    )
 
 
 def nbytes(shape: tuple[int, ...], qtype: str) -> tuple[tuple[int, ...], int]:
@@ -329,7 +341,9 @@ def atomic_write(final: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         os.replace(tmp, final)
     except OSError as exc:
-        raise ExportError(f"writing {final} failed: {exc.strerror or exc}", "check free disk space and file size limits") from None
+        raise ExportError(
+            f"writing {final} failed: {exc.strerror or exc}", "check free disk space and file size limits"
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -404,7 +418,11 @@ def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: s
     arch = gguf_arch(config, base_dir)
     adapter = load_adapter(adapter_dir)
     cfg = adapter.config
-    if cfg.get("use_dora") or cfg.get("modules_to_save") or any("lora_embedding" in k for k in adapter.tensors):
+    if (
+        cfg.get("use_dora")
+        or cfg.get("modules_to_save")
+        or any("lora_embedding" in k for k in adapter.tensors)
+    ):
         raise ExportError(
             f"{adapter_dir} uses DoRA, modules_to_save or embedding LoRA, which a GGUF adapter cannot hold",
             "export the merged model instead (drop --adapter-only)",
@@ -429,8 +447,14 @@ def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: s
         if base is None:
             raise ExportError(f"adapter module {module} has no GGUF name for architecture {arch}")
         for suffix, arr in (("lora_a", a), ("lora_b", b)):
-            plans.append(TensorPlan(f"{base}.{suffix}", arr.shape, qtype if qtype != "F32" else "F32",
-                                    (lambda x: lambda: x)(arr)))
+            plans.append(
+                TensorPlan(
+                    f"{base}.{suffix}",
+                    arr.shape,
+                    qtype if qtype != "F32" else "F32",
+                    (lambda x: lambda: x)(arr),
+                )
+            )
 
     def write(tmp: Path) -> None:
         writer = gguf.GGUFWriter(tmp, arch)

@@ -40,15 +40,27 @@ def ollama_values(messages: list[dict], system: str | None = None) -> dict:
         else:
             collated.append(_message(m))
     return {
-        "System": "\n\n".join(systems), "Messages": collated, "Tools": [], "Prompt": "", "Response": "",
-        "Suffix": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False,
+        "System": "\n\n".join(systems),
+        "Messages": collated,
+        "Tools": [],
+        "Prompt": "",
+        "Response": "",
+        "Suffix": "",
+        "Think": False,
+        "ThinkLevel": "",
+        "IsThinkSet": False,
     }
 
 
 def _message(m: dict) -> dict:
     return {
-        "Role": m["role"], "Content": m["content"], "Thinking": "", "Images": [], "ToolCalls": [],
-        "ToolName": "", "ToolCallID": "",
+        "Role": m["role"],
+        "Content": m["content"],
+        "Thinking": "",
+        "Images": [],
+        "ToolCalls": [],
+        "ToolName": "",
+        "ToolCallID": "",
     }
 
 
@@ -62,7 +74,9 @@ def render(template: str, messages: list[dict], system: str | None = None) -> st
 # ----------------------------------------------------------------------------- lexing/parsing
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
-_TOKEN = re.compile(r'\s*(?:(".*?(?<!\\)"|`[^`]*`)|(\$\w*(?:\.\w+)*|\.(?:\w+(?:\.\w+)*)?)|(-?\d+)|([()])|(:=|,|\|)|(\w+))')
+_TOKEN = re.compile(
+    r'\s*(?:(".*?(?<!\\)"|`[^`]*`)|(\$\w*(?:\.\w+)*|\.(?:\w+(?:\.\w+)*)?)|(-?\d+)|([()])|(:=|,|\|)|(\w+))'
+)
 
 
 @dataclass
@@ -80,7 +94,7 @@ def _lex(src: str) -> list[tuple[str, str]]:
     parts: list[tuple[str, str]] = []
     pos, trim_next = 0, False
     for m in _ACTION.finditer(src):
-        text = src[pos:m.start()]
+        text = src[pos : m.start()]
         if trim_next:
             text = text.lstrip(" \t\r\n")
         if m.group(1):
@@ -200,7 +214,7 @@ def _parse_if(parts, i, cond):
     node.body, i = _parse_block(parts, i + 1)
     body = parts[i][1]
     if body.startswith("else if"):
-        sub, i = _parse_if(parts, i, body[len("else if"):].strip())
+        sub, i = _parse_if(parts, i, body[len("else if") :].strip())
         node.orelse = [sub]
         return node, i
     if body == "else":
@@ -217,7 +231,7 @@ def _parse_range(parts, i, spec):
     if any(t == ("punct", ":=") for t in toks):
         j = toks.index(("punct", ":="))
         names = [v for k, v in toks[:j] if k == "ref"]
-        toks = toks[j + 1:]
+        toks = toks[j + 1 :]
     node = Node("range", expr=_expr(toks)[0], vars=names)
     node.body, i = _parse_block(parts, i + 1)
     if parts[i][1] == "else":

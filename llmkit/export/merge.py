@@ -19,8 +19,15 @@ from llmkit.errors import ExportError
 from llmkit.files import atomic_dir, write_json
 
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
 )
 MODEL_FILES = ("config.json", "generation_config.json")
 
@@ -96,8 +103,10 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     adapter = load_adapter(adapter_dir)
     index = base_dir / "model.safetensors.index.json"
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else sorted(
-        p.name for p in base_dir.glob("*.safetensors")
+    shards = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.is_file()
+        else sorted(p.name for p in base_dir.glob("*.safetensors"))
     )
     if not shards:
         raise ExportError(f"{base_dir} has no safetensors weights to merge into")
@@ -134,10 +143,18 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
         for f in TOKENIZER_FILES:
             if (tokenizer_dir / f).is_file():
                 shutil.copy2(tokenizer_dir / f, tmp / f)
-        write_json(tmp / "llmkit-merge.json", {
-            "base": str(base_dir), "adapter": str(adapter_dir), "torch": torch.__version__,
-            "lora": {k: adapter.config.get(k) for k in ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules")},
-        })
+        write_json(
+            tmp / "llmkit-merge.json",
+            {
+                "base": str(base_dir),
+                "adapter": str(adapter_dir),
+                "torch": torch.__version__,
+                "lora": {
+                    k: adapter.config.get(k)
+                    for k in ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules")
+                },
+            },
+        )
     return out_dir
 
 
@@ -150,5 +167,7 @@ def _check_consumed(adapter: Adapter, base_names: set[str], adapter_dir: Path) -
             f"{adapter_dir} changes lm_head but the base model ties it to the input embeddings",
             "train without lm_head in target_modules/modules_to_save for tied-embedding models",
         )
-    raise ExportError(f"{adapter_dir}: {len(left)} adapter tensors match no base weight (e.g. {left[0]})",
-                      "was this adapter trained on a different base model?")
+    raise ExportError(
+        f"{adapter_dir}: {len(left)} adapter tensors match no base weight (e.g. {left[0]})",
+        "was this adapter trained on a different base model?",
+    )

@@ -11,7 +11,9 @@ from llmkit.errors import ExportError
 # Ollama's server-side quantization targets (what `ollama create --quantize` accepts).
 OLLAMA_QUANTIZE = ("q8_0", "q4_K_S", "q4_K_M")
 # Ollama model names: [host/][namespace/]model[:tag]; parts start alphanumeric/underscore.
-_NAME = re.compile(r"^(?:[A-Za-z0-9_][\w.-]{0,349}/)?(?:[A-Za-z0-9_][\w-]{0,79}/)?[A-Za-z0-9_][\w.-]{0,79}(?::[\w][\w.-]{0,79})?$")
+_NAME = re.compile(
+    r"^(?:[A-Za-z0-9_][\w.-]{0,349}/)?(?:[A-Za-z0-9_][\w-]{0,79}/)?[A-Za-z0-9_][\w.-]{0,79}(?::[\w][\w.-]{0,79})?$"
+)
 
 
 def check_quantize(quantize: str | None, gguf_type: str) -> str | None:
@@ -43,7 +45,9 @@ def check_name(name: str) -> str:
 
 def _quoted(value: str, what: str) -> str:
     if '"""' in value:
-        raise ExportError(f'the {what} contains """, which a Modelfile cannot quote', "pass it through the API instead")
+        raise ExportError(
+            f'the {what} contains """, which a Modelfile cannot quote', "pass it through the API instead"
+        )
     return f'"""{value}"""'
 
 

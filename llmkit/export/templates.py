@@ -34,9 +34,7 @@ PROBES: list[list[dict]] = [
     ],
 ]
 
-CHATML = (
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-)
+CHATML = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 CHATML_DEFAULT_SYSTEM = "{{- if not .System }}<|im_start|>system\n%s<|im_end|>\n{{ end }}" + CHATML
 LLAMA3 = (
     "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
@@ -115,7 +113,9 @@ FAMILIES = [
 def hf_render(tokenizer, jinja: str, messages: list[dict]) -> str | None:
     """The HF template's text for a conversation (None if the template rejects it, e.g. a system turn)."""
     try:
-        return tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            messages, chat_template=jinja, tokenize=False, add_generation_prompt=True
+        )
     except Exception:  # templates raise on roles they do not support
         return None
 
@@ -123,11 +123,13 @@ def hf_render(tokenizer, jinja: str, messages: list[dict]) -> str | None:
 def expected_go_output(hf_text: str, bos: str | None, add_bos: bool) -> str:
     """llama.cpp adds BOS itself when add_bos is set, so the Go template must not render it."""
     if add_bos and bos and hf_text.startswith(bos):
-        return hf_text[len(bos):]
+        return hf_text[len(bos) :]
     return hf_text
 
 
-def differences(go: str, tokenizer, jinja: str, conversations: list[list[dict]], *, bos, add_bos) -> list[str]:
+def differences(
+    go: str, tokenizer, jinja: str, conversations: list[list[dict]], *, bos, add_bos
+) -> list[str]:
     """Conversations on which the Go template (Ollama messages mode) differs from the HF template."""
     diffs, compared = [], 0
     for conv in conversations:
@@ -157,11 +159,18 @@ def choose(tokenizer, jinja: str | None, *, bos: str | None, add_bos: bool, eos:
         diffs = differences(go, tokenizer, jinja, PROBES, bos=bos, add_bos=add_bos)
         if diffs:
             raise ExportError(f"the Alpaca fallback template does not render as expected: {diffs[0]}")
-        return ChatTemplate("alpaca", go, _stops(FAMILIES[-1].stops, eos), jinja,
-                            notes=["the model has no chat template: using Alpaca (also written into the GGUF)"])
+        return ChatTemplate(
+            "alpaca",
+            go,
+            _stops(FAMILIES[-1].stops, eos),
+            jinja,
+            notes=["the model has no chat template: using Alpaca (also written into the GGUF)"],
+        )
     ctx["renders"] = [hf_render(tokenizer, jinja, conv) for conv in PROBES]
     if all(r is None for r in ctx["renders"]):
-        raise ExportError("the model's chat template fails on every probe conversation", "fix the chat template")
+        raise ExportError(
+            "the model's chat template fails on every probe conversation", "fix the chat template"
+        )
     for family in FAMILIES:
         for go in family.candidates(ctx):
             if not differences(go, tokenizer, jinja, PROBES, bos=bos, add_bos=add_bos):

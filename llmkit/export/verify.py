@@ -29,7 +29,16 @@ PROBES = [
 PROBE_CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 # Minimum top-1 agreement per output type (fraction of positions).
-THRESHOLDS = {"f32": 1.0, "f16": 1.0, "bf16": 0.98, "q8_0": 0.95, "q5_1": 0.85, "q5_0": 0.85, "q4_1": 0.8, "q4_0": 0.8}
+THRESHOLDS = {
+    "f32": 1.0,
+    "f16": 1.0,
+    "bf16": 0.98,
+    "q8_0": 0.95,
+    "q5_1": 0.85,
+    "q5_0": 0.85,
+    "q4_1": 0.8,
+    "q4_0": 0.8,
+}
 
 
 @dataclass
@@ -69,7 +78,13 @@ def load_llama(gguf_path: Path, *, lora: Path | None = None, n_ctx: int = 512):
         ) from None
     kwargs = {"lora_path": str(lora)} if lora else {}
     return Llama(
-        model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2, n_gpu_layers=0, **kwargs
+        model_path=str(gguf_path),
+        n_ctx=n_ctx,
+        logits_all=True,
+        verbose=False,
+        n_threads=2,
+        n_gpu_layers=0,
+        **kwargs,
     )
 
 
@@ -129,8 +144,13 @@ def verify(
         max_diff = max(max_diff, float(np.abs(ref - got).max()))
     llm.close()
     return Report(
-        out_type=out_type, top1=agree / total, max_abs_diff=max_diff, positions=total,
-        tokens_match=tokens_match, chat_tokens_match=chat_match, threshold=THRESHOLDS.get(out_type, 0.8),
+        out_type=out_type,
+        top1=agree / total,
+        max_abs_diff=max_diff,
+        positions=total,
+        tokens_match=tokens_match,
+        chat_tokens_match=chat_match,
+        threshold=THRESHOLDS.get(out_type, 0.8),
         details=details,
     )
 
@@ -139,5 +159,5 @@ def _first_diff(a, b) -> str:
     a, b = list(a), list(b)
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
-            return f"position {i}: transformers {a[i:i + 4]} vs llama.cpp {b[i:i + 4]}"
+            return f"position {i}: transformers {a[i : i + 4]} vs llama.cpp {b[i : i + 4]}"
     return f"lengths {len(a)} vs {len(b)}"

@@ -88,8 +88,11 @@ class Vocab:
         if self.merges:
             writer.add_token_merges(self.merges)
         adders = {
-            "bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "eot": writer.add_eot_token_id,
-            "pad": writer.add_pad_token_id, "unk": writer.add_unk_token_id,
+            "bos": writer.add_bos_token_id,
+            "eos": writer.add_eos_token_id,
+            "eot": writer.add_eot_token_id,
+            "pad": writer.add_pad_token_id,
+            "unk": writer.add_unk_token_id,
         }
         for kind, token_id in self.special.items():
             adders[kind](int(token_id))
@@ -124,7 +127,11 @@ def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = Non
     vocab = Vocab(
         model="gpt2" if kind == "bpe" else "llama",
         pre=pre_tokenizer_name(tj, tok, model_dir) if kind == "bpe" else "default",
-        tokens=tokens, types=types, merges=merges, scores=scores, chat_template=template,
+        tokens=tokens,
+        types=types,
+        merges=merges,
+        scores=scores,
+        chat_template=template,
     )
     vocab.special = _special_ids(tok, model_dir, template)
     probe = tok("A").input_ids
@@ -189,8 +196,10 @@ def _tokens(tj: dict, tok, n_vocab: int, kind: str) -> tuple[list[str], list[int
 
 
 def _looks_special(text: str) -> bool:
-    return (text.startswith("<|") and text.endswith("|>")) or text in ("<pad>", "<mask>") or (
-        text.startswith("<unused") and text.endswith(">")
+    return (
+        (text.startswith("<|") and text.endswith("|>"))
+        or text in ("<pad>", "<mask>")
+        or (text.startswith("<unused") and text.endswith(">"))
     )
 
 
@@ -237,7 +246,9 @@ def split_regex_hash(tj: dict) -> str | None:
     """Ollama's fingerprint: sha256 over the Split regexes of the pre-tokenizer (None if no Split)."""
     pre = tj.get("pre_tokenizer") or {}
     items = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    regexes = [p["pattern"]["Regex"] for p in items if p.get("type") == "Split" and "Regex" in p.get("pattern", {})]
+    regexes = [
+        p["pattern"]["Regex"] for p in items if p.get("type") == "Split" and "Regex" in p.get("pattern", {})
+    ]
     return hashlib.sha256("".join(regexes).encode()).hexdigest() if regexes else None
 
 
