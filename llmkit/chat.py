@@ -62,7 +62,7 @@ def generate(model, tokenizer, messages, *, max_new_tokens=256, temperature=0.0,
 
     inputs = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
+    ).to(model.device)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
@@ -72,7 +72,9 @@ def generate(model, tokenizer, messages, *, max_new_tokens=256, temperature=0.0,
             max_new_tokens=max_new_tokens,
             streamer=streamer,
             eos_token_id=sorted(eos),
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos),
+            pad_token_id=tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else min(eos, default=0),
             top_p=None,
             top_k=None,
             **sampling,

@@ -23,8 +23,16 @@ class Run:
         return self.recipe.model.name
 
     def base_dir(self) -> Path:
-        from llmkit.sources import resolve
+        """The base model the adapter was trained on: the dir recorded in run.json if it is
+        still there (no network needed), else the recipe's model reference resolved again."""
+        import json
 
+        from llmkit.sources import check_model_dir, resolve
+
+        info = self.path / "run.json"
+        recorded = json.loads(info.read_text()).get("base_path") if info.is_file() else None
+        if recorded and Path(recorded).is_dir():
+            return check_model_dir(Path(recorded))
         return resolve(self.recipe.model.name, revision=self.recipe.model.revision)
 
 
@@ -46,8 +54,11 @@ def open_run(path: str | Path) -> Run:
     return Run(path=p, recipe=load(p / "recipe.yaml"), adapter_dir=p / "adapter")
 
 
-def load_for_inference(ref: str | Path, *, dtype=None, merge: bool = False):
-    """(model, tokenizer) for a model reference or a run dir (base + adapter), in eval mode."""
+def load_for_inference(ref: str | Path, *, dtype=None, merge: bool = False, device: str | None = None):
+    """(model, tokenizer) for a model reference or a run dir (base + adapter), in eval mode.
+
+    On the best device here (CUDA/MPS/CPU) unless `device` is given; fp32 unless `dtype` is.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,5 +84,9 @@ def load_for_inference(ref: str | Path, *, dtype=None, merge: bool = False):
         base = resolve(str(ref))
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(base)
-    model.eval()
+    if device is None:
+        from llmkit.devices import detect
+
+        device = detect().device
+    model.to(device).eval()
     return model, tokenizer

@@ -201,11 +201,48 @@ def download(
                 "set HF_TOKEN or pass --token with a valid token (huggingface.co/settings/tokens)",
             ) from None
         raise SourceError(f"the Hub refused {where}: {_first_line(exc)}") from None
-    except OSError as exc:  # connection refused, DNS, disk full
-        raise SourceError(
-            f"cannot download {where}: {_first_line(exc)}", "check the network and free disk"
-        ) from None
+    except (OSError, *_network_errors()) as exc:  # the Hub is unreachable (or the disk is full)
+        cached = _cached_snapshot(repo_id, revision, include, exclude)
+        if cached is None:
+            raise SourceError(
+                f"cannot download {where} and it is not in the local cache: {_first_line(exc)}",
+                "check the network and free disk; HF_HUB_OFFLINE=1 uses only the cache",
+            ) from None
+        warn(f"the Hub is unreachable ({_first_line(exc)}); using the cached copy of {where}")
+        path = cached
     return check_model_dir(Path(path))
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """Transport errors of the HTTP client huggingface_hub uses (httpx, or httpx2 in 2.x)."""
+    import importlib
+
+    found = []
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _cached_snapshot(repo_id: str, revision: str | None, include=(), exclude=()) -> Path | None:
+    """The cached snapshot of a repo, without the network; None when it is not (fully) cached."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                local_files_only=True,
+                allow_patterns=[*DEFAULT_PATTERNS, *include],
+                # the default patterns mean top-level files only (as in `download`)
+                ignore_patterns=[*exclude, *([] if any("/" in p for p in include) else ["*/*"])] or None,
+            )
+        )
+    except Exception:  # not cached, or only partly
+        return None
 
 
 def _resume_partial_downloads(repo_id: str, revision: str | None, files: list, token: str | None) -> None:

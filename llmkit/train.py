@@ -455,9 +455,9 @@ def load_checkpoint(out, accelerator, loss_model, optimizer, scheduler) -> tuple
         )
     peft_model = accelerator.unwrap_model(loss_model).model
     set_peft_model_state_dict(peft_model, load_file(ckpt / "adapter_model.safetensors"))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-    rng = torch.load(ckpt / f"rng-{accelerator.process_index}.pt", weights_only=False)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng = torch.load(ckpt / f"rng-{accelerator.process_index}.pt", weights_only=True)
     random.setstate(rng["python"])
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():

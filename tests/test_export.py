@@ -138,7 +138,9 @@ def test_run_export_writes_verified_gguf_and_modelfile(exported, llama_run):
     text = (llama_run / "Modelfile").read_text()
     assert "FROM ./model.gguf" in text and 'TEMPLATE """{{- range .Messages }}<|start_header_id|>' in text
     assert 'SYSTEM """You are a pirate."""' in text
-    assert 'PARAMETER stop "<|eot_id|>"' in text and "PARAMETER num_ctx 256" in text
+    assert (
+        'PARAMETER stop "<|eot_id|>"' in text and "PARAMETER num_ctx 512" in text
+    )  # max(256 trained, 2048) capped at 512 positions
     assert "temperature" not in text and "min_p" not in text  # no exotic sampling defaults
     # no server in this test: the exact command to run later
     assert r.ollama_command == f"ollama create tiny-pirate -f {llama_run / 'Modelfile'}"
@@ -236,7 +238,7 @@ def test_ollama_create_with_template_stop_and_quantize(ollama_double, exported, 
         m["template"].startswith("{{- range .Messages }}<|start_header_id|>")
         and m["system"] == "You are a pirate."
     )
-    assert "<|eot_id|>" in m["parameters"]["stop"] and m["parameters"]["num_ctx"] == 256
+    assert "<|eot_id|>" in m["parameters"]["stop"] and m["parameters"]["num_ctx"] == 512
     assert m["config"]["file_type"] == "Q4_K_M" and m["config"]["model_family"] == "llama"
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import _free_port
 from hub_double import HubDouble
 
 from llmkit.files import human_size
@@ -348,3 +349,16 @@ def test_double_speaks_the_hub_protocol(hub, tmp_path):
         hf_hub_download(REPO, "missing.txt", cache_dir=tmp_path, endpoint=hub.url)
     with pytest.raises(errors.RevisionNotFoundError):
         api.list_repo_files(REPO, revision="nope")
+
+
+def test_unreachable_hub_falls_back_to_the_cached_copy(pull, hub):
+    online = pull(REPO)
+    assert online.returncode == 0, online.stderr
+    dead = f"http://127.0.0.1:{_free_port()}"
+    result = pull(REPO, env={"HF_ENDPOINT": dead})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == online.stdout
+    assert "the Hub is unreachable" in result.stderr and "using the cached copy" in result.stderr
+    missing = pull("llmkit-test/never-pulled", env={"HF_ENDPOINT": dead})
+    assert missing.returncode == 1 and "is not in the local cache" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -115,13 +115,14 @@ def resolve_model_dir(model: str) -> tuple[str, Path]:
                 "point --model at a dir with config.json, tokenizer and safetensors weights",
             )
         return str(path.resolve()), path
-    if path.suffix or os.sep in model and not path.exists():
+    if model.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".onnx", ".bin"):
         raise EncoderError(
             f"encoder model {model!r} not found", f"use a local model dir, an HF id or {DEFAULT_MODEL}"
         )
     from llmkit.sources import resolve
 
-    return model, resolve(model)
+    # sentence-transformers keeps its pooling/normalize modules in subfolders (1_Pooling/config.json)
+    return model, resolve(model, include=["*/config.json", "modules.json", "sentence_bert_config.json"])
 
 
 class TorchEncoder(Encoder):

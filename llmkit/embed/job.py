@@ -245,8 +245,11 @@ class _State:
     def _vectors(self, texts: list[str], hashes: list[str]) -> tuple[np.ndarray, dict[int, str]]:
         todo: dict[str, int] = {}  # hash → position in `unique`
         unique: list[str] = []
+        cached: dict[str, np.ndarray] = {}  # taken now: remembering new vectors may evict these
         for text, h in zip(texts, hashes, strict=False):
-            if h not in self.cache and h not in todo:
+            if h in self.cache:
+                cached[h] = self.cache[h]
+            elif h not in todo:
                 todo[h] = len(unique)
                 unique.append(text)
         fresh, bad_unique = _encode_isolating(self.encoder, unique) if unique else (None, {})
@@ -268,8 +271,9 @@ class _State:
                 out[i] = fresh[j]
                 self._remember(h, fresh[j])
             else:
-                self.cache.move_to_end(h)
-                out[i] = self.cache[h]
+                if h in self.cache:
+                    self.cache.move_to_end(h)
+                out[i] = cached[h]
         return out, failures
 
     def _remember(self, h: str, vec: np.ndarray) -> None:

@@ -114,7 +114,7 @@ def _missing(path: Path, what: str, name: str, available) -> DataError:
 
 def _split(path, record: dict, column: str, id_column: str | None, index: int, number: int) -> Row:
     text = record.get(column)
-    ident = record[id_column] if id_column else index
+    ident = record.get(id_column) if id_column else index
     extra = {k: v for k, v in record.items() if k != id_column}
     return Row(index, number, "" if text is None else str(text), ident, extra)
 

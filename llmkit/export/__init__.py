@@ -91,7 +91,7 @@ def export(
         model_dir = merge(base_dir, run.adapter_dir, out_dir / "merged")
         result = ExportResult(out_dir=out_dir, merged_dir=model_dir)
         name = run.recipe.name or run.path.name
-        num_ctx = run.recipe.data.max_length
+        num_ctx = _context_length(run.recipe.data.max_length, model_dir)
     else:
         if adapter_only:
             raise ExportError("--adapter-only needs a training run directory", "pass RUN_DIR, not a model")
@@ -138,6 +138,7 @@ def export(
         write_json(out_dir / "verify.json", result.verify)
         info(report.summary())
         if not report.passed:
+            written.path.unlink(missing_ok=True)  # never leave a GGUF that failed verification
             raise ExportError(
                 f"{written.path.name} does not match the HF model: {report.summary()}",
                 "; ".join(report.details) or "try a higher-precision --gguf type (f16)",
@@ -163,6 +164,16 @@ def export(
         _ollama_create(result, ollama, chat, system, params, quantize)
     write_json(out_dir / "export.json", result.as_dict())
     return result
+
+
+def _context_length(trained: int, model_dir: Path) -> int:
+    """num_ctx for the Modelfile: the training length, but never below Ollama's usual 2048
+    (a 256-token window forgets the conversation after a turn), and never above the model's limit."""
+    import json
+
+    limit = json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings")
+    wanted = max(trained, 2048)
+    return min(wanted, limit) if limit else wanted
 
 
 def _ollama_base(model_dir: Path, ref: str) -> dict:
