@@ -38,6 +38,8 @@ test-slow: setup
 bench: setup
 	$(PY) bench/train_throughput.py
 	$(PY) bench/embed_throughput.py
+	$(PY) bench/export.py
+	$(PY) bench/export_memory.py
 
 lint: setup
 	$(PY) -m ruff check llmkit tests bench
