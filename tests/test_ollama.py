@@ -288,6 +288,8 @@ def test_ctrl_c_during_pull_exits_130_and_the_pull_resumes(ollama_double):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a terminal's Ctrl-C: background jobs (e.g. CI under nohup) inherit SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not any(v >= 100_000 for v in ollama_double.partial.values()) and time.monotonic() < deadline:
