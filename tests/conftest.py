@@ -114,6 +114,19 @@ def llmkit_cli():
     return run_llmkit
 
 
+def run_cli_inprocess(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the real CLI entry point in this process: (exit code, stdout, stderr)."""
+    from llmkit.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 @pytest.fixture
 def ollama_double(tmp_path, monkeypatch):
     """A faithful Ollama HTTP API double (tests/ollama_double.py) on a free loopback port.

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli_inprocess
 
-from llmkit.cli import main
 from llmkit.errors import LlmkitError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,15 +34,7 @@ TEXTS = [
 ]
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the real CLI entry point in-process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+cli = run_cli_inprocess
 
 
 @pytest.fixture(scope="module")

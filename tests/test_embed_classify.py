@@ -9,23 +9,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli_inprocess
 from safetensors.numpy import load_file, save_file
-
-from llmkit.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 LABELLED = REPO / "recipes/data/embed-labelled.csv"
 UNLABELLED = REPO / "recipes/data/embed-unlabelled.txt"
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+cli = run_cli_inprocess
 
 
 @pytest.fixture(scope="module")

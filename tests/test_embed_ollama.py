@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from conftest import run_cli_inprocess
 from ollama_double import embed_text
-
-from llmkit.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,14 +30,7 @@ def _embedding_gguf(path: Path, dim: int) -> Path:
     return path
 
 
-def cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+cli = run_cli_inprocess
 
 
 def test_ollama_encoder_job_search_and_errors(capsys, ollama_double, tmp_path):
