@@ -246,7 +246,11 @@ def _cached_snapshot(repo_id: str, revision: str | None, include=(), exclude=())
 
 
 def _resume_partial_downloads(repo_id: str, revision: str | None, files: list, token: str | None) -> None:
-    """Finish the LFS blobs a killed pull left as `<sha256>.<id>.incomplete`, from where they stopped."""
+    """Finish the LFS blobs a killed pull left as `<sha256>.<id>.incomplete`, from where they stopped.
+
+    Partials of small files (`<git sha1>.<id>.incomplete`) are not worth a Range request: they
+    are removed, and the snapshot download fetches those files again.
+    """
     from urllib.parse import urlsplit
 
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
@@ -258,7 +262,7 @@ def _resume_partial_downloads(repo_id: str, revision: str | None, files: list, t
     folder = repo_folder_name(repo_id=repo_id, repo_type="model")
     blobs = Path(constants.HF_HUB_CACHE) / folder / "blobs"
     for f in files if blobs.is_dir() else []:
-        etag = f.lfs.sha256 if f.lfs else None
+        etag = f.lfs.sha256 if f.lfs else f.blob_id
         partials = sorted(blobs.glob(f"{etag}.*.incomplete"), key=lambda p: p.stat().st_size) if etag else []
         if not partials:
             continue
@@ -266,7 +270,7 @@ def _resume_partial_downloads(repo_id: str, revision: str | None, files: list, t
         # is writing these partials.
         with WeakFileLock(Path(constants.HF_HUB_CACHE) / ".locks" / folder / f"{etag}.lock"):
             best = partials[-1]
-            if not (blobs / etag).exists() and best.exists() and best.stat().st_size:
+            if f.lfs and not (blobs / etag).exists() and best.exists() and best.stat().st_size:
                 url = hf_hub_url(repo_id, f.path, revision=revision)
                 meta = get_hf_file_metadata(url, token=token or False)
                 if meta.etag == etag:  # otherwise the file changed since: download it afresh
