@@ -1,10 +1,10 @@
 """LoRA training throughput on CPU: llmkit vs TRL's SFTTrainer (+PEFT), same model, data and settings.
 
-    python bench/train_throughput.py [--train 48] [--eval 24] [--threads 2] [--configs ...]
+    python bench/train_throughput.py [--train 512] [--eval 48] [--threads 2] [--configs ...]
 
 Model: SmolLM2-135M-Instruct (the embedded GGUF, converted once). Data: 560 single-turn
 conversations of mixed length (recipes/data/chat-llmkit.jsonl plus multi-fact answers up to
-~350 tokens); each config trains one epoch on the same `--train` of them and is scored on the
+~300 tokens; 110 tokens on average); each config trains one epoch on the same `--train` of them and is scored on the
 same `--eval` held-out ones. Answers-only loss everywhere (TRL: conversational prompt/completion
 rows, so its completion-only loss applies). LoRA r16/alpha32/dropout 0.05 on all linear layers,
 max length 512, lr 2e-4 linear, fp32 (bf16 is emulated, ~100x slower, on CPUs without AVX512-BF16;
@@ -13,7 +13,7 @@ TRL's bf16 default is turned off for that reason), effective batch 16 sequences 
 Configs, each in its own process (peak RSS is that process's):
   trl-default    SFTTrainer defaults: padding to the longest in batch, gradient checkpointing on
   trl-packing    packing=True (best-fit-decreasing, padding-free with position ids)
-  llmkit         length-grouped batches, no padding inside a row, output layer on answer tokens only
+  llmkit         length-grouped batches, output layer on answer tokens only, passes of <= 1024 tokens
   llmkit-packed  the same with packing (rows of up to 512 tokens)
   llmkit-ckpt    llmkit with gradient checkpointing (TRL's default): less memory, some speed
 Measured: trained (non-padding) tokens / training wall time; peak RSS; eval loss per answer
@@ -49,7 +49,7 @@ def conversations() -> list[list[dict]]:
     rng = random.Random(0)
     out = list(single)
     while len(out) < 560:
-        picks = rng.sample(single, rng.randint(2, 14))
+        picks = rng.sample(single, rng.randint(2, 8))
         q = "Answer these, one line each: " + " / ".join(p[0]["content"] for p in picks)
         a = "\n".join(p[1]["content"] for p in picks)
         out.append([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
@@ -172,8 +172,8 @@ def run_one(name: str, n_train: int, n_eval: int, threads: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", type=int, default=48)
-    ap.add_argument("--eval", type=int, default=24)
+    ap.add_argument("--train", type=int, default=512)
+    ap.add_argument("--eval", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", nargs="*", default=DEFAULT, choices=CONFIGS)
     ap.add_argument("--one", help=argparse.SUPPRESS)

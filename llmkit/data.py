@@ -370,6 +370,27 @@ def plan_epoch(
     return batches
 
 
+def split_by_tokens(examples: list[Example], rows: list[list[int]], budget: int) -> list[list[list[int]]]:
+    """A micro-batch as consecutive pieces of at most `budget` tokens (rows x widest row) each.
+
+    Losses are summed over label tokens, so the pieces' gradients add up to the micro-batch's:
+    the split changes peak memory, not the result. A row wider than the budget goes alone.
+    """
+    if budget <= 0:
+        return [rows]
+    pieces: list[list[list[int]]] = []
+    widest = 0
+    for row in rows:
+        width = sum(len(examples[i]) for i in row)
+        if pieces and max(widest, width) * (len(pieces[-1]) + 1) <= budget:
+            pieces[-1].append(row)
+            widest = max(widest, width)
+        else:
+            pieces.append([row])
+            widest = width
+    return pieces
+
+
 def collate(examples: list[Example], rows: list[list[int]], pad_id: int):
     """Rows of examples → input_ids, position_ids, labels tensors of shape [rows, longest row].
 

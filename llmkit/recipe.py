@@ -78,6 +78,13 @@ class TrainSection(_Section):
         None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
     )
     batch_size: int = Field(4, ge=1, description="Sequences per micro-batch.")
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Most tokens (rows x width) per forward/backward pass; a larger micro-batch runs "
+        "in pieces with the same gradients, so memory stays bounded. Unset: 1024 on CPU (as fast "
+        "as bigger passes there), no limit on GPUs. 0: no limit.",
+    )
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-4, gt=0)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"

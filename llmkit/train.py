@@ -41,6 +41,9 @@ from llmkit.ui import info, progress_items, warn
 # peft asks transformers a deprecated question on every get_peft_model; not the user's concern
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
+# Measured on 2 cores with SmolLM2-135M: tokens/s is flat from 512 to 4096 tokens per pass,
+# while activation memory grows ~3 MB per token, so CPU passes stay at 1024 tokens.
+CPU_BATCH_TOKENS = 1024
 RUN_FILES = ("recipe.yaml", "run.json", "adapter", "checkpoints", "metrics.jsonl", "tensorboard", "loss.png")
 
 
@@ -74,6 +77,18 @@ def train(
             "train.grad_accum > 1 is not supported under DeepSpeed (it steps on every backward)",
             "set train.grad_accum=1 and raise train.batch_size or the number of processes",
         )
+    budget = (
+        t.max_batch_tokens
+        if t.max_batch_tokens is not None
+        else (CPU_BATCH_TOKENS if hw.device == "cpu" else 0)
+    )
+    if accelerator.distributed_type == "DEEPSPEED" and budget:
+        if t.max_batch_tokens:
+            raise TrainError(
+                "train.max_batch_tokens is not supported under DeepSpeed (it steps on every backward)",
+                "unset train.max_batch_tokens and size train.batch_size to fit memory",
+            )
+        budget = 0
     if main and overwrite and not resume:
         clear_run_dir(out)
     accelerator.wait_for_everyone()
@@ -121,7 +136,11 @@ def train(
         task = bar.add_task("train", total=plan.total_steps, completed=start_step, loss="-", tps="-")
         for step in range(start_step, plan.total_steps):
             loss_model.train()
-            micro_batches = plan.micro_batches(step, accelerator.process_index)
+            micro_batches = [
+                piece
+                for rows in plan.micro_batches(step, accelerator.process_index)
+                for piece in datalib.split_by_tokens(dataset.train, rows, budget)
+            ]
             n_labels = plan.label_tokens(step)  # over all processes and micro-batches of this step
             step_start, step_loss = time.perf_counter(), 0.0
             for k, rows in enumerate(micro_batches):
@@ -154,7 +173,7 @@ def train(
                     epoch=round(plan.epoch_of(step), 3),
                 )
             if dataset.eval and ((t.eval_every and done % t.eval_every == 0) or done == plan.total_steps):
-                eval_loss = evaluate(loss_model, dataset.eval, recipe, accelerator, pad_id)
+                eval_loss = evaluate(loss_model, dataset.eval, recipe, accelerator, pad_id, budget)
                 log.write(done, eval_loss=eval_loss)
             if (t.save_every and done % t.save_every == 0) and done < plan.total_steps:
                 save_checkpoint(
@@ -285,17 +304,18 @@ class LossModel(torch.nn.Module):
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
-def evaluate(loss_model, examples, recipe, accelerator, pad_id) -> float:
+def evaluate(loss_model, examples, recipe, accelerator, pad_id, budget: int = 0) -> float:
     """Mean loss per answer token over the eval set (split across processes)."""
 
     d = recipe.data
-    batches = datalib.plan_epoch(
+    planned = datalib.plan_epoch(
         [len(e) for e in examples],
         batch_size=recipe.train.batch_size,
         max_length=d.max_length,
         packing=d.packing,
         seed=0,
     )
+    batches = [piece for rows in planned for piece in datalib.split_by_tokens(examples, rows, budget)]
     loss_model.eval()
     total = torch.zeros(2, device=accelerator.device)
     with torch.no_grad():

@@ -286,3 +286,33 @@ def test_dora_rslora_checkpointing_and_recipe_chat_template(tmp_path):
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(out / "adapter").chat_template == template
+
+
+def test_token_budget_splits_passes_without_changing_the_result(tmp_path, tiny_llama_dir):
+    """train.max_batch_tokens runs a micro-batch in pieces: memory changes, the adapter does not."""
+    import llmkit
+    from llmkit import data as datalib
+    from llmkit.recipe import load
+    from llmkit.train import load_tokenizer
+
+    common = ["train.max_steps=4", "train.batch_size=4", "lora.dropout=0", "train.eval_every=2"]
+    recipe = load("tiny", common)
+    examples = datalib.prepare(recipe, load_tokenizer(recipe)[0], seed=42).train
+    rows = [[i] for i in range(4)]
+    assert datalib.split_by_tokens(examples, rows, 0) == [rows]
+    assert datalib.split_by_tokens(examples, rows, 1) == [[r] for r in rows]  # each row alone
+    widest = max(len(examples[i]) for i in range(4))
+    assert all(len(p) * widest <= 2 * widest for p in datalib.split_by_tokens(examples, rows, 2 * widest))
+
+    runs = {
+        budget: llmkit.train(
+            "tiny",
+            [*common, f"train.max_batch_tokens={budget}", f"train.output_dir={tmp_path / str(budget)}"],
+        )
+        for budget in (0, 1)
+    }
+    a, b = _adapter(runs[0] / "adapter"), _adapter(runs[1] / "adapter")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff <= 1e-5, diff
+    losses = [json.loads((r / "run.json").read_text())["eval_loss"] for r in runs.values()]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
