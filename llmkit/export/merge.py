@@ -1,8 +1,9 @@
 """Fold a PEFT LoRA adapter into the base weights, shard by shard.
 
-We never load the whole model: each base safetensors shard is read tensor by tensor, the
-matching LoRA delta (scale · B @ A, computed in float32) is added, and the shard is written
-out before the next one is read. Peak memory is about one shard plus the (small) adapter.
+We never load the whole model, nor even a whole shard: each output shard's header is written
+first (shapes and dtypes are those of the base shard), then each tensor is read, gets its LoRA
+delta (scale · B @ A, computed in float32) and is written before the next one is read. Peak
+memory is about the largest tensor plus the (small) adapter.
 Supports LoRA, rsLoRA, DoRA, rank/alpha patterns, embedding LoRA and modules_to_save.
 """
 
@@ -12,6 +13,7 @@ import json
 import math
 import re
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,19 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 MODEL_FILES = ("config.json", "generation_config.json")
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+DTYPE_BYTES.update({"F8_E4M3": 1, "F8_E5M2": 1})
 
 
 @dataclass
@@ -95,8 +110,6 @@ def lora_delta(adapter: Adapter, module: str, base):
 def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Path | None = None) -> Path:
     """Write base + adapter as a plain HF model dir at `out_dir` (atomic)."""
     import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from llmkit.ui import progress_items
 
@@ -114,25 +127,22 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
     if not (tokenizer_dir / "tokenizer_config.json").is_file():
         tokenizer_dir = base_dir
     base_names: set[str] = set()
+
+    def merged(name: str, tensor):
+        base_names.add(name)
+        replaced = adapter.tensors.pop(name, None)  # modules_to_save: a full new tensor
+        if replaced is not None:
+            return replaced.to(tensor.dtype)
+        if name.endswith(".weight"):
+            folded = lora_delta(adapter, name.removesuffix(".weight"), tensor)
+            if folded is not None:
+                return folded.to(tensor.dtype)
+        return tensor
+
     with atomic_dir(out_dir, replace=True) as tmp, progress_items() as bar:
         task = bar.add_task("merging shards", total=len(shards))
         for shard in shards:
-            out: dict = {}
-            with safe_open(str(base_dir / shard), framework="pt") as fh:
-                metadata = fh.metadata() or {"format": "pt"}
-                for name in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
-                    base_names.add(name)
-                    tensor = fh.get_tensor(name)
-                    replaced = adapter.tensors.pop(name, None)  # modules_to_save: a full new tensor
-                    if replaced is not None:
-                        tensor = replaced.to(tensor.dtype)
-                    elif name.endswith(".weight"):
-                        merged = lora_delta(adapter, name.removesuffix(".weight"), tensor)
-                        if merged is not None:
-                            tensor = merged.to(tensor.dtype)
-                    out[name] = tensor.contiguous()
-            save_file(out, str(tmp / shard), metadata=metadata)
-            del out
+            rewrite_safetensors(base_dir / shard, tmp / shard, merged)
             bar.advance(task)
         _check_consumed(adapter, base_names, adapter_dir)
         for f in MODEL_FILES:
@@ -156,6 +166,43 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
             },
         )
     return out_dir
+
+
+def rewrite_safetensors(src: Path, dst: Path, transform) -> None:
+    """Copy a safetensors file through `transform(name, tensor)`, one tensor in memory at a time.
+
+    The header (names, dtypes, shapes, offsets) is known from `src` before any tensor is read,
+    so it is written first and each tensor's bytes follow as soon as they are computed;
+    `transform` must keep every tensor's dtype and shape.
+    """
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as fh:
+        names = list(fh.keys())
+        header: dict = {"__metadata__": fh.metadata() or {"format": "pt"}}
+        offset = 0
+        for name in names:
+            part = fh.get_slice(name)
+            dtype, shape = part.get_dtype(), part.get_shape()
+            size = math.prod(shape) * DTYPE_BYTES[dtype]
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
+        with open(dst, "wb") as out:
+            out.write(struct.pack("<Q", len(raw)) + raw)
+            for name in names:
+                tensor = fh.get_tensor(name)
+                new = transform(name, tensor).contiguous()
+                if new.dtype != tensor.dtype or list(new.shape) != header[name]["shape"]:
+                    raise ExportError(
+                        f"{src.name}: {name} would change from {tuple(tensor.shape)} {tensor.dtype} "
+                        f"to {tuple(new.shape)} {new.dtype} when merged",
+                        "was this adapter trained on a different base model?",
+                    )
+                out.write(new.reshape(-1).view(torch.uint8).numpy().data)
+                del tensor, new
 
 
 def _check_consumed(adapter: Adapter, base_names: set[str], adapter_dir: Path) -> None:
