@@ -6,6 +6,7 @@ Point `HF_ENDPOINT` at `HubDouble.url` and `snapshot_download`, `hf_hub_download
 
   GET      /api/models/{repo}[/revision/{rev}]         model info: sha, siblings, gated
   GET      /api/models/{repo}/tree/{rev}[/{path}]      listing: oid, size, lfs {oid, size, pointerSize}
+  POST     /api/models/{repo}/paths-info/{rev}         entries for the form's `paths` that exist
   HEAD/GET /{repo}/resolve/{rev}/{path}                small files: 200, ETag = git blob sha1
                                                        LFS files: 302 to the CDN with X-Linked-Etag
                                                        (sha256) and X-Linked-Size
@@ -18,6 +19,8 @@ Every Hub response carries X-Repo-Commit. Errors carry the Hub's X-Error-Code / 
 RepoNotFound (401 without a token, 404 with one: the Hub does not reveal private repos), GatedRepo
 (401 without a token, 403 with a token that has no access), RevisionNotFound and EntryNotFound (404),
 and an unknown token is 401 "Invalid credentials in Authorization header" on every endpoint.
+Dataset repos (`add_repo(..., repo_type="dataset")`) answer the same routes under /api/datasets/ and
+/datasets/{repo}/resolve/, which is what `datasets.load_dataset("org/name")` uses.
 Renamed repos answer 307 to their new name. `requests` records what the double saw (headers included),
 and `throttle()` slows one file down after some bytes so a test can interrupt a download.
 
@@ -101,6 +104,7 @@ class HubFile:
 @dataclass
 class Repo:
     repo_id: str
+    repo_type: str = "model"  # or "dataset"
     gated: bool | str = False  # False, "auto" or "manual", as in the Hub's model info
     private: bool = False
     granted: set[str] = field(default_factory=set)  # user names with access (gated/private)
@@ -169,12 +173,13 @@ class HubDouble:
         revision: str = "main",
         gated: bool | str = False,
         private: bool = False,
+        repo_type: str = "model",
     ) -> str:
         """Add a commit with `files` (a directory, or {path: bytes | str | Path}) as branch/tag `revision`.
 
         Returns the commit sha. Calling it again for the same repo adds another revision.
         """
-        repo = self.repos.setdefault(repo_id, Repo(repo_id))
+        repo = self.repos.setdefault(_key(repo_id, repo_type), Repo(repo_id, repo_type))
         repo.gated = gated or repo.gated
         repo.private = private or repo.private
         tree = {path: HubFile(path, data) for path, data in _load_files(files).items()}
@@ -193,8 +198,8 @@ class HubDouble:
     def rename(self, old: str, new: str) -> None:
         self.renamed[old] = new
 
-    def file(self, repo_id: str, path: str, revision: str = "main") -> HubFile:
-        repo = self.repos[repo_id]
+    def file(self, repo_id: str, path: str, revision: str = "main", repo_type: str = "model") -> HubFile:
+        repo = self.repos[_key(repo_id, repo_type)]
         return repo.commits[repo.commit_for(revision)][path]
 
     def throttle(self, repo_id: str, path: str, *, after: int = 0, rate: int = 64 * 1024) -> None:
@@ -257,6 +262,11 @@ class HubDouble:
                     if f.sha256 == sha256:
                         return f
         return None
+
+
+def _key(repo_id: str, repo_type: str) -> str:
+    """Where a repo is kept in `HubDouble.repos`: models by id, other types as `datasets/id`."""
+    return repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
 
 
 class _HubError(Exception):
@@ -417,28 +427,40 @@ class _Handler(BaseHTTPRequestHandler):
         user = self._user()
         if parts == ["api", "agent-harnesses"]:  # huggingface_hub fetches this registry for its user agent
             return self._json(200, {"standardEnvVars": ["AI_AGENT", "AGENT"], "harnesses": {}})
-        if len(parts) >= 4 and parts[:2] == ["api", "models"] and self.command == "GET":
+        if len(parts) >= 4 and parts[0] == "api" and parts[1] in ("models", "datasets"):
+            repo_type = parts[1].removesuffix("s")
             repo_id = f"{unquote(parts[2])}/{unquote(parts[3])}"
             rest = parts[4:]
             if self._redirect_renamed(
                 repo_id,
-                "/" + "/".join(["api", "models", *self.hub.renamed.get(repo_id, "").split("/"), *rest]),
+                "/" + "/".join(["api", parts[1], *self.hub.renamed.get(repo_id, "").split("/"), *rest]),
             ):
                 return
-            repo = self._repo(repo_id, user)
-            if not rest:
+            repo = self._repo(_key(repo_id, repo_type), user)
+            if self.command == "GET" and not rest:
                 return self._model_info(repo, "main")
-            if rest[0] == "revision" and len(rest) == 2:
+            if self.command == "GET" and rest[0] == "revision" and len(rest) == 2:
                 return self._model_info(repo, unquote(rest[1]))
-            if rest[0] == "tree" and len(rest) in (2, 3):
-                return self._tree(repo, unquote(rest[1]), unquote(rest[2]) if len(rest) == 3 else "")
-        elif len(parts) >= 5 and parts[2] == "resolve" and self.command in ("GET", "HEAD"):
-            repo_id = f"{unquote(parts[0])}/{unquote(parts[1])}"
+            if self.command == "GET" and rest[0] == "tree" and len(rest) >= 2:
+                return self._tree(repo, unquote(rest[1]), unquote("/".join(rest[2:])))
+            if self.command == "POST" and rest[0] == "paths-info" and len(rest) == 2:
+                return self._paths_info(repo, unquote(rest[1]))
+        elif self.command in ("GET", "HEAD") and "resolve" in parts[2:4]:
+            repo_type = "dataset" if parts[0] == "datasets" else "model"
+            at = parts.index("resolve")
+            if at != (3 if repo_type == "dataset" else 2) or len(parts) < at + 3:
+                raise _HubError(404, None, "Sorry, we can't find the page you are looking for.")
+            repo_id = f"{unquote(parts[at - 2])}/{unquote(parts[at - 1])}"
             new = self.hub.renamed.get(repo_id, "")
-            if self._redirect_renamed(repo_id, "/" + "/".join([*new.split("/"), *parts[2:]])):
+            if repo_type == "model" and self._redirect_renamed(
+                repo_id, "/" + "/".join([*new.split("/"), *parts[2:]])
+            ):
                 return
             return self._resolve(
-                self._repo(repo_id, user), user, unquote(parts[3]), unquote("/".join(parts[4:]))
+                self._repo(_key(repo_id, repo_type), user),
+                user,
+                unquote(parts[at + 1]),
+                unquote("/".join(parts[at + 2 :])),
             )
         raise _HubError(404, None, "Sorry, we can't find the page you are looking for.")
 
@@ -502,6 +524,21 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             )
         self._json(200, sorted(entries, key=lambda e: e["path"]), {"X-Repo-Commit": sha})
+
+    def _paths_info(self, repo: Repo, rev: str) -> None:
+        """The entries (files, or directories) among the form's `paths`; unknown paths are left out."""
+        sha, tree = self._commit(repo, rev)
+        length = int(self.headers.get("Content-Length") or 0)
+        form = parse_qs(self.rfile.read(length).decode())
+        entries = []
+        for path in form.get("paths", []):
+            path = path.strip("/")
+            if path in tree:
+                entries.append(tree[path].tree_entry())
+            elif any(f.startswith(path + "/") for f in tree):
+                oid = hashlib.sha1(f"{sha}{path}".encode()).hexdigest()
+                entries.append({"type": "directory", "oid": oid, "size": 0, "path": path})
+        self._json(200, entries, {"X-Repo-Commit": sha})
 
     def _resolve(self, repo: Repo, user: str | None, rev: str, path: str) -> None:
         sha, tree = self._commit(repo, rev)

@@ -316,3 +316,45 @@ def test_token_budget_splits_passes_without_changing_the_result(tmp_path, tiny_l
     assert diff <= 1e-5, diff
     losses = [json.loads((r / "run.json").read_text())["eval_loss"] for r in runs.values()]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.fixture
+def hub_datasets(tmp_path):
+    """A Hub double serving one dataset repo (alpaca rows in data/train.jsonl + data/test.jsonl)."""
+    from hub_double import HubDouble
+
+    rows = [
+        {"instruction": f"Name the number after {i}.", "input": "", "output": f"{i + 1}."} for i in range(40)
+    ]
+    files = {
+        "README.md": "# numbers\n",
+        "data/train.jsonl": "".join(json.dumps(r) + "\n" for r in rows[:32]),
+        "data/test.jsonl": "".join(json.dumps(r) + "\n" for r in rows[32:]),
+    }
+    with HubDouble() as hub:
+        hub.add_repo("llmkit-test/numbers", files, repo_type="dataset")
+        hub.env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
+        yield hub
+
+
+def test_trains_on_a_hub_dataset_by_name(hub_datasets, llmkit_cli, tmp_path):
+    """data.path = a Hub dataset id: loaded through `datasets` (here from the Hub double), split chosen."""
+    out = tmp_path / "run"
+    args = [
+        "tiny",
+        "data.path=llmkit-test/numbers",
+        "data.format=auto",
+        "data.split=test",
+        "data.eval_fraction=0",
+        "train.max_steps=2",
+    ]
+    result = llmkit_cli("train", *args, f"train.output_dir={out}", env=hub_datasets.env)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["data"]["train_examples"] == 8  # the 8 rows of the test split, not the 32 of train
+    assert hub_datasets.seen("GET", "/datasets/llmkit-test/numbers/resolve/")  # fetched from the Hub
+
+    missing = llmkit_cli("train", "tiny", "data.path=llmkit-test/nope", env=hub_datasets.env)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("Error: cannot load Hugging Face dataset 'llmkit-test/nope'")
+    assert "Traceback" not in missing.stderr
