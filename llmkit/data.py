@@ -18,6 +18,7 @@ examples never attend to each other, and a packed row gives the same loss as sep
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import random
@@ -341,8 +342,8 @@ def plan_epoch(
 ) -> list[list[list[int]]]:
     """One epoch as micro-batches; a micro-batch is a list of rows; a row lists example indices.
 
-    Packing fills rows of up to max_length tokens (first fit, longest first) and takes
-    batch_size rows per micro-batch. Without packing a row is one example, and examples of
+    Packing fills rows of up to max_length tokens (best fit, longest first: O(n log n)) and
+    takes batch_size rows per micro-batch. Without packing a row is one example, and examples of
     similar length are batched together (sorted within chunks of 64 batches) to cut padding.
     """
     rng = random.Random(seed)
@@ -350,15 +351,16 @@ def plan_epoch(
     rng.shuffle(order)
     if packing:
         rows: list[list[int]] = []
-        room: list[int] = []
+        room: list[tuple[int, int]] = []  # (free tokens, row), sorted: the tightest fit is a bisect away
         for i in sorted(order, key=lambda i: -lengths[i]):
-            slot = next((k for k, free in enumerate(room) if free >= lengths[i]), None)
-            if slot is None:
+            k = bisect.bisect_left(room, (lengths[i], -1))
+            if k == len(room):
                 rows.append([i])
-                room.append(max_length - lengths[i])
+                bisect.insort(room, (max_length - lengths[i], len(rows) - 1))
             else:
-                rows[slot].append(i)
-                room[slot] -= lengths[i]
+                free, r = room.pop(k)
+                rows[r].append(i)
+                bisect.insort(room, (free - lengths[i], r))
         rng.shuffle(rows)
     else:
         chunk = batch_size * 64
