@@ -188,20 +188,24 @@ def train(
         plot_loss(out)
         write_json(
             out / "run.json",
-            run_info(
-                recipe,
-                base_dir,
-                hw,
-                precision,
-                accelerator,
-                dataset,
-                plan,
-                tokens_seen,
-                started,
-                train_seconds,
-                log.last_loss,
-                eval_loss,
-            ),
+            {
+                "base_model": recipe.model.name,
+                "base_path": str(base_dir),
+                "adapter": "adapter",
+                "versions": versions(),
+                "hardware": {"device": hw.device, "name": hw.name, "processes": accelerator.num_processes},
+                "precision": precision,
+                "max_batch_tokens": budget,
+                "steps": plan.total_steps,
+                "epochs": round(plan.total_steps / plan.steps_per_epoch, 3),
+                "tokens_seen": tokens_seen,
+                "data": dataset.report(),
+                "train_loss": log.last_loss,
+                "eval_loss": eval_loss,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                "seconds": round(time.time() - started, 1),
+                "train_seconds": round(train_seconds, 2),  # the loop only (this session): no loading/saving
+            },
         )
         info(f"Done: adapter in {out / 'adapter'}  (chat with it: llmkit chat {out})")
     accelerator.wait_for_everyone()
@@ -513,45 +517,16 @@ def resolved(recipe: Recipe) -> Recipe:
     return load(data)
 
 
-def run_info(
-    recipe,
-    base_dir,
-    hw,
-    precision,
-    accelerator,
-    dataset,
-    plan,
-    tokens_seen,
-    started,
-    train_seconds,
-    train_loss,
-    eval_loss,
-):
+def versions() -> dict:
     import accelerate
     import peft
     import transformers
 
     return {
-        "base_model": recipe.model.name,
-        "base_path": str(base_dir),
-        "adapter": "adapter",
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "accelerate": accelerate.__version__,
-        },
-        "hardware": {"device": hw.device, "name": hw.name, "processes": accelerator.num_processes},
-        "precision": precision,
-        "steps": plan.total_steps,
-        "epochs": round(plan.total_steps / plan.steps_per_epoch, 3),
-        "tokens_seen": tokens_seen,
-        "data": dataset.report(),
-        "train_loss": train_loss,
-        "eval_loss": eval_loss,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "seconds": round(time.time() - started, 1),
-        "train_seconds": round(train_seconds, 2),  # the loop only (this session), without loading and saving
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
     }
 
 
