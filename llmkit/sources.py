@@ -150,6 +150,8 @@ def download(
     token = token or get_token()  # --token, else HF_TOKEN, else the token saved by `hf auth login`
     where = f"{repo_id}@{revision}" if revision else repo_id
     try:
+        if not constants.HF_HUB_OFFLINE:
+            _probe(constants.ENDPOINT)
         files = _check_weights_format(repo_id, revision, token, allow_pickle, include, exclude)
         if constants.HF_HUB_OFFLINE:
             info(f"Using the cached copy of {where} (HF_HUB_OFFLINE is set)")
@@ -211,6 +213,14 @@ def download(
         warn(f"the Hub is unreachable ({_first_line(exc)}); using the cached copy of {where}")
         path = cached
     return check_model_dir(Path(path))
+
+
+def _probe(endpoint: str) -> None:
+    """One quick request, so an unreachable Hub is known in seconds rather than after the ~30 s of
+    retries huggingface_hub spends on each call; raises the HTTP client's transport error."""
+    from huggingface_hub.utils import get_session
+
+    get_session().head(endpoint, timeout=5)  # any HTTP answer means the Hub is reachable
 
 
 def _network_errors() -> tuple[type[Exception], ...]:
