@@ -318,6 +318,7 @@ def evaluate(loss_model, examples, recipe, accelerator, pad_id, budget: int = 0)
         max_length=d.max_length,
         packing=d.packing,
         seed=0,
+        per_step=max(1, len(examples)),  # eval order does not matter: sort everything for the least padding
     )
     batches = [piece for rows in planned for piece in datalib.split_by_tokens(examples, rows, budget)]
     loss_model.eval()
@@ -351,6 +352,7 @@ class Plan:
                 max_length=d.max_length,
                 packing=d.packing,
                 seed=t.seed + epoch,
+                per_step=self.per_step,
             )
 
         first = epoch_batches(0)

@@ -178,18 +178,27 @@ def test_packing_plan_uses_every_example_once_within_max_length():
     rows = [row for b in batches for row in b]
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
-    assert len(rows) == 5  # 271 tokens in rows of 64: first-fit-decreasing needs the minimum
+    assert len(rows) == 5  # 271 tokens in rows of 64: best-fit-decreasing needs the minimum
     assert data.plan_epoch(lengths, batch_size=2, max_length=64, packing=True, seed=1) == batches
 
 
-def test_length_grouping_cuts_padding():
+def test_steps_are_random_draws_sorted_by_length_inside():
+    """Without packing: each step is a random sample of the data (so no step is all-short or
+    all-long), and inside a step similar lengths share a micro-batch, which cuts padding."""
     import random
 
-    lengths = [random.Random(i).randint(5, 200) for i in range(256)]
-    batches = data.plan_epoch(lengths, batch_size=8, max_length=256, packing=False, seed=0)
-    assert sorted(row[0] for b in batches for row in b) == list(range(256))
+    lengths = [random.Random(i).randint(5, 200) for i in range(512)]
+    per_step, batch = 8, 8
+    batches = data.plan_epoch(
+        lengths, batch_size=batch, max_length=256, packing=False, seed=0, per_step=per_step
+    )
+    assert sorted(row[0] for b in batches for row in b) == list(range(512))
+    mean = sum(lengths) / len(lengths)
+    steps = [batches[k : k + per_step] for k in range(0, len(batches), per_step)]
+    step_means = [sum(lengths[r[0]] for b in st for r in b) / sum(len(b) for b in st) for st in steps]
+    assert all(0.7 * mean < m < 1.3 * mean for m in step_means), step_means
     padded = sum(len(b) * max(lengths[r[0]] for r in b) for b in batches)
-    naive = sum(8 * max(lengths[i : i + 8]) for i in range(0, 256, 8))
+    naive = sum(batch * max(lengths[i : i + batch]) for i in range(0, 512, batch))
     assert padded < 0.7 * naive
 
 
