@@ -262,3 +262,35 @@ def test_ollama_accepts_the_adapter_gguf(ollama_double, llama_run, tmp_path):
     )
     create_model("tiny-base-lora", base.gguf, adapter=res.adapter_gguf, progress=False)
     assert len(ollama_double.model("tiny-base-lora")["adapters"]) == 1
+
+
+def test_streaming_shard_rewrite_keeps_every_dtype_and_refuses_shape_changes(tmp_path):
+    """The merge's shard writer: an identity pass reproduces the file byte for byte (header,
+    metadata, every dtype, empty and 0-d tensors); a changed shape is an error, not a bad file."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from llmkit.errors import ExportError
+    from llmkit.export.merge import rewrite_safetensors
+
+    tensors = {
+        "a.weight": torch.randn(5, 3),
+        "b.weight": torch.randn(4, 2).to(torch.bfloat16),
+        "c.weight": torch.randn(7).half(),
+        "ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+        "mask": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+        "scalar": torch.tensor(2.5),
+    }
+    src, dst = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_file(tensors, str(src), metadata={"format": "pt", "note": "kept"})
+    rewrite_safetensors(src, dst, lambda name, t: t)
+    assert dst.read_bytes() == src.read_bytes()
+
+    rewrite_safetensors(src, dst, lambda name, t: t * 2 if name == "a.weight" else t)
+    out = load_file(str(dst))
+    assert torch.equal(out["a.weight"], tensors["a.weight"] * 2) and torch.equal(
+        out["b.weight"], tensors["b.weight"]
+    )
+    with pytest.raises(ExportError, match="would change from"):
+        rewrite_safetensors(src, dst, lambda name, t: t.T if name == "a.weight" else t)

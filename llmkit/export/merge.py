@@ -13,7 +13,6 @@ import json
 import math
 import re
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,38 +170,42 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
 def rewrite_safetensors(src: Path, dst: Path, transform) -> None:
     """Copy a safetensors file through `transform(name, tensor)`, one tensor in memory at a time.
 
-    The header (names, dtypes, shapes, offsets) is known from `src` before any tensor is read,
-    so it is written first and each tensor's bytes follow as soon as they are computed;
-    `transform` must keep every tensor's dtype and shape.
+    `transform` keeps every dtype and shape, so the header (names, dtypes, shapes, offsets) is the
+    same: it is copied first and each tensor's bytes follow as soon as they are computed. Plain
+    reads, not mmap: mapped pages would stay resident and grow RSS to the shard size.
     """
     import torch
-    from safetensors import safe_open
 
-    with safe_open(str(src), framework="pt") as fh:
-        names = list(fh.keys())
-        header: dict = {"__metadata__": fh.metadata() or {"format": "pt"}}
-        offset = 0
-        for name in names:
-            part = fh.get_slice(name)
-            dtype, shape = part.get_dtype(), part.get_shape()
-            size = math.prod(shape) * DTYPE_BYTES[dtype]
-            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-            offset += size
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
-        with open(dst, "wb") as out:
-            out.write(struct.pack("<Q", len(raw)) + raw)
-            for name in names:
-                tensor = fh.get_tensor(name)
-                new = transform(name, tensor).contiguous()
-                if new.dtype != tensor.dtype or list(new.shape) != header[name]["shape"]:
-                    raise ExportError(
-                        f"{src.name}: {name} would change from {tuple(tensor.shape)} {tensor.dtype} "
-                        f"to {tuple(new.shape)} {new.dtype} when merged",
-                        "was this adapter trained on a different base model?",
-                    )
-                out.write(new.reshape(-1).view(torch.uint8).numpy().data)
-                del tensor, new
+    dtypes = {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    }  # fmt: skip
+    with open(src, "rb") as fh, open(dst, "wb") as out:
+        size = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(size)
+        out.write(size.to_bytes(8, "little") + raw)
+        header = json.loads(raw)
+        header.pop("__metadata__", None)
+        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            start, end = entry["data_offsets"]
+            dtype, shape = dtypes[entry["dtype"]], entry["shape"]
+            fh.seek(8 + size + start)
+            data = bytearray(fh.read(end - start))
+            tensor = (
+                torch.frombuffer(data, dtype=dtype).reshape(shape)
+                if data
+                else torch.empty(shape, dtype=dtype)
+            )
+            new = transform(name, tensor).contiguous()
+            if new.dtype != dtype or list(new.shape) != shape:
+                raise ExportError(
+                    f"{src.name}: {name} would change from {tuple(shape)} {dtype} "
+                    f"to {tuple(new.shape)} {new.dtype} when merged",
+                    "was this adapter trained on a different base model?",
+                )
+            out.write(new.reshape(-1).view(torch.uint8).numpy().data)
+            del data, tensor, new
 
 
 def _check_consumed(adapter: Adapter, base_names: set[str], adapter_dir: Path) -> None:
