@@ -54,6 +54,15 @@ def _exit_interrupted(signum, frame) -> None:
     os._exit(130)
 
 
+def _echo_outputs(result, **outputs) -> None:
+    """One `label: path` line per output that was written, then the `ollama create` still to run."""
+    for label, value in outputs.items():
+        if value:
+            typer.echo(f"{label}: {value}")
+    if result.ollama_command and not result.ollama_model:
+        typer.echo(f"next: {result.ollama_command}")
+
+
 def _print_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
@@ -255,15 +264,7 @@ def run_recipe(
     from llmkit.pipeline import run
 
     result = run(loaded, resume=resume, overwrite=overwrite, verify=verify)
-    for label, value in (
-        ("gguf", result.gguf),
-        ("modelfile", result.modelfile),
-        ("ollama", result.ollama_model),
-    ):
-        if value:
-            typer.echo(f"{label}: {value}")
-    if result.ollama_command and not result.ollama_model:
-        typer.echo(f"next: {result.ollama_command}")
+    _echo_outputs(result, gguf=result.gguf, modelfile=result.modelfile, ollama=result.ollama_model)
 
 
 # ----------------------------------------------------------------------------- export (issue 4)
@@ -321,17 +322,14 @@ def export(
     )
     if json_out:
         return _print_json(result.as_dict())
-    for label, value in (
-        ("merged", result.merged_dir),
-        ("gguf", result.gguf),
-        ("adapter", result.adapter_gguf),
-        ("modelfile", result.modelfile),
-        ("ollama", result.ollama_model),
-    ):
-        if value:
-            typer.echo(f"{label}: {value}")
-    if result.ollama_command and not result.ollama_model:
-        typer.echo(f"next: {result.ollama_command}")
+    _echo_outputs(
+        result,
+        merged=result.merged_dir,
+        gguf=result.gguf,
+        adapter=result.adapter_gguf,
+        modelfile=result.modelfile,
+        ollama=result.ollama_model,
+    )
 
 
 # ----------------------------------------------------------------------------- ollama (issue 5)

@@ -11,6 +11,7 @@ The rules (the default when a recipe says `precision: auto`):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import platform
 from dataclasses import asdict, dataclass
@@ -38,13 +39,10 @@ class Hardware:
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:  # no /proc: not Linux
+        for line in fh:
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
     return frozenset()
 
 
@@ -57,13 +55,10 @@ def cpu_bf16_kind() -> str:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:  # no /proc: not Linux
+        for line in fh:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 

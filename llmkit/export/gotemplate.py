@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 
 class GoTemplateError(Exception):
-    pass
+    """A template outside the Go subset this evaluator understands, or one that fails to run."""
 
 
 # ----------------------------------------------------------------------------- Ollama's inputs
