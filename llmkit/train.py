@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -264,16 +265,44 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lo = recipe.lora
+    targets = lora_targets(model, lo.target_modules)
+    dropout = lo.dropout
+    if targets.get("target_parameters") and dropout:
+        info(f"LoRA dropout {dropout} → 0: PEFT cannot apply dropout to stacked expert weights")
+        dropout = 0.0
     config = LoraConfig(
         r=lo.r,
         lora_alpha=lo.alpha,
-        lora_dropout=lo.dropout,
-        target_modules=lo.target_modules,
+        lora_dropout=dropout,
+        **targets,
         use_dora=lo.use_dora,
         use_rslora=lo.use_rslora,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def lora_targets(model, target_modules) -> dict:
+    """LoraConfig targets. On Mixture-of-Experts models `all-linear` means attention, shared
+    experts and every routed expert (stacked 3-D weights, so PEFT `target_parameters`), never the
+    router: PEFT's own all-linear would adapt the router, which destabilises expert choice."""
+    experts = sorted(
+        {
+            n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1]
+            for n, p in model.named_parameters()
+            if ".experts." in n and p.ndim == 3
+        }
+    )
+    if target_modules != "all-linear" or not experts:
+        return {"target_modules": target_modules}
+    linear = {
+        re.sub(r"^.*?\.layers\.\d+\.", "", name)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".layers." in name
+    }
+    routers = {n for n in linear if n.endswith((".gate", "shared_expert_gate"))}
+    keep = "|".join(re.escape(n) for n in sorted(linear - routers))
+    return {"target_modules": rf".*\.layers\.\d+\.({keep})$", "target_parameters": experts}
 
 
 class LossModel(torch.nn.Module):

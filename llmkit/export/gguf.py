@@ -9,7 +9,6 @@ sibling and renamed into place only when complete.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -19,15 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.errors import ExportError
+from llmkit.export.archs import EXPERT, Arch, arch_of, n_experts, text_config
 from llmkit.export.vocab import Vocab, load_vocab
-
-# HF `architectures[0]` → GGUF architecture name.
-ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-}
 
 # Output types: name → (GGML tensor type, general.file_type).
 TYPES = {
@@ -75,16 +67,6 @@ def read_config(model_dir: Path) -> dict:
     if not path.is_file():
         raise ExportError(f"{model_dir} has no config.json", "pass a Hugging Face model directory")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def gguf_arch(config: dict, where: Path) -> str:
-    hf_arch = (config.get("architectures") or ["?"])[0]
-    if hf_arch not in ARCHITECTURES:
-        raise ExportError(
-            f"{where}: architecture {hf_arch} is not supported for GGUF export",
-            f"supported: {', '.join(ARCHITECTURES)}",
-        )
-    return ARCHITECTURES[hf_arch]
 
 
 # ----------------------------------------------------------------------------- safetensors
@@ -139,7 +121,7 @@ class Weights:
         return raw.astype(np.float32, copy=False).reshape(entry["shape"])
 
 
-# ----------------------------------------------------------------------------- per-arch rules
+# ----------------------------------------------------------------------------- tensors
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -147,112 +129,98 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def head_dim(config: dict) -> int:
-    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-
-
-def rope_settings(config: dict) -> tuple[float, dict | None]:
-    """(rope theta, scaling dict or None) from either the old or the transformers-5 config layout."""
-    params = config.get("rope_parameters") or {}
-    theta = config.get("rope_theta") or params.get("rope_theta") or 10000.0
-    scaling = config.get("rope_scaling") or (
-        params if params.get("rope_type", "default") != "default" else None
-    )
-    if scaling and (scaling.get("rope_type") or scaling.get("type")) == "default":
-        scaling = None
-    return float(theta), scaling
-
-
-def llama3_rope_factors(config: dict, theta: float, scaling: dict) -> np.ndarray:
-    """Per-frequency divisors of Llama 3.1+ rope scaling (llama.cpp reads them from rope_freqs.weight)."""
-    dim = head_dim(config)
-    factor = scaling.get("factor", 8.0)
-    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
-    old_ctx = scaling.get("original_max_position_embeddings", 8192)
-    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
-    freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-    out = []
-    for freq in freqs:
-        wavelen = 2 * math.pi / freq
-        if wavelen < high_wavelen:
-            out.append(1.0)
-        elif wavelen > low_wavelen:
-            out.append(factor)
-        else:
-            smooth = (old_ctx / wavelen - low) / (high - low)
-            out.append(1.0 / ((1 - smooth) / factor + smooth))
-    return np.array(out, dtype=np.float32)
-
-
-def add_hparams(writer, arch: str, config: dict, n_vocab: int) -> np.ndarray | None:
-    """Model hyper-parameters as GGUF metadata; returns rope_freqs for Llama 3.1+ scaling."""
-    import gguf
-
-    theta, scaling = rope_settings(config)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(config["num_attention_heads"])
-    writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
-    writer.add_rope_freq_base(theta)
-    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
-    if config.get("head_dim"):
-        writer.add_key_length(config["head_dim"])
-        writer.add_value_length(config["head_dim"])
-    if arch == "llama":
-        writer.add_vocab_size(n_vocab)
-        writer.add_rope_dimension_count(head_dim(config))
-    if not scaling:
+def text_name(arch: Arch, hf_name: str) -> str | None:
+    """The HF name as the text model's (prefixes of multimodal checkpoints removed); None = not text."""
+    if hf_name.startswith(arch.skip):
         return None
-    kind = scaling.get("rope_type") or scaling.get("type")
-    if kind == "llama3":
-        return llama3_rope_factors(config, theta, scaling)
-    if kind == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(scaling["factor"])
-        return None
-    raise ExportError(f"rope scaling '{kind}' is not supported for GGUF export", "supported: linear, llama3")
+    for old, new in arch.prefixes:
+        if hf_name.startswith(old):
+            return new + hf_name[len(old) :]
+    return hf_name
 
 
-def plan_tensors(weights: Weights, arch: str, config: dict, out_type: str) -> list[TensorPlan]:
-    """Name, shape and output type of every tensor, in a stable order, without loading data."""
+def plan_tensors(weights: Weights, arch: Arch, config: dict, out_type: str) -> list[TensorPlan]:
+    """Name, shape and output type of every tensor, in a stable order, without loading data.
+
+    Per-expert tensors of a MoE layer are stacked into one [experts, rows, cols] tensor, as
+    llama.cpp expects; every other tensor maps one to one.
+    """
     import gguf
 
     n_layers = config["num_hidden_layers"]
-    name_map = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layers)
+    name_map = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.gguf.upper()), n_layers)
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
-    tied = config.get("tie_word_embeddings", False)
-    plans = []
+    tied = config.get("tie_word_embeddings", False) or arch.tied_output
+    plans: list[TensorPlan] = []
+    groups: dict[str, dict[int, str]] = {}  # stacked HF name → expert index → HF tensor name
     for hf_name in weights.names():
-        if hf_name.endswith(("rotary_emb.inv_freq", "masked_bias")):
+        name = text_name(arch, hf_name)
+        if name is None or name.endswith(("rotary_emb.inv_freq", "masked_bias")):
             continue
-        if hf_name == "lm_head.weight" and tied:
+        if name == "lm_head.weight" and tied:
             continue  # llama.cpp reuses token_embd when output.weight is absent
-        name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
+        expert = EXPERT.match(name)
+        if expert:
+            stacked = f"{expert.group(1)}.{expert.group(3)}.weight"
+            if stacked not in groups:
+                groups[stacked] = {}
+                plans.append(TensorPlan(stacked, (), "", lambda: None))  # placeholder, filled below
+            groups[stacked][int(expert.group(2))] = hf_name
+            continue
+        gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
             raise ExportError(
-                f"tensor {hf_name} has no GGUF name for architecture {arch}", "is this a plain causal LM?"
+                f"tensor {hf_name} has no GGUF name for architecture {arch.gguf}",
+                "is this a plain causal LM?",
             )
-        shape = weights.shape(hf_name)
         transform = None
-        if arch == "llama" and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+        if arch.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
             transform = lambda w: permute_qk(w, n_head)  # noqa: E731
-        elif arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+        elif arch.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
             transform = lambda w: permute_qk(w, n_kv)  # noqa: E731
+        elif arch.norm_offset and name.endswith("norm.weight"):
+            transform = lambda w: w + arch.norm_offset  # noqa: E731
+        shape = weights.shape(hf_name)
         plans.append(
-            TensorPlan(name, shape, tensor_type(name, shape, out_type), _loader(weights, hf_name, transform))
+            TensorPlan(
+                gguf_name,
+                shape,
+                tensor_type(gguf_name, shape, out_type),
+                _loader(weights, hf_name, transform),
+            )
         )
-    return plans
+    return [
+        _stacked_plan(p, groups[p.name], weights, name_map, config, out_type) if p.name in groups else p
+        for p in plans
+    ]
+
+
+def _stacked_plan(placeholder, members: dict[int, str], weights, name_map, config, out_type) -> TensorPlan:
+    expected = n_experts(config)
+    if sorted(members) != list(range(expected)):
+        raise ExportError(
+            f"{placeholder.name.removesuffix('.weight')}: found {len(members)} experts, config says {expected}",
+            "the checkpoint and its config.json disagree; re-save the model",
+        )
+    gguf_name = name_map.get_name(placeholder.name, try_suffixes=(".weight",))
+    if gguf_name is None:
+        raise ExportError(f"expert tensor {placeholder.name} has no GGUF name")
+    names = [members[i] for i in range(expected)]
+    shape = (expected, *weights.shape(names[0]))
+
+    def load() -> np.ndarray:
+        return np.stack([weights.load(n) for n in names])
+
+    return TensorPlan(gguf_name, shape, tensor_type(gguf_name, shape, out_type), load)
 
 
 def tensor_type(name: str, shape: tuple[int, ...], out_type: str) -> str:
     """Norms, biases and 1-D tensors stay F32; rows not divisible by the quant block fall back to F16."""
     import gguf
 
-    if len(shape) == 1 or name.endswith("_norm.weight"):
-        return "F32"
+    if len(shape) == 1 or name.endswith(("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")):
+        return "F32"  # like llama.cpp's converter: norms and MoE routers keep full precision
     qtype = TYPES[out_type][0]
     if qtype.startswith(("Q4", "Q5")) and name in ("output.weight", "token_embd.weight"):
         qtype = (
@@ -362,32 +330,37 @@ def write_gguf(
 
     model_dir, out = Path(model_dir), Path(out)
     out_type = check_type(out_type)
-    config = read_config(model_dir)
-    arch = gguf_arch(config, model_dir)
+    full_config = read_config(model_dir)
+    arch = arch_of(full_config, model_dir)
+    config = text_config(full_config)
     weights = Weights(model_dir)
-    n_vocab = weights.shape("model.embed_tokens.weight")[0]
+    embed = next((n for n in weights.names() if text_name(arch, n) == "model.embed_tokens.weight"), None)
+    if embed is None:
+        raise ExportError(
+            f"{model_dir} has no model.embed_tokens.weight", "is this a complete causal LM checkpoint?"
+        )
+    n_vocab = weights.shape(embed)[0]
     vocab = load_vocab(model_dir, n_vocab, chat_template=chat_template)
     plans = plan_tensors(weights, arch, config, out_type)
     out.parent.mkdir(parents=True, exist_ok=True)
     check_disk_space(out.parent, sum(nbytes(p.shape, p.qtype)[1] for p in plans))
 
     def write(tmp: Path) -> None:
-        writer = gguf.GGUFWriter(tmp, arch)
+        writer = gguf.GGUFWriter(tmp, arch.gguf)
         try:
             writer.add_type(gguf.GGUFType.MODEL)
             writer.add_name(name or model_dir.name)
-            rope_freqs = add_hparams(writer, arch, config, n_vocab)
+            extra = arch.hparams(writer, config, n_vocab)
             writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[out_type][1]))
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             vocab.add_to(writer)
-            if rope_freqs is not None:
-                plans.insert(0, TensorPlan("rope_freqs.weight", rope_freqs.shape, "F32", lambda: rope_freqs))
-            write_tensors(writer, plans, label=f"GGUF {out_type}")
+            extra_plans = [TensorPlan(n, a.shape, "F32", (lambda x: lambda: x)(a)) for n, a in extra]
+            write_tensors(writer, extra_plans + plans, label=f"GGUF {out_type}")
         finally:
             writer.close()
 
     atomic_write(out, write)
-    return GGUFResult(out, arch, out_type, len(plans), out.stat().st_size, vocab)
+    return GGUFResult(out, arch.gguf, out_type, len(plans), out.stat().st_size, vocab)
 
 
 def iter_fields(path: Path) -> Iterator[tuple[str, object]]:
@@ -414,20 +387,24 @@ def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: s
     out_type = check_type(out_type)
     if out_type not in ("f32", "f16", "bf16"):
         raise ExportError(f"a GGUF adapter can be f32, f16 or bf16, not {out_type}", "use --gguf f16")
-    config = read_config(base_dir)
-    arch = gguf_arch(config, base_dir)
+    full_config = read_config(base_dir)
+    arch = arch_of(full_config, base_dir)
+    config = text_config(full_config)
     adapter = load_adapter(adapter_dir)
     cfg = adapter.config
     if (
         cfg.get("use_dora")
         or cfg.get("modules_to_save")
         or any("lora_embedding" in k for k in adapter.tensors)
+        or cfg.get("target_parameters")
     ):
         raise ExportError(
-            f"{adapter_dir} uses DoRA, modules_to_save or embedding LoRA, which a GGUF adapter cannot hold",
+            f"{adapter_dir} uses DoRA, modules_to_save, embedding or expert LoRA, which a GGUF adapter cannot hold",
             "export the merged model instead (drop --adapter-only)",
         )
-    name_map = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), config["num_hidden_layers"])
+    name_map = gguf.get_tensor_name_map(
+        getattr(gguf.MODEL_ARCH, arch.gguf.upper()), config["num_hidden_layers"]
+    )
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
     alpha = float(cfg["lora_alpha"])
@@ -439,13 +416,13 @@ def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: s
         b = adapter.tensors[f"{module}.lora_B.weight"].float().numpy()
         # llama.cpp scales by alpha / rank; fold any per-module difference (rsLoRA, patterns) into B.
         b = b * (adapter.scale(module) * a.shape[0] / alpha)
-        if arch == "llama" and module.endswith("q_proj"):
+        if arch.permute_qk and module.endswith("q_proj"):
             b = permute_qk(b, n_head)
-        elif arch == "llama" and module.endswith("k_proj"):
+        elif arch.permute_qk and module.endswith("k_proj"):
             b = permute_qk(b, n_kv)
-        base = name_map.get_name(f"{module}.weight", try_suffixes=(".weight",))
+        base = name_map.get_name(text_name(arch, f"{module}.weight") or "", try_suffixes=(".weight",))
         if base is None:
-            raise ExportError(f"adapter module {module} has no GGUF name for architecture {arch}")
+            raise ExportError(f"adapter module {module} has no GGUF name for architecture {arch.gguf}")
         for suffix, arr in (("lora_a", a), ("lora_b", b)):
             plans.append(
                 TensorPlan(
@@ -457,7 +434,7 @@ def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: s
             )
 
     def write(tmp: Path) -> None:
-        writer = gguf.GGUFWriter(tmp, arch)
+        writer = gguf.GGUFWriter(tmp, arch.gguf)
         try:
             writer.add_type(gguf.GGUFType.ADAPTER)
             writer.add_name(Path(adapter_dir).parent.name or "adapter")

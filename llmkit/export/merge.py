@@ -106,6 +106,63 @@ def lora_delta(adapter: Adapter, module: str, base):
     return merged
 
 
+# A routed expert's projection on disk → which half of the fused in-memory `gate_up_proj` it is
+# (transformers 5 keeps experts stacked in memory, PEFT trains them there; checkpoints stay per expert).
+EXPERT_HALF = {"gate_proj": 0, "w1": 0, "up_proj": 1, "w3": 1, "down_proj": None, "w2": None}
+EXPERT_LORA = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)((?:\.base_layer)*)\.lora_A\.weight$")
+
+
+class ExpertLora:
+    """LoRA on stacked expert parameters (PEFT `target_parameters`), applied to per-expert tensors.
+
+    PEFT stores one factor pair per stacked parameter: A [r·E, in], B [out, r·E]; expert e's
+    update is B[:, :, e] @ A[e] (the layout of PEFT's ParamWrapper). Which pair belongs to
+    gate_up_proj and which to down_proj is read from their shapes; the delta of one expert is
+    computed when its tensor is written, so memory stays at one expert.
+    """
+
+    def __init__(self, adapter: Adapter, n_experts: int):
+        self.adapter, self.n_experts, self.used = adapter, n_experts, set()
+        self.pairs: dict[str, list[tuple[str, object, object]]] = {}
+        for key in adapter.tensors:
+            m = EXPERT_LORA.match(key)
+            if m:
+                b_key = key.replace(".lora_A.", ".lora_B.")
+                self.pairs.setdefault(m.group(1), []).append(
+                    (key, adapter.tensors[key], adapter.tensors[b_key])
+                )
+
+    def delta(self, name: str, base):
+        from llmkit.export.archs import EXPERT
+
+        m = EXPERT.match(name)
+        if not m or not self.pairs:
+            return None
+        module = m.group(1).replace(".block_sparse_moe.", ".mlp.")
+        expert, proj = int(m.group(2)), m.group(3)
+        if proj not in EXPERT_HALF:
+            return None
+        out_f, in_f = base.shape
+        half = EXPERT_HALF[proj]
+        want = (in_f, 2 * out_f) if half is not None else (in_f, out_f)
+        for key, a, b in self.pairs.get(module, []):
+            if (a.shape[1], b.shape[0]) != want:
+                continue
+            r = a.shape[0] // self.n_experts
+            a_e = a.float().reshape(self.n_experts, r, -1)[expert]
+            b_e = b.float().reshape(b.shape[0], r, self.n_experts)[:, :, expert]
+            delta = (b_e @ a_e) * self.adapter.scale(module)
+            if half is not None:
+                delta = delta[half * out_f : (half + 1) * out_f]
+            self.used.update((key, key.replace(".lora_A.", ".lora_B.")))
+            return delta
+        return None
+
+    def consume(self) -> None:
+        for key in self.used:
+            self.adapter.tensors.pop(key, None)
+
+
 def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Path | None = None) -> Path:
     """Write base + adapter as a plain HF model dir at `out_dir` (atomic)."""
     import torch
@@ -126,12 +183,21 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
     if not (tokenizer_dir / "tokenizer_config.json").is_file():
         tokenizer_dir = base_dir
     base_names: set[str] = set()
+    from llmkit.export.archs import n_experts, text_config
+
+    config = (
+        json.loads((base_dir / "config.json").read_text()) if (base_dir / "config.json").is_file() else {}
+    )
+    experts = ExpertLora(adapter, n_experts(text_config(config)))
 
     def merged(name: str, tensor):
         base_names.add(name)
         replaced = adapter.tensors.pop(name, None)  # modules_to_save: a full new tensor
         if replaced is not None:
             return replaced.to(tensor.dtype)
+        expert = experts.delta(name, tensor)
+        if expert is not None:
+            return (tensor.float() + expert).to(tensor.dtype)
         if name.endswith(".weight"):
             folded = lora_delta(adapter, name.removesuffix(".weight"), tensor)
             if folded is not None:
@@ -143,6 +209,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
         for shard in shards:
             rewrite_safetensors(base_dir / shard, tmp / shard, merged)
             bar.advance(task)
+        experts.consume()
         _check_consumed(adapter, base_names, adapter_dir)
         for f in MODEL_FILES:
             if (base_dir / f).is_file():
@@ -160,7 +227,14 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
                 "torch": torch.__version__,
                 "lora": {
                     k: adapter.config.get(k)
-                    for k in ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules")
+                    for k in (
+                        "r",
+                        "lora_alpha",
+                        "use_rslora",
+                        "use_dora",
+                        "target_modules",
+                        "target_parameters",
+                    )
                 },
             },
         )
