@@ -297,7 +297,11 @@ def export(
     ] = False,
     template: Annotated[
         Path | None,
-        typer.Option("--template", help="Ollama Go template file, for chat templates llmkit does not know."),
+        typer.Option(
+            "--template",
+            help="native: the model's own chat template (Ollama >= 0.30) | go: a Go template derived from it "
+            "and proven | FILE: your Go template (default: native on an --ollama server >= 0.30, else go).",
+        ),
     ] = None,
     system: Annotated[str | None, typer.Option("--system", help="SYSTEM prompt for the Modelfile.")] = None,
     adapter_only: Annotated[

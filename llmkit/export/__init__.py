@@ -68,7 +68,10 @@ def export(
         ollama = ollama or opts.ollama
         quantize = quantize or opts.quantize
         system = system if system is not None else opts.system
-        template = template or (run.recipe.resolve_path(opts.template) if opts.template else None)
+        if template is None and opts.template:  # "native" / "go" are modes, anything else a file
+            template = (
+                opts.template if opts.template in ("native", "go") else run.recipe.resolve_path(opts.template)
+            )
         parameters = {**opts.parameters, **(parameters or {})}
     elif (Path(source) / "recipe.yaml").is_file():
         raise ExportError(
@@ -145,23 +148,19 @@ def export(
             )
 
     params = {**({"num_ctx": num_ctx} if num_ctx else {}), **(parameters or {})}
-    if system and not _shows_system(chat.go):
-        warn("this chat template has no system turn; the SYSTEM prompt will be ignored")
-    text = mf.render_modelfile(
-        f"./{written.path.name}",
-        template=chat.go,
-        stops=chat.stops,
-        system=system,
-        parameters=params,
-        comment=f"Modelfile written by llmkit export: chat template family '{chat.family}'"
-        + (" (proven equal to the HF chat template)" if chat.proven else " (NOT proven equal)"),
-    )
+    if system and not chat.system:  # never promise a system prompt the template rejects
+        warn("this chat template has no system turn; the SYSTEM prompt is not written")
+        result.notes.append("SYSTEM prompt dropped: the chat template has no system turn")
+        system = None
+    version = _server_version() if ollama else None
+    _choose_target(chat, template, version)
+    result.template_family = chat.family if chat.target == "go" else "native"
     result.modelfile = out_dir / "Modelfile"
     with atomic_file(result.modelfile) as fh:
-        fh.write(text)
+        fh.write(_modelfile_text(written.path.name, chat, system, params))
 
     if ollama:
-        _ollama_create(result, ollama, chat, system, params, quantize)
+        _ollama_create(result, ollama, chat, system, params, quantize, version)
     write_json(out_dir / "export.json", result.as_dict())
     return result
 
@@ -191,7 +190,9 @@ def _ollama_base(model_dir: Path, ref: str) -> dict:
     return json.loads(meta_file.read_text()).get("ollama") or {}
 
 
-def _chat_template(tokenizer, template_file, base_ollama: dict | None = None):
+def _chat_template(tokenizer, template, base_ollama: dict | None = None):
+    """The chat template for the Modelfile: `template` is None (derive a Go template and prove
+    it; the model's own Jinja on Ollama >= 0.30), "native", "go", or a Go template FILE."""
     from llmkit.export import templates
     from llmkit.export.vocab import chat_template_of
 
@@ -200,26 +201,79 @@ def _chat_template(tokenizer, template_file, base_ollama: dict | None = None):
     probe = tokenizer("A").input_ids
     add_bos = bool(bos) and bool(probe) and probe[0] == tokenizer.bos_token_id
     kwargs = {"bos": bos, "add_bos": add_bos, "eos": tokenizer.eos_token}
-    if template_file:
-        return templates.from_file(Path(template_file), tokenizer, jinja, **kwargs)
+    mode = str(template) if template is not None else None
+    if mode not in (None, "native", "go"):
+        return templates.from_file(Path(mode), tokenizer, jinja, **kwargs)
+    if mode == "native" and not jinja:
+        raise ExportError(
+            "--template native needs a model with a chat template (tokenizer_config.json has none)",
+            "use --template go (Alpaca is written for models without one) or --template FILE",
+        )
     try:
         chat = templates.choose(tokenizer, jinja, **kwargs)
-    except ExportError:
-        if not (base_ollama and base_ollama.get("template")):
+    except ExportError as exc:
+        if mode == "go":
             raise
-        # Not in our catalogue, but Ollama already ran this base with its own template: reuse it.
-        stops = [str(s) for s in _as_list((base_ollama.get("parameters") or {}).get("stop"))]
-        return templates.ChatTemplate(
-            family="ollama-base",
-            go=base_ollama["template"],
-            stops=stops,
-            jinja=jinja,
-            proven=False,
-            notes=["chat template taken from the Ollama base model (not proven equal to the HF template)"],
+        if base_ollama and base_ollama.get("template") and mode is None:
+            # Ollama already ran this base with its own template: reuse it, flagged as unproven.
+            stops = [str(s) for s in _as_list((base_ollama.get("parameters") or {}).get("stop"))]
+            return templates.ChatTemplate(
+                family="ollama-base",
+                go=base_ollama["template"],
+                stops=stops,
+                jinja=jinja,
+                proven=False,
+                notes=[
+                    "chat template taken from the Ollama base model (not proven equal to the HF template)"
+                ],
+            )
+        refused = f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+        chat = templates.native(tokenizer, jinja, bos=bos, eos=tokenizer.eos_token, refused=refused)
+        chat.notes.insert(
+            0,
+            "no Go template for Ollama < 0.30: " + exc.message + "; the Modelfile targets Ollama >= 0.30, "
+            "which renders the model's own chat template",
         )
+        return chat
+    if mode == "native":
+        chat = templates.native(tokenizer, jinja, bos=bos, eos=tokenizer.eos_token, go=chat)
     base_stops = _as_list((base_ollama or {}).get("parameters", {}).get("stop"))
     chat.stops = list(dict.fromkeys([*chat.stops, *map(str, base_stops)]))
     return chat
+
+
+def _server_version() -> str | None:
+    from llmkit.ollama import server_version
+
+    return server_version()
+
+
+def _choose_target(chat, template, version: str | None) -> None:
+    """Go template or the model's own (native): explicit --template wins; else native when the
+    --ollama server renders GGUF templates itself (>= 0.30), else the proven Go template."""
+    from llmkit.ollama.client import renders_native_templates
+
+    if template is None and chat.family not in ("custom", "ollama-base") and chat.go is not None:
+        chat.target = "native" if renders_native_templates(version) else "go"
+
+
+def _modelfile_text(gguf_name: str, chat, system: str | None, params: dict) -> str:
+    from llmkit.export.modelfile import render_modelfile
+
+    return render_modelfile(
+        f"./{gguf_name}",
+        template=chat.go,
+        native=chat.target == "native",
+        stops=chat.stops,
+        system=system,
+        parameters=params,
+        proof=(
+            f"proven to render like the model's chat template on {chat.proof_count} conversations"
+            if chat.proven and chat.proof_count
+            else ("NOT proven equal to the model's chat template" if chat.go else None)
+        ),
+        refused=chat.refused,
+    )
 
 
 def _as_list(value) -> list:
@@ -229,31 +283,36 @@ def _as_list(value) -> list:
 
 
 def _shows_system(go: str) -> bool:
-    from llmkit.export.gotemplate import GoTemplateError, render
+    from llmkit.export.templates import _renders_system
 
-    try:
-        return "SYSTEM-PROBE" in render(go, [{"role": "user", "content": "x"}], system="SYSTEM-PROBE")
-    except GoTemplateError:
-        return True  # a custom template we cannot evaluate: assume it does
+    return _renders_system(go)
 
 
-def _ollama_create(result: ExportResult, name: str, chat, system, params, quantize) -> None:
+def _ollama_create(result: ExportResult, name: str, chat, system, params, quantize, version) -> None:
     from llmkit.export.modelfile import ollama_command
-    from llmkit.ollama import create_model, server_version
+    from llmkit.ollama import create_model
+    from llmkit.ollama.client import renders_native_templates
 
     result.ollama_command = ollama_command(name, result.modelfile, quantize)
-    if server_version() is None:
+    if version is None:
         warn(
             f"no Ollama server is reachable; the GGUF and Modelfile are ready. Create the model with:\n  "
             f"{result.ollama_command}"
         )
         result.notes.append("ollama server not reachable: run ollama_command")
         return
+    if chat.target == "native" and not renders_native_templates(version):
+        why = chat.refused or "--template native was asked for"
+        raise ExportError(
+            f"Ollama {version} cannot render the model's own chat template (needs >= 0.30) and "
+            f"there is no Go template: {why}",
+            "upgrade Ollama, or write the Go template yourself and pass it with --template FILE",
+        )
     info(f"Creating Ollama model {name}")
     create_model(
         name,
         result.gguf,
-        template=chat.go,
+        template=chat.go if chat.target == "go" else None,  # None: the GGUF's own Jinja template
         system=system,
         parameters={"stop": chat.stops, **params},
         quantize=quantize,

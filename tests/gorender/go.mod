@@ -1,0 +1,3 @@
+module llmkit.test/gorender
+
+go 1.22
