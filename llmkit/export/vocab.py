@@ -6,8 +6,11 @@ Two tokenizer kinds are supported, read from `tokenizer.json`:
 
 `tokenizer.ggml.pre` must be a name llama.cpp knows, or llama.cpp refuses the file (unknown
 name) or silently tokenizes differently (missing name). We find it the way llama.cpp's
-converter does (hash of the token ids of a fixed text) and, for tokenizers trained anew with a
-known split rule, the way Ollama's converter does (hash of the Split regexes). Neither → error.
+converter does (hash of the token ids of a fixed text), then the way Ollama's converter does
+(hash of the Split regexes), then from the pre-tokenizer's structure (each step translated to
+the regexes llama.cpp runs, compared with the regex lists llama.cpp implements). Whatever the
+source, `tokprobe.prove` then tokenizes a probe corpus in llama.cpp and in transformers and
+refuses the vocabulary unless every id matches.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import ExportError
+from llmkit.export import tokprobe
 
 # The text llama.cpp's converter encodes to fingerprint a BPE pre-tokenizer (test data from
 # llama.cpp's convert_hf_to_gguf_update.py; the hash is over Python's repr of the id list).
@@ -50,6 +54,69 @@ SPLIT_REGEX_HASH = {
     "1ff7f41064896984db5d1bb6ff64fa4bc29007d08c1b439e505b7392777a319e": "qwen2",
     "03df5c5863ad70781dcfdef491ead25140f895fe8010964be0daefe27be32b02": "deepseek-llm",
     "21cde974d587f0d54dc8d56b183cc1e6239600172035c68fbd6d4b9f8da0576e": "deepseek-coder",
+}
+
+# The regexes llama.cpp runs for a pre-tokenizer name (src/llama-vocab.cpp), spelled as they
+# appear in tokenizer.json; where llama.cpp rewrote a regex for its engine, its comment gives
+# the tokenizer.json original, which is what we list. `ByteLevel(use_regex=True)` stands for
+# GPT2_REGEX, `Digits(individual_digits=True)` for \p{N}, `Digits(False)` for \p{N}+.
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_UPPER_LOWER = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+{c}"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*{c}"
+)
+LLAMA_CPP_REGEXES: dict[str, tuple[str, ...]] = {
+    "gpt-2": (GPT2_REGEX,),
+    "smollm": (r"\p{N}", GPT2_REGEX),
+    "llama-bpe": (
+        _CONTRACTIONS
+        + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "qwen2": (
+        _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "qwen35": (
+        _CONTRACTIONS
+        + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "seed-coder": (
+        _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "ufakzeka": (r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",),
+    "minicpm5": (
+        r"\p{N}{1,3}",
+        _CONTRACTIONS
+        + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "exaone-moe": (
+        _CONTRACTIONS
+        + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?"
+        r"|\s*[\r\n]|\s+(?!\S)|\s+",
+    ),
+    "jais-2": (
+        _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+        r"|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)|\s{8}(?!\S)"
+        r"|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}",
+    ),
+    "tekken": (
+        _UPPER_LOWER.replace("{c}", "") + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "gpt-4o": (
+        _UPPER_LOWER.replace("{c}", _CONTRACTIONS + "?")
+        + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "tiny_aya": (
+        r"\d{1,3}(?=(?:\d{3})*\b)",
+        _UPPER_LOWER.replace("{c}", _CONTRACTIONS + "?")
+        + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "deepseek-v3": (
+        r"\p{N}{1,3}",
+        "[一-龥぀-ゟ゠-ヿ]+",
+        r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
+        r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
 }
 
 # Token types (gguf.TokenType values).
@@ -124,9 +191,10 @@ def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = Non
     tokens, types, scores = _tokens(tj, tok, n_vocab, kind)
     merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
     template = chat_template or chat_template_of(tok)
+    pre, how = pre_tokenizer_name(tj, tok, model_dir) if kind == "bpe" else ("default", "SentencePiece")
     vocab = Vocab(
         model="gpt2" if kind == "bpe" else "llama",
-        pre=pre_tokenizer_name(tj, tok, model_dir) if kind == "bpe" else "default",
+        pre=pre,
         tokens=tokens,
         types=types,
         merges=merges,
@@ -137,6 +205,16 @@ def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = Non
     probe = tok("A").input_ids
     vocab.add_bos = "bos" in vocab.special and bool(probe) and probe[0] == vocab.special["bos"]
     vocab.add_eos = "eos" in vocab.special and bool(probe) and probe[-1] == vocab.special["eos"]
+    # A hash match is llama.cpp's own evidence; a structural match is only a guess until
+    # llama.cpp has tokenized the probe corpus like transformers does.
+    if tokprobe.llama_cpp_available():
+        tokprobe.prove(vocab, tok, model_dir, how=how)
+    elif how == "structure":
+        raise ExportError(
+            f"{model_dir}: pre-tokenizer '{pre}' was derived from the tokenizer's structure and must be proven "
+            "in llama.cpp, but llama-cpp-python is not installed",
+            "install it: tools/install-llama-cpp.sh .venv/bin/python",
+        )
     return vocab
 
 
@@ -252,16 +330,77 @@ def split_regex_hash(tj: dict) -> str | None:
     return hashlib.sha256("".join(regexes).encode()).hexdigest() if regexes else None
 
 
-def pre_tokenizer_name(tj: dict, tok, where: Path) -> str:
-    """The `tokenizer.ggml.pre` name: llama.cpp's token-id hash first, then the regex hash."""
+def pre_tokenizer_name(tj: dict, tok, where: Path) -> tuple[str, str]:
+    """The `tokenizer.ggml.pre` name and how it was found: "chkhsh", "split-regex hash", "structure"."""
     h = chkhsh(tok)
     if h in CHKHSH:
-        return CHKHSH[h]
+        return CHKHSH[h], "chkhsh"
     rh = split_regex_hash(tj)
     if rh in SPLIT_REGEX_HASH:
-        return SPLIT_REGEX_HASH[rh]
+        return SPLIT_REGEX_HASH[rh], "split-regex hash"
+    # The pipeline transformers actually runs (under transformers 5 it can differ from the file).
+    backend = getattr(tok, "backend_tokenizer", None)
+    live = json.loads(backend.to_str()) if backend is not None else tj
+    name = derive_pre(live)
+    if name is not None:
+        return name, "structure"
     raise ExportError(
-        f"{where}: BPE pre-tokenizer not recognized (llama.cpp chkhsh {h}, split-regex hash {rh}); "
-        "a GGUF written with a guessed name would tokenize differently in llama.cpp/Ollama",
-        f"known pre-tokenizers: {', '.join(sorted(set(CHKHSH.values()) | set(SPLIT_REGEX_HASH.values())))}",
+        f"{where}: BPE pre-tokenizer not recognized (llama.cpp chkhsh {h}, split-regex hash {rh}, "
+        f"structure {describe_pre(live)}); a GGUF written with a guessed name would tokenize differently "
+        "in llama.cpp/Ollama",
+        "llama.cpp implements these pre-tokenizers: "
+        f"{', '.join(sorted(set(CHKHSH.values()) | set(SPLIT_REGEX_HASH.values()) | set(LLAMA_CPP_REGEXES)))}; "
+        "keep the base model's tokenizer, or train yours with one of their split rules",
     )
+
+
+def _normalize_regex(regex: str) -> str:
+    # llama.cpp's engine has no (?i:...): it spells the contractions out; accept either spelling,
+    # and raw CR/LF characters as well as their escapes.
+    regex = regex.replace("\r", "\\r").replace("\n", "\\n")
+    return regex.replace(_CONTRACTIONS, "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])")
+
+
+_REGEXES_TO_PRE = {tuple(_normalize_regex(r) for r in rs): name for name, rs in LLAMA_CPP_REGEXES.items()}
+
+
+def pre_steps(tj: dict) -> list[str] | None:
+    """The pre-tokenizer as the regex list llama.cpp would run, or None if it is not expressible.
+
+    llama.cpp splits with its regexes, then byte-encodes each piece (GPT-2's byte-to-unicode
+    map) and applies the merges: so the pipeline must be Split/Digits steps ending in a ByteLevel
+    without an added prefix space (llama.cpp never adds one for BPE).
+    """
+    pre = tj.get("pre_tokenizer") or {}
+    items = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if not items or items[-1].get("type") != "ByteLevel" or items[-1].get("add_prefix_space"):
+        return None
+    steps: list[str] = []
+    for p in items[:-1]:
+        kind = p.get("type")
+        if (
+            kind == "Split"
+            and "Regex" in p.get("pattern", {})
+            and p.get("behavior") == "Isolated"
+            and not p.get("invert")
+        ):
+            steps.append(p["pattern"]["Regex"])
+        elif kind == "Digits":
+            steps.append(r"\p{N}" if p.get("individual_digits") else r"\p{N}+")
+        else:
+            return None
+    if items[-1].get("use_regex", True):
+        steps.append(GPT2_REGEX)
+    return steps
+
+
+def derive_pre(tj: dict) -> str | None:
+    """The llama.cpp pre-tokenizer whose regexes equal this pipeline's, or None."""
+    steps = pre_steps(tj)
+    return None if steps is None else _REGEXES_TO_PRE.get(tuple(_normalize_regex(r) for r in steps))
+
+
+def describe_pre(tj: dict) -> str:
+    pre = tj.get("pre_tokenizer") or {}
+    items = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    return "+".join(str(p.get("type")) for p in items) or "none"
