@@ -206,8 +206,8 @@ def prove(vocab: Vocab, tok, where: Path, *, how: str) -> Proof:
         path = Path(tmp) / "vocab.gguf"
         write_vocab_gguf(vocab, path, name=Path(where).name)
         theirs = llama_cpp_ids(path, where, probes)
-    for (label, text), got in zip(probes, theirs):
-        for add_special, got_ids in zip((True, False), got):
+    for (label, text), got in zip(probes, theirs, strict=True):
+        for add_special, got_ids in zip((True, False), got, strict=True):
             want = list(tok(text, add_special_tokens=add_special).input_ids)
             if want != list(got_ids):
                 raise _mismatch(vocab, where, how, label, text, add_special, want, list(got_ids))
@@ -215,7 +215,7 @@ def prove(vocab: Vocab, tok, where: Path, *, how: str) -> Proof:
 
 
 def _mismatch(vocab, where, how, label, text, add_special, want, got) -> ExportError:
-    i = next((k for k, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+    i = next((k for k, (a, b) in enumerate(zip(want, got, strict=False)) if a != b), min(len(want), len(got)))
     mode = "with added special tokens" if add_special else "without added special tokens"
     excerpt = text if len(text) <= 60 else text[:57] + "..."
     pieces = f"{_piece(vocab, want, i)} vs {_piece(vocab, got, i)}"
