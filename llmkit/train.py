@@ -238,11 +238,9 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
 
     m = recipe.model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    kwargs = dict(
-        dtype=dtype,
-        trust_remote_code=m.trust_remote_code,
-        attn_implementation=m.attn_implementation or "sdpa",
-    )
+    kwargs = dict(dtype=dtype, trust_remote_code=m.trust_remote_code)
+    if m.attn_implementation:  # else transformers' default: sdpa, or eager where sdpa cannot (soft-capping)
+        kwargs["attn_implementation"] = m.attn_implementation
     if m.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
