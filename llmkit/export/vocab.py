@@ -139,6 +139,8 @@ class Vocab:
     add_bos: bool = False
     add_eos: bool = False
     chat_template: str | None = None
+    # SentencePiece only: llama.cpp prepends "▁" unless told not to (Gemma does not prepend).
+    add_space_prefix: bool | None = None
 
     def token_text(self, kind: str) -> str | None:
         i = self.special.get(kind)
@@ -165,6 +167,8 @@ class Vocab:
             adders[kind](int(token_id))
         writer.add_add_bos_token(self.add_bos)
         writer.add_add_eos_token(self.add_eos)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
         if self.chat_template:
             writer.add_chat_template(self.chat_template)
 
@@ -205,6 +209,9 @@ def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = Non
     probe = tok("A").input_ids
     vocab.add_bos = "bos" in vocab.special and bool(probe) and probe[0] == vocab.special["bos"]
     vocab.add_eos = "eos" in vocab.special and bool(probe) and probe[-1] == vocab.special["eos"]
+    if kind == "spm":
+        pieces = tok.convert_ids_to_tokens(tok("a", add_special_tokens=False).input_ids)
+        vocab.add_space_prefix = bool(pieces) and pieces[0].startswith("\u2581")
     # A hash match is llama.cpp's own evidence; a structural match is only a guess until
     # llama.cpp has tokenized the probe corpus like transformers does.
     if tokprobe.llama_cpp_available():
