@@ -383,6 +383,44 @@ def gguf_architecture(path: Path) -> str:
         raise SourceError(f"{path} is not a readable GGUF file: {_first_line(exc)}") from None
 
 
+def gguf_config_fixes(config, path: Path, arch: str):
+    """Set what transformers' GGUF config reader leaves at its defaults, from the file's metadata:
+    without it a Gemma 3 with its own layer pattern or a MoE with its own expert sizes would load
+    as a different model."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+
+    def get(key: str, default=None):
+        f = fields.get(f"{arch}.{key}")
+        return f.contents() if f is not None else default
+
+    if arch == "llama" and get("expert_count"):
+        raise SourceError(
+            f"{path.name}: a Mixtral-style MoE GGUF cannot be loaded by transformers (it would drop the experts)",
+            "start from the Hugging Face checkpoint instead (llmkit pull mistralai/...)",
+        )
+    if arch == "gemma3":
+        pattern = get("attention.sliding_window_pattern")
+        if isinstance(pattern, list):
+            config.layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
+        config.query_pre_attn_scalar = get("attention.key_length", config.query_pre_attn_scalar)
+        local = get("rope.freq_base_swa")
+        if local and isinstance(getattr(config, "rope_parameters", None), dict):
+            config.rope_parameters.setdefault("sliding_attention", {"rope_type": "default"})["rope_theta"] = (
+                local
+            )
+    if arch in ("qwen2moe", "qwen3moe"):
+        config.moe_intermediate_size = get("expert_feed_forward_length", config.moe_intermediate_size)
+        config.num_experts = get("expert_count", config.num_experts)
+        config.num_experts_per_tok = get("expert_used_count", config.num_experts_per_tok)
+        if arch == "qwen2moe":
+            config.shared_expert_intermediate_size = get(
+                "expert_shared_feed_forward_length", config.shared_expert_intermediate_size
+            )
+    return config
+
+
 def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
     """Dequantize a GGUF into a HF model dir (safetensors + tokenizer + chat template).
 
@@ -404,7 +442,7 @@ def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     supported = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
-    if arch not in supported:
+    if {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}.get(arch, arch) not in supported:
         raise SourceError(
             f"{path.name}: GGUF architecture '{arch}' cannot be loaded by transformers",
             f"supported: {', '.join(sorted(supported))}",
@@ -419,12 +457,16 @@ def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
     kwargs = {"gguf_file": path.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+        config = gguf_config_fixes(AutoConfig.from_pretrained(path.parent, **kwargs), path, arch)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            path.parent, dtype=torch.float32, config=config, **kwargs
+        )
+    except SourceError:
+        raise
     except Exception as exc:
         raise SourceError(f"transformers could not load {path.name}: {_first_line(exc)}") from None
     # A GGUF-loaded model carries a quantizer marker and refuses save_pretrained; rebuild it
     # as a plain model from a clean config and copy the dequantized weights in.
-    config = AutoConfig.from_pretrained(path.parent, **kwargs)
     for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, attr):
             delattr(config, attr)

@@ -85,7 +85,9 @@ FAMILIES = {
             },
         ),
     ),
-    "tiny-phi3": (
+    # Not "phi3": llama.cpp gives special tokens of models *named* phi-3/phi3 Phi-3's rstrip
+    # attributes (and needs a "</s>" token), which this tokenizer does not have.
+    "tiny-phi": (
         "Phi3",
         dict(
             max_position_embeddings=512,

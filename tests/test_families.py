@@ -139,3 +139,41 @@ def test_unsupported_or_untranslatable_configs_are_clear_errors(tmp_path):
         if i == 0:  # the unsupported architecture: names the supported ones, says --verify would catch it
             assert "Gemma3ForCausalLM" in err.value.hint and "Qwen3MoeForCausalLM" in err.value.hint
             assert "--verify" in err.value.hint
+
+
+# ----------------------------------------------------------------------------- GGUF import
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny-gemma2", "tiny-gemma3", "tiny-phi", "tiny-qwen2moe", "tiny-qwen3moe"]
+)
+def test_our_gguf_imports_back_as_the_same_model(name, tmp_path):
+    """`llmkit pull FILE.gguf` (transformers' GGUF loader plus the metadata it ignores: Gemma 3's
+    layer pattern and query scale, MoE expert sizes) gives back the model we exported."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.export.gguf import write_gguf
+    from llmkit.sources import resolve
+    from llmkit.tiny import tiny_model_dir
+
+    src = tiny_model_dir(name)
+    gguf = write_gguf(src, tmp_path / f"{name}.gguf", "f16").path
+    back = resolve(str(gguf))
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 8, 100, 41, 7, 12, 13, 14, 15, 16, 17]])  # > sliding window
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(src).eval()(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(back).eval()(ids).logits
+    assert (got - want).abs().max() < 0.05  # f16 weights; a wrong layer pattern gives ~0.5
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_mixtral_gguf_import_is_refused_not_silently_dense(tmp_path):
+    from llmkit.errors import SourceError
+    from llmkit.export.gguf import write_gguf
+    from llmkit.sources import resolve
+    from llmkit.tiny import tiny_model_dir
+
+    gguf = write_gguf(tiny_model_dir("tiny-mixtral"), tmp_path / "mixtral.gguf", "f16").path
+    with pytest.raises(SourceError, match="cannot be loaded by transformers"):
+        resolve(str(gguf))

@@ -182,6 +182,8 @@ def plan_tensors(weights: Weights, arch: Arch, config: dict, out_type: str) -> l
         elif arch.norm_offset and name.endswith("norm.weight"):
             transform = lambda w: w + arch.norm_offset  # noqa: E731
         shape = weights.shape(hf_name)
+        if gguf_name.endswith("ffn_gate_inp_shexp.weight"):  # [1, n_embd] in HF, a vector in llama.cpp
+            shape, transform = shape[1:], lambda w: w.reshape(-1)  # noqa: E731
         plans.append(
             TensorPlan(
                 gguf_name,
