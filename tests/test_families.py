@@ -144,9 +144,7 @@ def test_unsupported_or_untranslatable_configs_are_clear_errors(tmp_path):
 # ----------------------------------------------------------------------------- GGUF import
 
 
-@pytest.mark.parametrize(
-    "name", ["tiny-gemma2", "tiny-gemma3", "tiny-phi", "tiny-qwen2moe", "tiny-qwen3moe"]
-)
+@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3", "tiny-phi", "tiny-qwen2moe", "tiny-qwen3moe"])
 def test_our_gguf_imports_back_as_the_same_model(name, tmp_path):
     """`llmkit pull FILE.gguf` (transformers' GGUF loader plus the metadata it ignores: Gemma 3's
     layer pattern and query scale, MoE expert sizes) gives back the model we exported."""
@@ -177,3 +175,45 @@ def test_mixtral_gguf_import_is_refused_not_silently_dense(tmp_path):
     gguf = write_gguf(tiny_model_dir("tiny-mixtral"), tmp_path / "mixtral.gguf", "f16").path
     with pytest.raises(SourceError, match="cannot be loaded by transformers"):
         resolve(str(gguf))
+
+
+def test_text_part_of_a_gemma3_vision_language_checkpoint_exports_and_verifies(tmp_path):
+    """A Gemma3ForConditionalGeneration checkpoint: the language model is written, the vision
+    tower and projector are left out, and llama.cpp matches transformers on text."""
+    import torch
+    from transformers import AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration
+
+    from llmkit.export.gguf import iter_fields, write_gguf
+    from llmkit.export.verify import verify
+    from llmkit.tiny import tiny_model_dir
+
+    src = tiny_model_dir("tiny-gemma3")
+    text = json.loads((src / "config.json").read_text())
+    for key in ("architectures", "model_type", "transformers_version", "dtype", "torch_dtype"):
+        text.pop(key, None)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=16,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        image_token_index=5,
+        boi_token_index=6,
+        eoi_token_index=7,
+    )
+    torch.manual_seed(0)
+    Gemma3ForConditionalGeneration(config).save_pretrained(tmp_path / "vlm")
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "vlm")
+
+    written = write_gguf(tmp_path / "vlm", tmp_path / "vlm.gguf", "f16")
+    fields = dict(iter_fields(written.path))
+    assert fields["general.architecture"] == "gemma3" and fields["gemma3.block_count"] == 2
+    assert written.n_tensors == 28  # the text model's tensors only
+    report = verify(written.path, tmp_path / "vlm", "f16")
+    assert report.passed and report.top1 == 1.0, report.summary()
