@@ -396,7 +396,7 @@ def test_export_to_ollama_renders_like_hf(tiny_llama_dir, tmp_path, ollama_doubl
     stored = ollama_double.model("tiny-chat")
     modelfile = result.modelfile.read_text()
     if version == "0.12.6":  # old server: the proven Go template
-        assert stored["template"] and result.template_family == "derived"
+        assert stored["template"] and result.template_family == "gemma"
         assert "Targets every Ollama version" in modelfile and "\nTEMPLATE " in modelfile
     else:  # new server: no TEMPLATE, the GGUF's own Jinja renders
         assert stored["template"] is None and result.template_family == "native"

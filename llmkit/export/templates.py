@@ -363,7 +363,7 @@ def derive(
             "on Ollama >= 0.30 use --template native (the model's own template); otherwise write "
             "the Go template yourself and pass it with --template FILE",
         )
-    chat = ChatTemplate("derived", go, _stops(p, tokenizer, bos, eos), None, proof_count=count)
+    chat = ChatTemplate(_family(p), go, _stops(p, tokenizer, bos, eos), None, proof_count=count)
     chat.system = p.system == "render"
     if p.system == "render":
         default = _default_system(p)
@@ -378,6 +378,19 @@ def derive(
         )
     chat.notes += _caveats(tokenizer, jinja, bos, add_bos)
     return chat
+
+
+def _family(p: _Parts) -> str:
+    """A name for the derived format, for messages only (the template itself is derived)."""
+    marks = {
+        "<|im_start|>": "chatml",
+        "<|start_header_id|>": "llama3",
+        "<start_of_turn>": "gemma",
+        "[INST]": "mistral",
+        "<|user|>": "phi3",
+        "### Instruction": "alpaca",
+    }
+    return next((name for mark, name in marks.items() if mark in p.to_user), "derived")
 
 
 def _refuse_dates(jinja: str, p: _Parts) -> None:
