@@ -293,23 +293,36 @@ def test_smollm2_is_proven_and_exports(smollm2_dir, tmp_path):
     assert _gguf_field(out, "tokenizer.ggml.pre") == "smollm"
 
 
-def test_spm_tokenizer_is_proven(tmp_path):
-    """The SentencePiece path (model `llama`, pre `default`) goes through the same proof."""
-    d = _spm_model(tmp_path / "spm")
+@pytest.mark.parametrize("prepend", [True, False])
+def test_spm_tokenizer_is_proven(tmp_path, prepend):
+    """The SentencePiece path (model `llama`, pre `default`) goes through the same proof.
+
+    Without a prepended "▁" (Gemma 3), the GGUF must say add_space_prefix=false: llama.cpp's
+    default prepends one, which the proof catches.
+    """
+    d = _spm_model(tmp_path / "spm", prepend=prepend)
+    tok = _tok(d)
     v = vocab_mod.load_vocab(d, _n_vocab(d))
-    assert (v.model, v.pre) == ("llama", "default")
-    assert tokprobe.prove(v, _tok(d), d, how="SentencePiece").probes > len(tokprobe.PROBES)
+    assert (v.model, v.pre, v.add_space_prefix) == ("llama", "default", prepend)
+    assert tokprobe.prove(v, tok, d, how="SentencePiece").probes > len(tokprobe.PROBES)
+    if not prepend:
+        with pytest.raises(ExportError, match="first difference at token 1") as e:
+            tokprobe.prove(replace(v, add_space_prefix=None), tok, d, how="SentencePiece")
+        # llama.cpp's piece at the difference is the "▁" it prepended ("▁" or "▁de", by vocabulary).
+        assert "probe 'code'" in e.value.message and " vs '▁" in e.value.message
 
 
-def _spm_model(out: Path) -> Path:
+def _spm_model(out: Path, *, prepend: bool) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tk = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-    tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    prefix = [normalizers.Prepend("\u2581")] if prepend else []
+    tk.normalizer = normalizers.Sequence([*prefix, normalizers.Replace(" ", "\u2581")])
+    strip = [decoders.Strip(" ", 1, 0)] if prepend else []
     tk.decoder = decoders.Sequence(
-        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
     )
     specials = ["<unk>", "<s>", "</s>", *[f"<0x{i:02X}>" for i in range(256)]]
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False)
