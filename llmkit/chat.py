@@ -28,6 +28,12 @@ def chat(
             f"{model_ref} has no chat template, so it cannot chat",
             "use an instruct/chat model, or train with model.chat_template set in the recipe",
         )
+    takes_system = _accepts_system(tokenizer)
+    if system and not takes_system:
+        raise SourceError(
+            f"{model_ref}'s chat template rejects system messages, so --system cannot be used",
+            "put the instruction in your first message instead",
+        )
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
         history.append({"role": "user", "content": prompt})
@@ -48,12 +54,27 @@ def chat(
             history = [m for m in history if m["role"] == "system"]
             continue
         if text.startswith("/system"):
+            if not takes_system:
+                info(
+                    "This model's chat template rejects system messages; put the instruction in your message."
+                )
+                continue
             history = [m for m in history if m["role"] != "system"]
             history.insert(0, {"role": "system", "content": text.removeprefix("/system").strip()})
             continue
         history.append({"role": "user", "content": text})
         answer = generate(model, tokenizer, history, max_new_tokens=max_new_tokens, temperature=temperature)
         history.append({"role": "assistant", "content": answer})
+
+
+def _accepts_system(tokenizer) -> bool:
+    """Whether the chat template renders a system message (some, e.g. Gemma 2's, raise on one)."""
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    try:
+        tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    except Exception:  # templates reject roles by raising their own exceptions
+        return False
+    return True
 
 
 def generate(model, tokenizer, messages, *, max_new_tokens=256, temperature=0.0, stream=True) -> str:

@@ -10,6 +10,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -65,7 +66,8 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]Warning:[/yellow] {message}")
+    # escape: messages quote user text such as "[/INST]", which rich would read as markup
+    err.print(f"[yellow]Warning:[/yellow] {escape(message)}")
 
 
 def quiet_transformers() -> None:

@@ -34,6 +34,26 @@ def test_model_without_chat_template_is_a_clear_error(tiny_llama_dir, tmp_path, 
     assert "has no chat template" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_system_prompt_on_a_template_that_rejects_it_is_a_clear_error(tiny_llama_dir, tmp_path, llmkit_cli):
+    """Gemma 2-style templates raise on a system turn: --system says so; /system is refused politely."""
+    import shutil
+
+    model = tmp_path / "nosys"
+    shutil.copytree(tiny_llama_dir, model)
+    (model / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    )
+    result = llmkit_cli("chat", str(model), "hi", "--system", "Be terse.", "--max-new-tokens", "4")
+    assert result.returncode == 1 and "rejects system messages" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = llmkit_cli("chat", str(model), "--max-new-tokens", "4", input="/system Be terse.\nhello\n/bye\n")
+    assert result.returncode == 0, result.stderr
+    assert "rejects system messages" in result.stderr
+
+
 @pytest.mark.slow
 def test_smollm2_knows_the_capital_of_france(llmkit_cli, smollm2_dir):
     result = llmkit_cli(

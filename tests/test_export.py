@@ -136,7 +136,8 @@ def test_run_export_writes_verified_gguf_and_modelfile(exported, llama_run):
     assert r.verify["passed"] and r.verify["top1"] == 1.0 and r.verify["tokens_match"]
     assert r.template_family == "llama3" and r.template_proven
     text = (llama_run / "Modelfile").read_text()
-    assert "FROM ./model.gguf" in text and 'TEMPLATE """{{- range .Messages }}<|start_header_id|>' in text
+    assert "FROM ./model.gguf" in text and 'TEMPLATE """{{- range $i, $m := .Messages }}' in text
+    assert "<|start_header_id|>" in text
     assert 'SYSTEM """You are a pirate."""' in text
     assert (
         'PARAMETER stop "<|eot_id|>"' in text and "PARAMETER num_ctx 512" in text
