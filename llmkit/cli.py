@@ -278,7 +278,9 @@ def export(
     gguf: Annotated[
         str | None,
         typer.Option(
-            "--gguf", help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 (default: recipe, else f16)."
+            "--gguf",
+            help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1, or a K-quant by llama.cpp: "
+            "q4_k_m | q4_k_s | q5_k_m | q5_k_s | q6_k | q3_k_m | q2_k (default: recipe, else f16).",
         ),
     ] = None,
     output: Annotated[

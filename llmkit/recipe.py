@@ -101,7 +101,10 @@ class TrainSection(_Section):
 
 
 class ExportSection(_Section):
-    gguf: Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"] = "f16"
+    gguf: Literal[
+        "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
+        "q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_m", "q2_k",
+    ] = "f16"  # fmt: skip
     ollama: str | None = Field(None, description="Ollama model name to create.")
     quantize: Literal["q8_0", "q4_K_S", "q4_K_M"] | None = Field(
         None, description="Server-side Ollama quantization."

@@ -19,6 +19,7 @@ import numpy as np
 
 from llmkit.errors import ExportError
 from llmkit.export.archs import EXPERT, Arch, arch_of, n_experts, text_config
+from llmkit.export.quantize import KQUANTS, quantize
 from llmkit.export.vocab import Vocab, load_vocab
 
 # Output types: name → (GGML tensor type, general.file_type).
@@ -54,10 +55,10 @@ class GGUFResult:
 
 def check_type(out_type: str) -> str:
     t = out_type.lower()
-    if t not in TYPES:
+    if t not in TYPES and t not in KQUANTS:
         raise ExportError(
             f"unknown GGUF type '{out_type}'",
-            f"choose one of {', '.join(TYPES)} (K-quants such as q4_K_M: export f16 and use --quantize with --ollama)",
+            f"choose one of {', '.join([*TYPES, *KQUANTS])}",
         )
     return t
 
@@ -326,12 +327,27 @@ def write_gguf(
     *,
     name: str | None = None,
     chat_template: str | None = None,
+    keep_f16: bool = False,
 ) -> GGUFResult:
-    """Convert a HF model dir (safetensors + tokenizer.json) to a GGUF file at `out`."""
+    """Convert a HF model dir (safetensors + tokenizer.json) to a GGUF file at `out`.
+
+    K-quants are written as F16 first (next to `out`, as `<stem>.f16.gguf`, removed unless
+    `keep_f16`), then quantized by llama.cpp itself.
+    """
     import gguf
 
     model_dir, out = Path(model_dir), Path(out)
     out_type = check_type(out_type)
+    if out_type in KQUANTS:
+        f16 = write_gguf(
+            model_dir, out.with_name(f"{out.stem}.f16.gguf"), "f16", name=name, chat_template=chat_template
+        )
+        try:
+            quantize(f16.path, out, out_type)
+        finally:
+            if not keep_f16:
+                f16.path.unlink(missing_ok=True)
+        return GGUFResult(out, f16.arch, out_type, f16.n_tensors, out.stat().st_size, f16.vocab)
     full_config = read_config(model_dir)
     arch = arch_of(full_config, model_dir)
     config = text_config(full_config)
