@@ -285,8 +285,8 @@ def test_missing_tokenizer_and_bad_type(tiny_llama_dir, tmp_path):
     with pytest.raises(ExportError, match="no tokenizer.json"):
         write_gguf(d, tmp_path / "x.gguf")
     with pytest.raises(ExportError, match="unknown GGUF type") as e:
-        write_gguf(tiny_llama_dir, tmp_path / "x.gguf", "q4_K_M")
-    assert "--quantize" in e.value.hint
+        write_gguf(tiny_llama_dir, tmp_path / "x.gguf", "q4_K_X")
+    assert "q4_k_m" in e.value.hint and "q8_0" in e.value.hint
 
 
 def test_failed_write_leaves_nothing(tiny_llama_dir, tmp_path):
