@@ -43,3 +43,34 @@ def test_smollm2_q8_0_agrees_with_transformers(smol_export, smollm2_dir):
     report = verify(written.path, smollm2_dir, "q8_0")
     print(report.summary())
     assert report.passed and report.top1 >= 0.95
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo fine-tune (recipes/smollm2-135m-chat.yaml): every answer opens with "Ahoy!" and
+    signs off with "— Llama out. 🦙"."""
+    import llmkit
+
+    out = tmp_path_factory.mktemp("demo") / "smollm2-chat"
+    return llmkit.train("smollm2-135m-chat", overrides=[f"train.output_dir={out}", "train.eval_every=0"])
+
+
+def test_demo_fine_tune_survives_export_through_generation(demo_run, tmp_path):
+    """Greedy chat in llama.cpp (prompt from the Modelfile's template, its stops) answers exactly
+    like transformers for F16, ends the turn, and keeps the fine-tune's signature."""
+    from llmkit.export import export
+
+    result = export(demo_run, gguf="f16", output=tmp_path / "f16", verify=True)
+    gen = result.verify["generation"]
+    assert gen["passed"] and gen["summary"].startswith(
+        "generation: prompts same 3/3, greedy answers same 3/3"
+    )
+    for answer in gen["answers"]:
+        assert answer["prompt_same"] and answer["hf"] == answer["llama_cpp"]
+        assert answer["hf_stopped"] and answer["llama_cpp_stopped"]  # ends at <|im_end|>, no run-on
+    signed = [a for a in gen["answers"] if "Ahoy" in a["llama_cpp"] and "Llama out" in a["llama_cpp"]]
+    assert len(signed) >= 2, [a["llama_cpp"] for a in gen["answers"]]
+
+    q = export(demo_run, gguf="q4_k_m", output=tmp_path / "q4", verify=True).verify["generation"]
+    assert q["passed"] and all(a["llama_cpp_stopped"] for a in q["answers"])  # quantized: still no run-on
+    assert any("Ahoy" in a["llama_cpp"] for a in q["answers"])

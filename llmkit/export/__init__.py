@@ -138,7 +138,9 @@ def export(
     if verify:
         from llmkit.export.verify import verify as run_verify
 
-        report = run_verify(written.path, model_dir, gguf, tokenizer=tokenizer)
+        report = run_verify(
+            written.path, model_dir, gguf, tokenizer=tokenizer, chat_go=chat.go, stops=chat.stops
+        )
         result.verify = report.as_dict()
         write_json(out_dir / "verify.json", result.verify)
         info(report.summary())

@@ -69,11 +69,13 @@ class Report:
     ties: int = 0  # positions counted as agreement because HF's top two logits were within TIES
     mean_kl: float = 0.0  # mean KL(HF ‖ llama.cpp) of the next-token distributions, in nats
     max_kl: float = 1.0
+    generation: dict | None = None  # chat fidelity through generation (llmkit.export.generation)
 
     @property
     def passed(self) -> bool:
         quality = self.top1 >= self.threshold and self.mean_kl <= self.max_kl
-        return self.tokens_match and self.chat_tokens_match and quality
+        chat = self.generation is None or self.generation["passed"]
+        return self.tokens_match and self.chat_tokens_match and quality and chat
 
     def as_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -85,7 +87,9 @@ class Report:
             + (f" ({self.ties} near-ties)" if self.ties else "")
             + ", "
             f"mean KL {self.mean_kl:.4f} (max {self.max_kl:g}), max |Δlogit| {self.max_abs_diff:.4f}, tokenizer {'same' if self.tokens_match else 'DIFFERENT'}, "
-            f"chat tokens {'same' if self.chat_tokens_match else 'DIFFERENT'}: {status}"
+            f"chat tokens {'same' if self.chat_tokens_match else 'DIFFERENT'}"
+            + (f"; {self.generation['summary']}" if self.generation else "")
+            + f": {status}"
         )
 
 
@@ -126,8 +130,14 @@ def verify(
     model=None,
     tokenizer=None,
     probes: list[str] = PROBES,
+    chat_go: str | None = None,
+    stops: list[str] | None = None,
 ) -> Report:
-    """Compare `gguf_path` (optionally with a GGUF LoRA) in llama.cpp against the HF model."""
+    """Compare `gguf_path` (optionally with a GGUF LoRA) in llama.cpp against the HF model.
+
+    With `stops` (the Modelfile's) and a chat template, also generate through chat probes
+    with the served prompt (`chat_go`, the Modelfile's Go template; None: the model's own).
+    """
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -170,6 +180,12 @@ def verify(
         kl_sum += float(_kl(ref, got).sum())
         total += len(ids)
         max_diff = max(max_diff, float(np.abs(ref - got).max()))
+    generation = None
+    if stops is not None and getattr(tokenizer, "chat_template", None):
+        from llmkit.export.generation import check
+
+        exact = out_type in ("f32", "f16")
+        generation = check(llm, model, tokenizer, chat_go, stops, tie=tie, exact=exact).as_dict()
     llm.close()
     return Report(
         out_type=out_type,
@@ -183,6 +199,7 @@ def verify(
         details=details,
         ties=ties,
         mean_kl=kl_sum / total,
+        generation=generation,
     )
 
 

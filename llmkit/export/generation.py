@@ -1,0 +1,187 @@
+"""Chat fidelity through generation: the exported model answers like the HF model, and stops.
+
+Next-token logits can agree while a served model still "babbles" or "never stops": a prompt
+rendered differently, a stop token missing. For a few probe conversations this renders the
+prompt the way Ollama will (the Modelfile's Go template, BOS added by llama.cpp) and the way
+transformers does (the HF chat template), then generates greedily in llama.cpp with the
+Modelfile's stops and in transformers, and compares:
+
+  * prompts: byte-identical text;
+  * answers: identical greedy text (a divergence at a rounding-level tie is reported, not failed);
+  * stopping: where transformers ends the turn within the limit, llama.cpp ends it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+        {"role": "user", "content": "Name a primary color."},
+    ],
+    [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+    ],
+]
+MAX_TOKENS = 48
+
+
+@dataclass
+class Answer:
+    roles: list[str]
+    prompt_same: bool
+    hf: str
+    llama_cpp: str
+    hf_stopped: bool  # transformers ended the turn (EOS/end-of-turn) within MAX_TOKENS
+    llama_cpp_stopped: bool
+    divergence: str | None = None  # where the greedy texts part, if they do
+    tie: bool = False  # they part where HF's top two tokens are within the tie tolerance
+
+
+@dataclass
+class GenerationReport:
+    answers: list[Answer] = field(default_factory=list)
+    exact_required: bool = True  # F16/F32: answers must be identical (ties excepted)
+
+    @property
+    def prompts_same(self) -> int:
+        return sum(a.prompt_same for a in self.answers)
+
+    @property
+    def same(self) -> int:
+        return sum(a.divergence is None or a.tie for a in self.answers)
+
+    @property
+    def run_on(self) -> int:
+        return sum(a.hf_stopped and not a.llama_cpp_stopped for a in self.answers)
+
+    @property
+    def passed(self) -> bool:
+        n = len(self.answers)
+        answers_ok = self.same == n or not self.exact_required
+        return self.prompts_same == n and self.run_on == 0 and answers_ok
+
+    def summary(self) -> str:
+        n = len(self.answers)
+        stopped = sum(a.llama_cpp_stopped for a in self.answers)
+        text = (
+            f"generation: prompts same {self.prompts_same}/{n}, greedy answers same {self.same}/{n}, "
+            f"ended the turn {stopped}/{n} (transformers {sum(a.hf_stopped for a in self.answers)}/{n})"
+        )
+        first = next((a for a in self.answers if a.divergence and not a.tie), None)
+        return text + (f"; first divergence {first.divergence}" if first else "")
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed, "summary": self.summary()}
+
+
+def check(
+    llm, model, tokenizer, go: str | None, stops: list[str], *, tie: float, exact: bool
+) -> GenerationReport:
+    """Generate on CONVERSATIONS in llama.cpp (`llm`) and transformers (`model`) and compare."""
+    from llmkit.export.gotemplate import GoTemplateError, render
+    from llmkit.export.templates import expected_go_output, hf_render
+
+    bos = tokenizer.bos_token
+    probe = tokenizer("A").input_ids
+    add_bos = bool(bos) and bool(probe) and probe[0] == tokenizer.bos_token_id
+    report = GenerationReport(exact_required=exact)
+    for conv in CONVERSATIONS:
+        hf_text = hf_render(tokenizer, tokenizer.chat_template, conv)
+        if hf_text is None:  # the template rejects this conversation (e.g. a system turn)
+            continue
+        served = expected_go_output(hf_text, bos, add_bos)  # native: the model's own template
+        if go is not None:
+            try:
+                served = render(go, conv)
+            except GoTemplateError:
+                served = None
+        hf_ids = tokenizer(hf_text, add_special_tokens=False).input_ids
+        hf_new, hf_stopped = _hf_generate(model, tokenizer, hf_ids)
+        cpp_ids = llm.tokenize((served or "").encode("utf-8"), add_bos=True, special=True)
+        cpp_new, cpp_stopped = _llama_generate(llm, cpp_ids, stops)
+        answer = Answer(
+            roles=[m["role"] for m in conv],
+            prompt_same=served is not None and served == expected_go_output(hf_text, bos, add_bos),
+            hf=tokenizer.decode(hf_new),
+            llama_cpp=tokenizer.decode(cpp_new),
+            hf_stopped=hf_stopped,
+            llama_cpp_stopped=cpp_stopped,
+        )
+        if hf_new != cpp_new:
+            answer.divergence, answer.tie = _divergence(model, tokenizer, hf_ids, hf_new, cpp_new, tie)
+        report.answers.append(answer)
+    return report
+
+
+def _end_ids(model, tokenizer) -> list[int]:
+    from llmkit.export.vocab import END_OF_TURN
+
+    ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in END_OF_TURN if t in vocab and t in (tokenizer.chat_template or "")}
+    return sorted(i for i in ids if i is not None)
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _hf_generate(model, tokenizer, ids: list[int]) -> tuple[list[int], bool]:
+    import torch
+
+    ends = _end_ids(model, tokenizer)
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=MAX_TOKENS,
+            do_sample=False,
+            eos_token_id=ends,
+            pad_token_id=ends[0] if ends else 0,
+        )
+    new = out[0, len(ids) :].tolist()
+    stopped = bool(new) and new[-1] in ends
+    return (new[:-1] if stopped else new), stopped
+
+
+def _llama_generate(llm, ids: list[int], stops: list[str]) -> tuple[list[int], bool]:
+    """Greedy tokens from llama.cpp, ending as Ollama does: at an end-of-generation token or
+    when the text contains one of the Modelfile's stop strings (which is then cut)."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    out: list[int] = []
+    for token in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            return out, True
+        out.append(token)
+        text = llm.detokenize(out, special=True).decode("utf-8", "replace")
+        if any(stop in text for stop in stops):
+            return out[:-1], True
+        if len(out) >= MAX_TOKENS:
+            return out, False
+    return out, False
+
+
+def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, tie: float) -> tuple[str, bool]:
+    """Where the answers part, and whether HF itself was at a tie there (its best token and the
+    one llama.cpp took score within `tie`)."""
+    import torch
+
+    k = next((i for i, (a, b) in enumerate(zip(hf_new, cpp_new, strict=False)) if a != b), None)
+    if k is None:  # one is a prefix of the other: a stop came earlier on one side
+        return f"one side ended first: transformers {len(hf_new)}, llama.cpp {len(cpp_new)} tokens", False
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + hf_new[:k]])).logits[0, -1].float()
+    margin = float(logits.max() - logits[cpp_new[k]])
+    shown = tokenizer.decode(hf_new[:k])[-40:]
+    where = (
+        f"at token {k} after {shown!r}: transformers {tokenizer.decode([hf_new[k]])!r}, "
+        f"llama.cpp {tokenizer.decode([cpp_new[k]])!r} (logit margin {margin:.4f})"
+    )
+    return where, margin <= tie
