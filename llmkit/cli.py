@@ -480,8 +480,10 @@ classify_app = typer.Typer(
 )
 app.add_typer(classify_app, name="classify")
 _MODEL_OPT = typer.Option("--model", "-m", help="sentence-transformers dir/HF id, or ollama:NAME.")
-_BACKEND_OPT = typer.Option(help="auto | torch (exact reference) | onnx | ollama.")
-_PRECISION_OPT = typer.Option(help="auto | fp32 | int8 (onnx, fastest) | bf16 (torch, native-bf16 CPUs).")
+_BACKEND_OPT = typer.Option(help="auto (measured on this CPU) | torch (exact reference) | onnx | openvino | ollama.")
+_PRECISION_OPT = typer.Option(
+    help="auto (fastest exact path, cos ≥ 0.9999) | fast (cos mean ≥ 0.999, min ≥ 0.99; int8 = alias) | fp32 | bf16."
+)
 
 
 @app.command()
@@ -572,6 +574,9 @@ def similar(
     for r in results:
         typer.echo(f"query: {r['query']}")
         for h in r["hits"]:
+    if s.get("path_choice"):
+        c = s["path_choice"]
+        typer.echo(f"path {c['path']} ({c['contract']}): {c['why']}; measured on {c['cpu']}: {c['measured']}")
             typer.echo(
                 f"  {h['rank']}. {h['score']:.4f}  [{h['id']}] {h['text'] if h['text'] is not None else ''}"
             )

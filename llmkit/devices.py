@@ -54,6 +54,44 @@ def cpu_bf16_kind() -> str:
     return "none"
 
 
+def cpu_native_bf16() -> bool:
+    """bf16 math is only fast with AMX-BF16 or AVX512-BF16; elsewhere it is emulated and slower."""
+    return cpu_bf16_kind() != "none"
+
+
+# The flags that decide which math kernels run fast (int8 VNNI, bf16, AMX; NEON/SVE on Arm).
+KERNEL_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+)
+
+
+def cpu_kernel_flags() -> list[str]:
+    """Which of KERNEL_FLAGS this CPU has, in that order."""
+    flags = cpu_flags()
+    return [f for f in KERNEL_FLAGS if f in flags]
+
+
+def cpu_signature() -> str:
+    """CPU model + machine + kernel flags: a key for choices measured on this CPU."""
+    return f"{cpu_name()} | {platform.machine()} | {' '.join(cpu_kernel_flags()) or 'no-flags'}"
+
+
+def cpu_name() -> str:
+    return _cpu_name()
+
+
 def _cpu_name() -> str:
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:  # no /proc: not Linux
         for line in fh:

@@ -32,6 +32,7 @@ def checks() -> list[dict]:
     rows += _torch_rows()
     bnb = _version("bitsandbytes")
     rows.append(_row("bitsandbytes", bnb or "not installed", None, "needed for QLoRA (CUDA only)"))
+    rows += _embed_rows()
     rows.append(_accelerate_row())
     rows += _hf_rows()
     rows += _ollama_rows()
@@ -73,6 +74,34 @@ def _torch_rows() -> list[dict]:
     bf16_note = f"CPU bf16 instructions: {d['cpu_bf16']}" if d["device"] == "cpu" else ""
     rows.append(_row("bf16", "yes" if d["bf16"] else "no", None, bf16_note))
     rows.append(_row("QLoRA (4-bit)", "yes" if d["qlora"] else "no", None, "needs CUDA + bitsandbytes"))
+    return rows
+
+
+def _embed_rows() -> list[dict]:
+    """Which path `llmkit embed` takes here for the default model (auto and fast), and why."""
+    try:
+        from llmkit.embed import calibrate
+        from llmkit.embed.encoders import DEFAULT_MODEL, model_key, resolve_model_dir
+
+        model_id, path = resolve_model_dir(DEFAULT_MODEL)
+        table = calibrate.cached(model_key(path))
+    except Exception as exc:
+        return [_row("embed paths", "unavailable", None, str(exc).splitlines()[0])]
+    if table is None:
+        return [
+            _row(
+                "embed paths",
+                "not measured yet",
+                None,
+                "measured at first `llmkit embed` (per model and CPU)",
+            )
+        ]
+    rows = []
+    for contract, label in (("exact", "embed auto"), ("fast", "embed fast")):
+        c = calibrate.choose(table, contract)
+        note = f"{c['speedup_vs_reference']}x sentence-transformers, cos mean {c['cos_mean']:.5f} min "
+        rows.append(_row(label, c["path"], True, note + f"{c['cos_min']:.4f}; {c['why']}"))
+    rows.append(_row("embed measured", table["cpu"], None, f"{table['model']}: {c['measured']}"))
     return rows
 
 

@@ -3,10 +3,12 @@
 * `TorchEncoder`: sentence-transformers itself, fp32 — the exact reference (bf16 on request).
 * `OnnxEncoder`: the same model exported once with torch.onnx and run by ONNX Runtime, with
   length-sorted batches (fp32: same vectors; int8: per-channel dynamic quantization).
+* `OpenVinoEncoder`: the same ONNX export compiled by OpenVINO (optional extra), fp32 or bf16.
 * `OllamaEncoder`: a model served by Ollama, through `llmkit.ollama.embed`.
 
-`load_encoder(model, backend, precision)` picks one; "auto" picks the fastest path that was
-measured to keep cosine ≥ 0.9999 to the reference on this hardware (see docs/embed.md).
+`load_encoder(model, backend, precision)` picks one. Precision "auto" (exact) and "fast" are
+contracts, not kernels: `calibrate.py` measures every path on this CPU at first use and picks the
+fastest that keeps the contract (see docs/embed.md).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from llmkit.errors import LlmkitError, UsageError
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-BACKENDS = ("auto", "torch", "onnx", "ollama")
-PRECISIONS = ("auto", "fp32", "int8", "bf16")
+BACKENDS = ("auto", "torch", "onnx", "openvino", "ollama")
+# auto/fast are contracts chosen by measurement; int8 with --backend auto is an alias of fast
+PRECISIONS = ("auto", "fast", "fp32", "int8", "bf16")
 EXPORT_VERSION = "1"  # bump when the exported graph changes, so cached conversions are rebuilt
 
 
@@ -46,6 +49,7 @@ class Encoder:
     chunk_long: bool = field(default=False, init=False)  # split long texts into windows and average
     chunked: int = field(default=0, init=False)
     tok = None  # a `tokenizers.Tokenizer` where the model has one (needed for chunking)
+    choice: dict | None = None  # how auto/fast picked this path (calibrate.choose), else None
 
     def info(self) -> dict:
         return {"model": self.model, "dim": self.dim, "backend": self.backend, "precision": self.precision}
@@ -85,15 +89,6 @@ class Encoder:
 
     def _encode(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - protocol
         raise NotImplementedError
-
-
-def cpu_has_native_bf16() -> bool:
-    """bf16 is only fast with AMX-BF16 or AVX512-BF16; elsewhere it is emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
 def resolve_model_dir(model: str) -> tuple[str, Path]:
@@ -177,6 +172,22 @@ def _count_long(tokenizer, texts: list[str], limit: int | None) -> int:
 class OnnxEncoder(Encoder):
     """ONNX Runtime over a cached export; tokenizes, sorts by length, batches by token budget."""
 
+    backend_name = "onnx"
+    precisions = ("fp32", "int8")
+
+    def _load(self, path: Path, precision: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        onnx_path = onnx_model(path, precision)
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def _infer(self, feeds: dict) -> np.ndarray:
+        return self.session.run(["sentence_embedding"], feeds)[0]
+
     def __init__(
         self,
         model_id: str,
@@ -186,28 +197,22 @@ class OnnxEncoder(Encoder):
         threads: int | None = None,
         batch_tokens: int = 4096,
     ):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        if precision not in ("fp32", "int8"):
+        if precision not in self.precisions:
             raise UsageError(
-                f"--precision {precision} is not available with --backend onnx",
-                "use fp32 or int8 (bf16 needs --backend torch)",
+                f"--precision {precision} is not available with --backend {self.backend_name}",
+                f"use {' or '.join(self.precisions)} (or --backend auto)",
             )
         cfg = _st_config(path)
-        onnx_path = onnx_model(path, precision)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or _default_threads()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self.input_names = {i.name for i in self.session.get_inputs()}
+        self._load(path, precision, threads or _default_threads())
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         tok.no_padding()  # tokenizer.json may hard-code padding/truncation (128); we match ST (256)
         tok.no_truncation()
         self.tok = tok
         self.pad_id = cfg["pad_id"]
         self.pooling = cfg["pooling"]
-        super().__init__(model_id, cfg["dim"], "onnx", precision, cfg["max_tokens"])
+        super().__init__(model_id, cfg["dim"], self.backend_name, precision, cfg["max_tokens"])
         self.normalize = normalize
         self.batch_tokens = batch_tokens
 
@@ -249,7 +254,39 @@ class OnnxEncoder(Encoder):
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        return self.session.run(["sentence_embedding"], feeds)[0]
+        return self._infer(feeds)
+
+
+class OpenVinoEncoder(OnnxEncoder):
+    """OpenVINO over the same ONNX export (optional extra `llmkit[openvino]`).
+
+    fp32 asks for f32 inference explicitly: on AMX/AVX512-BF16 CPUs OpenVINO would otherwise
+    compute in bf16 by default. bf16 is its own path, measured like the others."""
+
+    backend_name = "openvino"
+    precisions = ("fp32", "bf16")
+
+    def _load(self, path: Path, precision: str, threads: int) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise EncoderError(
+                "--backend openvino needs the openvino package", "pip install 'llmkit[openvino]'"
+            ) from exc
+        core = ov.Core()
+        model = core.read_model(str(onnx_model(path, "fp32")))
+        self.input_names = {name for p in model.inputs for name in p.get_names()}
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def _infer(self, feeds: dict) -> np.ndarray:
+        result = self.request.infer(feeds)
+        return np.asarray(result[self.compiled.output("sentence_embedding")], np.float32).copy()
 
 
 def _default_threads() -> int:
@@ -389,15 +426,13 @@ class OllamaEncoder(Encoder):
         return vecs
 
 
-# The measured choice for "auto" (bench/embed_throughput.py): ONNX fp32 keeps the vectors
-# exact and is the fastest path that does; int8 is faster but misses the cosine bar.
-AUTO_BACKEND, AUTO_PRECISION = "onnx", "fp32"
-
-
 def load_encoder(
     model: str = DEFAULT_MODEL, backend: str = "auto", precision: str = "auto", normalize: bool = True
 ) -> Encoder:
-    """Build an encoder from a model reference, a backend and a precision."""
+    """Build an encoder from a model reference, a backend and a precision.
+
+    precision auto (exact) / fast with backend auto: the path measured fastest on this CPU that
+    keeps the contract (calibrate.py); the choice and its numbers are in `encoder.choice`."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}", f"choose one of: {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
@@ -405,14 +440,49 @@ def load_encoder(
     if model.startswith("ollama:") or backend == "ollama":
         return OllamaEncoder(model.removeprefix("ollama:"), normalize=normalize)
     model_id, path = resolve_model_dir(model)
+    if precision == "int8" and backend == "auto":
+        precision = "fast"  # the name users relied on; the raw kernel is --backend onnx --precision int8
+    if precision in ("auto", "fast"):
+        if backend != "auto":  # a backend was named: its most exact kernel
+            precision = "fp32"
+        else:
+            return _calibrated(model_id, path, "exact" if precision == "auto" else "fast", normalize)
     if backend == "auto":
-        backend = "torch" if precision == "bf16" else AUTO_BACKEND
-    if precision == "auto":
-        precision = AUTO_PRECISION
-    if backend == "torch":
-        if precision == "bf16" and not cpu_has_native_bf16():
+        backend = "torch" if precision == "bf16" else "onnx"
+    if backend == "torch" and precision == "bf16":
+        from llmkit.devices import cpu_native_bf16
+
+        if not cpu_native_bf16():
             from llmkit.ui import warn
 
             warn("this CPU has no native bf16 (AMX/AVX512-BF16): bf16 will be slower than fp32")
-        return TorchEncoder(model_id, path, precision, normalize)
-    return OnnxEncoder(model_id, path, precision, normalize)
+    return _build(model_id, path, backend, precision, normalize)
+
+
+def _build(model_id: str, path: Path, backend: str, precision: str, normalize: bool) -> Encoder:
+    cls = {"torch": TorchEncoder, "onnx": OnnxEncoder, "openvino": OpenVinoEncoder}[backend]
+    return cls(model_id, path, precision, normalize)
+
+
+def model_key(path: Path) -> str:
+    """Weights hash (as the ONNX cache): a measurement belongs to these weights."""
+    from llmkit.files import sha256_file
+
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        weights = path / "config.json"
+    return sha256_file(weights)[:16]
+
+
+def _calibrated(model_id: str, path: Path, contract: str, normalize: bool) -> Encoder:
+    from llmkit.embed import calibrate
+
+    table = calibrate.measure(model_id, model_key(path), lambda b, p: _build(model_id, path, b, p, True))
+    choice = calibrate.choose(table, contract)
+    if choice["note"]:
+        from llmkit.ui import info
+
+        info(choice["note"])
+    encoder = _build(model_id, path, choice["backend"], choice["precision"], normalize)
+    encoder.choice = choice
+    return encoder

@@ -145,6 +145,8 @@ def embed_file(
         shutil.rmtree(work, ignore_errors=True)
         raise DataError(f"{input} has no usable rows", "every row was bad or blank")
     info = {**encoder.info(), "normalized": normalize, "input": str(input), "column": column or "text"}
+    if encoder.choice:  # auto/fast: which path was measured fastest here, and the numbers
+        info["path_choice"] = encoder.choice
     total_rows = _merge(work, output, info)
     shutil.rmtree(work, ignore_errors=True)
     if state.failed == 0 and errors_path.exists():

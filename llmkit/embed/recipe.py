@@ -23,8 +23,8 @@ class _Section(BaseModel):
 
 class EncoderSection(_Section):
     model: str = "all-minilm-l6-v2"
-    backend: Literal["auto", "torch", "onnx", "ollama"] = "auto"
-    precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"
+    backend: Literal["auto", "torch", "onnx", "openvino", "ollama"] = "auto"
+    precision: Literal["auto", "fast", "fp32", "int8", "bf16"] = "auto"
     normalize: bool = True
 
 
