@@ -36,6 +36,7 @@ from llmkit import devices
 from llmkit._callable import make_module_callable
 from llmkit.errors import LlmkitError
 from llmkit.files import atomic_dir, write_json
+from llmkit.plan import oom_guard
 from llmkit.recipe import Recipe, dump, load
 from llmkit.ui import info, progress_items, warn
 
@@ -133,7 +134,7 @@ def train(
     eval_loss, loop_start = None, time.perf_counter()
     bar = progress_items(_field("loss"), _field("tps"))
     bar.disable = bar.disable or not main  # one bar, from the main process
-    with bar:
+    with bar, oom_guard(recipe, out, budget):  # CUDA OOM → the plan's figures + what to change
         task = bar.add_task("train", total=plan.total_steps, completed=start_step, loss="-", tps="-")
         for step in range(start_step, plan.total_steps):
             loss_model.train()

@@ -1,0 +1,210 @@
+"""`llmkit plan`: predictions checked against real training runs on this CPU.
+
+Memory: the plan's `peak` is what a training run adds to its process. It is compared with the
+peak RSS growth of a real run in a subprocess: ru_maxrss at the end minus the RSS just before
+`train()` starts, in a process that has already imported the training stack (torch,
+transformers, peft, accelerate, tensorboard, matplotlib, llmkit.train). Same definition in
+docs/train.md ("Planning a run").
+
+Time: `--probe` times 10 real steps; the real run that follows it is timed by the same
+function over its own steps, back to back, so a busy shared machine slows both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from llmkit.errors import LlmkitError
+
+# Runs a recipe in a fresh process and prints its peak RSS growth (see the module docstring).
+MEASURE = textwrap.dedent(
+    """
+    import json, os, resource, sys
+    import torch, transformers, peft, accelerate  # noqa
+    import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot  # noqa
+    from torch.utils.tensorboard import SummaryWriter  # noqa
+    import llmkit.train as T
+
+    with open("/proc/self/statm") as f:
+        base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    out = T.train(sys.argv[1], sys.argv[2:], overwrite=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"growth": peak - base, "run": str(out)}))
+    """
+)
+
+
+def measure(recipe: str, overrides: list[str]) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, recipe, *overrides],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**__import__("os").environ, "LLMKIT_QUIET": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def within(predicted: float, measured: float, tol: float) -> bool:
+    return abs(predicted - measured) <= tol * measured
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2moe"])
+def test_parameter_counts_match_the_real_lora_model(name, tmp_path):
+    """Counted on the meta device, equal to the model train.py builds (MoE experts included)."""
+    from accelerate import Accelerator
+
+    from llmkit.plan import count_parameters, model_config
+    from llmkit.recipe import load
+    from llmkit.train import load_model, load_tokenizer
+
+    recipe = load("tiny", [f"model.name={name}", f"train.output_dir={tmp_path}"])
+    config, _ = model_config(recipe)
+    counts = count_parameters(config, recipe)
+    _, base_dir = load_tokenizer(recipe)
+    model = load_model(recipe, base_dir, "fp32", Accelerator(cpu=True))
+    real_total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    real_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert counts["total"] == real_total
+    assert counts["lora"] == real_lora > 0
+    if name == "tiny-qwen2moe":  # routed experts are LoRA-trained (target_parameters) and counted
+        assert counts["experts"] > 0
+        assert any("experts" in n and p.requires_grad for n, p in model.named_parameters())
+        assert counts["active"] < counts["total"]  # 2 of 4 experts run per token
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_tiny_peak_memory_within_20_percent(tmp_path):
+    from llmkit.plan import plan
+
+    overrides = [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=6"]
+    predicted = plan("tiny", overrides).memory.peak
+    measured = measure("tiny", overrides)["growth"]
+    assert within(predicted, measured, 0.20), (predicted, measured)
+
+
+@pytest.mark.slow
+def test_smollm2_peak_memory_and_probe_time(tmp_path):
+    """One real SmolLM2-135M run checks both: the memory plan (±20 %) and the probe (±25 %)."""
+    from llmkit.plan import plan, probe_rate
+
+    overrides = [
+        f"train.output_dir={tmp_path / 'run'}",
+        "train.max_steps=8",
+        "train.eval_every=0",
+        "train.save_every=0",
+        "data.eval_fraction=0",
+    ]
+    planned = plan("smollm2-135m-chat", overrides, probe=True)
+    result = measure("smollm2-135m-chat", overrides)
+    assert within(planned.memory.peak, result["growth"], 0.20), (planned.memory.peak, result["growth"])
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    real = probe_rate(rows)
+    assert within(planned.probe["tokens_per_s"], real["tokens_per_s"], 0.25), (planned.probe, real)
+    # the probe's child process is a real run too: its RSS includes the imports (runtime)
+    assert planned.probe["peak_rss"] > planned.memory.peak
+
+
+# ----------------------------------------------------------------------------- verdicts and errors
+
+
+def test_cli_json_and_table(llmkit_cli, tmp_path):
+    r = llmkit_cli("plan", "tiny", f"train.output_dir={tmp_path}", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["fits"] is True and d["params_trainable"] > 0
+    m = d["memory"]
+    assert m["peak"] == m["weights"] + m["lora"] + m["activations"] + m["loss"] + m["overhead"]
+    assert d["seconds_total"] > 0 and d["device_flops"] > 0
+    assert d["disk"]["gguf"] < d["disk"]["merged"]  # f16 GGUF of an fp32 model
+    r = llmkit_cli("plan", "tiny", f"train.output_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    for word in ("weights", "activations", "loss buffers", "fits", "per epoch"):
+        assert word in r.stdout
+
+
+def test_cannot_fit_says_by_how_much_and_exits_nonzero(llmkit_cli, tmp_path):
+    r = llmkit_cli("plan", "tiny", f"train.output_dir={tmp_path}", "--memory", "100MB")
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()
+    assert (
+        err[0].startswith("Error: tiny needs ") and "100.0 MB is available" in err[0] and " short" in err[0]
+    )
+    assert "Traceback" not in r.stderr
+
+
+def test_advice_makes_it_fit(tmp_path):
+    """A budget between the weights and the full peak: each suggested setting, re-planned, fits."""
+    from llmkit.plan import DoesNotFit, check, plan
+
+    base = [f"train.output_dir={tmp_path}", "train.max_batch_tokens=0", "train.batch_size=16"]
+    full = plan("tiny", base)
+    room = full.memory.total - full.memory.activations // 2
+    tight = plan("tiny", base, memory=room)
+    assert not tight.fits and tight.short_by == tight.memory.total - room
+    with pytest.raises(DoesNotFit) as err:
+        check(tight)
+    assert "short" in err.value.message and err.value.hint
+    assert tight.advice, "no advice for a run that does not fit"
+    for advice in tight.advice:
+        setting = advice.split(" ")[0]
+        again = plan("tiny", [*base, setting], memory=room)
+        assert again.fits, (setting, again.memory, room)
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["tiny", "model.name=no-such-model"], "unknown model 'no-such-model'"),
+        (["tiny", "train.bogus=1"], "train.bogus: unknown key"),
+        (["no-such-recipe"], "recipe not found: no-such-recipe"),
+        (["tiny", "--memory", "lots"], "--memory lots: not a size"),
+        (["tiny", "model.load_in_4bit=true"], "QLoRA needs a CUDA GPU"),
+    ],
+)
+def test_bad_input_is_one_line(llmkit_cli, tmp_path, args, expect):
+    r = llmkit_cli("plan", *args, f"train.output_dir={tmp_path}")
+    assert r.returncode != 0
+    assert r.stderr.startswith("Error: ") and expect in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- out of memory mid-run
+
+
+def test_cuda_oom_mid_run_reports_the_plan_and_keeps_the_checkpoint(tmp_path):
+    """train.py's loop runs inside oom_guard; a CUDA OOM there becomes one line with the plan's
+    figures, and the checkpoint already written resumes cleanly."""
+    import torch
+
+    from llmkit.plan import oom_guard
+    from llmkit.recipe import load
+    from llmkit.train import last_checkpoint, train
+
+    out = tmp_path / "run"
+    recipe = load("tiny", [f"train.output_dir={out}", "train.max_steps=6", "train.save_every=3"])
+    train(recipe)
+    ckpt = last_checkpoint(out)
+    assert ckpt is not None
+    with pytest.raises(LlmkitError) as err, oom_guard(recipe, out, 1024):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    msg, hint = err.value.message, err.value.hint
+    assert msg.startswith("out of GPU memory at step 7") and "max_batch_tokens=1024" in msg
+    assert "plan: weights" in msg and "activations" in msg
+    assert "train.max_batch_tokens=512" in hint and "--resume" in hint and ckpt.name in hint
+    with pytest.raises(ValueError), oom_guard(recipe, out, 1024):  # other errors pass through
+        raise ValueError("not memory")
+    again = load(recipe, ["train.max_steps=8"])
+    train(again, resume=True)  # the checkpoint is usable
+    assert json.loads((out / "run.json").read_text())["steps"] == 8
