@@ -245,6 +245,36 @@ def train(
     typer.echo(str(run_dir))
 
 
+@app.command()
+def plan(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (see `llmkit recipes list`) or YAML path.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="a.b=value overrides")] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda or mps (default: this machine's).")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="Memory to plan for, e.g. 24GB (default: the device's).")
+    ] = None,
+    probe: Annotated[bool, typer.Option("--probe", help="Time 10 real training steps.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Will a recipe fit, and how long will it take? Memory, disk and time before any weights load.
+
+    Exits 1 (after the table) when the run would not fit, saying by how much and what to change.
+    """
+    from llmkit.recipe import load
+
+    loaded = load(recipe, overrides or [])
+    from llmkit import plan as planlib
+
+    result = planlib.plan(loaded, device=device, memory=memory, probe=probe)
+    if json_out:
+        _print_json(result.to_dict())
+    else:
+        planlib.render(result)
+    planlib.check(result)
+
+
 @app.command("run")
 def run_recipe(
     recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
