@@ -12,7 +12,7 @@ assembled once by tests/gemma3_asset.py and converted by llmkit's GGUF import. T
 its avx2/avx512f/amx flags are printed and saved with the figures (speed differs by CPU).
 
     .venv/bin/python bench/export.py                 # writes bench/results/export.json
-    .venv/bin/python bench/export.py gemma3-270m     # one model only (still rewrites the file)
+    .venv/bin/python bench/export.py gemma3-270m     # one model; the others' last figures are kept
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -33,7 +34,8 @@ MODELS = {
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 
-# Runs a command and reports its wall time and peak RSS (max over the child process tree).
+# Runs a command and reports its wall time, peak RSS (max over the child process tree) and CPU
+# seconds (user + system: the fairer figure when other work shares the cores).
 MEASURE = """
 import resource, subprocess, sys, time
 t = time.perf_counter()
@@ -41,7 +43,8 @@ r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PI
 wall = time.perf_counter() - t
 if r.returncode:
     sys.exit(r.stderr[-3000:])
-print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(wall, u.ru_maxrss * 1024, u.ru_utime + u.ru_stime)
 """
 
 
@@ -83,12 +86,13 @@ def baseline_tools(work: Path) -> tuple[Path, dict]:
     return root / "convert_hf_to_gguf.py", env
 
 
-def measure(cmd: list[str], env: dict) -> tuple[float, int]:
+def measure(cmd: list[str], env: dict) -> tuple[float, int, float] | str:
+    """(wall s, peak RSS bytes, CPU s), or the tail of the error output if the command failed."""
     r = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True, env=env)
     if r.returncode:
-        raise SystemExit(f"{cmd[:3]} failed: {r.stderr[-2000:]}")
-    wall, rss = r.stdout.split()
-    return float(wall), int(rss)
+        return (r.stderr.strip().splitlines() or ["failed"])[-1][-300:]
+    wall, rss, cpu_s = r.stdout.split()
+    return float(wall), int(rss), float(cpu_s)
 
 
 def cpu() -> dict:
@@ -129,36 +133,50 @@ def bench_model(key: str, script: Path, base_env: dict, work: Path) -> list[dict
                 base_env,
             ),
         }
+        if isinstance(runs["llmkit"], str):
+            raise SystemExit(f"llmkit export of {key} ({out_type}) failed: {runs['llmkit']}")
         for tool, path in (("llmkit", ours), ("convert_hf_to_gguf.py", theirs)):
-            report = verify(path, src, out_type)
-            wall, rss = runs[tool]
-            rows.append(
-                {
-                    "type": out_type,
-                    "tool": tool,
-                    "wall_s": round(wall, 2),
-                    "peak_rss_mib": round(rss / 2**20),
-                    "size_mib": round(path.stat().st_size / 2**20, 1),
+            row = {"type": out_type, "tool": tool}
+            if isinstance(runs[tool], str):  # the baseline could not convert this model
+                rows.append({**row, "error": runs[tool]})
+                print(json.dumps({"model": key, **rows[-1]}))
+                continue
+            wall, rss, cpu_s = runs[tool]
+            row |= {
+                "wall_s": round(wall, 2),
+                "cpu_s": round(cpu_s, 2),
+                "peak_rss_mib": round(rss / 2**20),
+                "size_mib": round(path.stat().st_size / 2**20, 1),
+            }
+            try:
+                report = verify(path, src, out_type)
+                row |= {
                     "top1": round(report.top1, 4),
                     "max_abs_logit_diff": round(report.max_abs_diff, 4),
                     "tokens_match": report.tokens_match,
                 }
-            )
+            except Exception as exc:  # e.g. llama.cpp refuses to load the file
+                row["verify_error"] = str(exc).splitlines()[0][:300]
+            rows.append(row)
             print(json.dumps({"model": key, **rows[-1]}))
             path.unlink()
     return rows
 
 
 def ratios(rows: list[dict]) -> dict:
+    """llmkit / llama.cpp per output type (None where the baseline failed)."""
     out = {}
     for out_type in TYPES:
         ours, theirs = (
             next(r for r in rows if r["type"] == out_type and r["tool"] == t)
             for t in ("llmkit", "convert_hf_to_gguf.py")
         )
+        if "error" in theirs:
+            out[out_type] = None
+            continue
         out[out_type] = {
-            "time": round(ours["wall_s"] / theirs["wall_s"], 2),
-            "peak_rss": round(ours["peak_rss_mib"] / theirs["peak_rss_mib"], 2),
+            k: round(ours[f] / theirs[f], 2)
+            for k, f in (("time", "wall_s"), ("cpu", "cpu_s"), ("peak_rss", "peak_rss_mib"))
         }
     return out
 
@@ -175,28 +193,41 @@ def main() -> None:
     results = {}
     for key in keys:
         rows = bench_model(key, script, base_env, work)
-        results[key] = {"model": MODELS[key], "rows": rows, "llmkit_vs_llama_cpp": ratios(rows)}
+        results[key] = {
+            "model": MODELS[key],
+            "cpu": machine,
+            "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews both tools
+            "date": time.strftime("%Y-%m-%d"),
+            "rows": rows,
+            "llmkit_vs_llama_cpp": ratios(rows),
+        }
     flags = ", ".join(f for f in ("avx2", "avx512f") if machine[f]) + (
         ", " + ", ".join(machine["amx"]) if machine["amx"] else ", no amx"
     )
     print(f"CPU: {machine['model']} ({flags}), {os.environ['OMP_NUM_THREADS']} threads")
     for key, res in results.items():
         for out_type, r in res["llmkit_vs_llama_cpp"].items():
-            ours = next(x for x in res["rows"] if x["type"] == out_type and x["tool"] == "llmkit")
-            theirs = next(x for x in res["rows"] if x["type"] == out_type and x["tool"] != "llmkit")
+            ours, theirs = (
+                next(x for x in res["rows"] if x["type"] == out_type and x["tool"] == t)
+                for t in ("llmkit", "convert_hf_to_gguf.py")
+            )
+            if r is None:
+                print(f"{key} {out_type}: llama.cpp's converter failed: {theirs['error']}")
+                continue
             print(
                 f"{key} {out_type}: time {r['time']:.2f}x ({ours['wall_s']} s vs {theirs['wall_s']} s), "
+                f"CPU {r['cpu']:.2f}x ({ours['cpu_s']} s vs {theirs['cpu_s']} s), "
                 f"peak RSS {r['peak_rss']:.2f}x ({ours['peak_rss_mib']} vs {theirs['peak_rss_mib']} MiB), "
-                f"top-1 {ours['top1']:.3f} vs {theirs['top1']:.3f}"
+                f"top-1 {ours.get('top1')} vs {theirs.get('top1', theirs.get('verify_error'))}"
             )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.is_file() else {}
     RESULTS.write_text(
         json.dumps(
             {
-                "cpu": machine,
                 "cpu_threads": int(os.environ["OMP_NUM_THREADS"]),
                 "llama_cpp_python": LLAMA_CPP_PYTHON,
-                "models": results,
+                "models": {**kept, **results},  # a one-model run keeps the other models' last figures
             },
             indent=2,
             ensure_ascii=False,

@@ -18,7 +18,8 @@ pytest.importorskip(
 )
 pytestmark = pytest.mark.slow
 
-STEPS = 8  # the loss falls from ~5.4 to ~0.8: the base model learns the turn format and the style
+STEPS = 12  # at a constant lr: enough for the base model to close its turns with <end_of_turn>
+# (8 cosine steps reach loss ~0.7, but the model still runs on past "— Llama out. 🦙")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def gemma_run(gemma_dir, gemma_file, tmp_path_factory):
             f"train.max_steps={STEPS}",
             "train.eval_every=0",
             "train.save_every=0",
+            "train.scheduler=constant",
             "data.max_length=96",
             "data.eval_fraction=0.02",
             "export.ollama=null",
@@ -146,9 +148,10 @@ def test_generation_stops_at_end_of_turn(gemma_f16, gemma_run):
     assert "Ahoy" in out["text"] and "<start_of_turn>" not in out["text"]
 
 
-def test_q8_0_export_verifies_in_llama_cpp(gemma_run, gemma_f16, tmp_path_factory):
+def test_q8_0_export_verifies_in_llama_cpp(gemma_f16, tmp_path_factory):
     from llmkit.export import export
 
-    r = export(gemma_run, gguf="q8_0", output=tmp_path_factory.mktemp("gemma-q8"), verify=True)
+    # the merged model of the F16 export (base + adapter, with the recipe's chat template): no second merge
+    r = export(gemma_f16.merged_dir, gguf="q8_0", output=tmp_path_factory.mktemp("gemma-q8"), verify=True)
     print(r.verify)
     assert r.verify["passed"] and r.verify["top1"] >= 0.95 and r.verify["tokens_match"]
