@@ -713,8 +713,16 @@ def cluster(
 ) -> None:
     """k-means clusters of a vectors file; labels written back, nearest texts per centroid."""
     from llmkit.embed.cluster import cluster as run_cluster
+    min_size: Annotated[
+        int | None, typer.Option(help="-k auto: smallest cluster worth a topic (default max(3, rows/50)).")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Column of known labels: report the adjusted Rand index.")
+    ] = None,
 
-    result = run_cluster(vectors, k, output=output, plot=plot, top=top)
+    result = run_cluster(
+        vectors, k, output=output, plot=plot, top=top, min_size=min_size, labels_column=labels
+    )
     if json_out:
         return _print_json(result)
     typer.echo(
@@ -724,6 +732,7 @@ def cluster(
     for c in result["clusters"]:
         typer.echo(f"cluster {c['cluster']} ({c['size']} rows):")
         for h in c["nearest"]:
+        + (f"; adjusted Rand index vs {labels}: {result['adjusted_rand_index']}" if labels else "")
             typer.echo(f"  {h['score']:.3f}  {h['text'] if h['text'] is not None else h['id']}")
 
 

@@ -161,6 +161,37 @@ def test_cluster_auto_k_labels_written_back_plot_and_nearest(capsys, labelled_ve
     assert code == 1 and "too few for 500 clusters" in err
 
 
+def test_cluster_auto_finds_the_topics_a_person_sees(capsys, labelled_vectors, tmp_path):
+    """Known k: the labelled set has 4 topics (ARI against its labels), the demo's 40 questions
+    too (10 each: cooking, tech, sports, weather); the old rule chose k = 2 on them."""
+    code, stdout, err = cli(capsys, "cluster", str(labelled_vectors), "--labels", "label", "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    print(f"labelled set: k={result['k']}, adjusted Rand index {result['adjusted_rand_index']}")
+    assert result["k"] == 4 and result["adjusted_rand_index"] >= 0.9
+    assert min(c["size"] for c in result["clusters"]) >= result["min_size"] == 3
+
+    from llmkit.embed.job import embed_file
+
+    questions = tmp_path / "questions.parquet"
+    embed_file(UNLABELLED, questions)
+    capsys.readouterr()  # the job's progress output
+    code, stdout, err = cli(capsys, "cluster", str(questions), "-k", "auto", "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    from sklearn.metrics import adjusted_rand_score
+
+    topics = [i // 10 for i in range(40)]  # the file holds 10 questions per topic, in blocks
+    ari = adjusted_rand_score(topics, pq.read_table(questions).column("cluster").to_pylist())
+    print(f"demo questions: k={result['k']}, adjusted Rand index {ari:.3f}")
+    assert result["k"] == 4 and ari >= 0.6, result
+
+    code, _, err = cli(capsys, "cluster", str(labelled_vectors), "--labels", "topic")
+    assert code == 1 and "no labels column 'topic'; available columns:" in err
+    code, _, err = cli(capsys, "cluster", str(questions), "--min-size", "30")
+    assert code == 1 and "could not find two distinct clusters of at least 30 rows" in err
+
+
 def test_shipped_embedding_recipes_validate_and_bad_ones_list_every_error(tmp_path):
     from llmkit.embed.recipe import SHIPPED, load
     from llmkit.errors import RecipeError

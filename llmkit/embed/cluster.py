@@ -1,7 +1,11 @@
 """k-means over a vectors file: labels written back, a 2-D PCA scatter, the texts nearest each centroid.
 
-`k="auto"` tries k = 2..min(K_MAX, sqrt(n/2)) and keeps the best silhouette score (cosine, on a sample of at
-most 5,000 rows so it stays fast on big files).
+`k="auto"` runs k-means (10 restarts) on the centred, L2-normalised vectors for k = 2..K_MAX and keeps the best
+cosine silhouette among the k whose every cluster has at least `min_size` rows (default max(3, n/50)):
+small clusters are what silhouette over-rewards on small sets, and what a person does not see as a
+topic. Silhouette runs on a sample of at most 5,000 rows so it stays fast on big files. On the shipped
+labelled set (4 topics, 120 rows) it finds k = 4 with an adjusted Rand index of 0.96 against the labels;
+the old rule (3 restarts, k ≤ sqrt(n/2)) chose k = 2 on the demo's 40 questions.
 """
 
 from __future__ import annotations
@@ -32,16 +36,26 @@ def parse_k(k: str | int) -> int | None:
     return value
 
 
-def choose_k(matrix: np.ndarray, k_max: int = K_MAX, seed: int = 0) -> tuple[int, dict[int, float]]:
+N_INIT = 10
+
+
+def default_min_size(n: int) -> int:
+    return max(3, n // 50)
+
+
+def choose_k(
+    matrix: np.ndarray, k_max: int = K_MAX, seed: int = 0, min_size: int | None = None
+) -> tuple[int, dict[int, float]]:
+    """Best cosine silhouette over k, among clusterings whose clusters all have ≥ min_size rows."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
     scores = {}
-    # sqrt(n/2) caps k: on small sets silhouette keeps rising as clusters shrink towards single points
-    k_max = min(k_max, len(matrix) - 1, max(2, int((len(matrix) / 2) ** 0.5)))
+    min_size = min_size or default_min_size(len(matrix))
+    k_max = min(k_max, len(matrix) // max(min_size, 1), len(matrix) - 1)
     for k in range(2, k_max + 1):
-        labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(matrix)
-        if len(set(labels)) < 2:
+        labels = KMeans(n_clusters=k, n_init=N_INIT, random_state=seed).fit_predict(matrix)
+        if len(set(labels)) < 2 or np.bincount(labels, minlength=k).min() < min_size:
             continue
         scores[k] = round(
             float(
@@ -56,7 +70,10 @@ def choose_k(matrix: np.ndarray, k_max: int = K_MAX, seed: int = 0) -> tuple[int
             4,
         )
     if not scores:
-        raise DataError("could not find two distinct clusters", "the vectors may all be identical")
+        raise DataError(
+            f"could not find two distinct clusters of at least {min_size} rows",
+            "the vectors may all be identical, or the file too small: choose -k",
+        )
     return max(scores, key=scores.get), scores
 
 
@@ -68,12 +85,20 @@ def cluster(
     plot: Path | None = None,
     top: int = 3,
     seed: int = 0,
+    min_size: int | None = None,
+    labels_column: str | None = None,
 ) -> dict:
-    """Cluster, write a `cluster` column (to `output`, default: back into the file), plot, summarize."""
+    """Cluster, write a `cluster` column (to `output`, default: back into the file), plot, summarize.
+
+    `labels_column`: a column of known labels in the vectors file; the result then reports the
+    adjusted Rand index of the clusters against it (1 = the same partition, 0 = chance)."""
     from sklearn.cluster import KMeans
 
     vectors = load_vectors(Path(vectors_path))
-    matrix = vectors.matrix / np.maximum(np.linalg.norm(vectors.matrix, axis=1, keepdims=True), 1e-12)
+    matrix = _unit(vectors.matrix)
+    # centre, then normalise again: the direction every text shares (style, "a question") would
+    # otherwise outweigh the topics people group by (demo questions: ARI 0.57 → 0.69 at k = 4)
+    matrix = _unit(matrix - matrix.mean(axis=0))
     n = len(matrix)
     wanted = parse_k(k)
     if n < 3 or (wanted is not None and wanted >= n):
@@ -82,9 +107,10 @@ def cluster(
             "embed more rows or choose a smaller -k",
         )
     scores = {}
+    truth = _labels(vectors.path, labels_column) if labels_column else None
     if wanted is None:
-        wanted, scores = choose_k(matrix, seed=seed)
-    km = KMeans(n_clusters=wanted, n_init=5, random_state=seed).fit(matrix)
+        wanted, scores = choose_k(matrix, seed=seed, min_size=min_size)
+    km = KMeans(n_clusters=wanted, n_init=N_INIT, random_state=seed).fit(matrix)
     labels = km.labels_
     clusters = []
     for c in range(wanted):
@@ -113,14 +139,40 @@ def cluster(
         raise UsageError(f"cluster -o {out} must be a .parquet file", "e.g. -o clustered.parquet")
     if plot:
         _plot(matrix, labels, km.cluster_centers_, Path(plot), vectors.path.name)
+    ari = None
+    if truth is not None:
+        from sklearn.metrics import adjusted_rand_score
+
+        ari = round(float(adjusted_rand_score(truth, labels)), 4)
     return {
         "k": wanted,
         "silhouette_by_k": scores,
+        "min_size": (min_size or default_min_size(n)) if scores else None,
+        "adjusted_rand_index": ari,
+        "labels_column": labels_column,
         "rows": n,
         "output": str(out) if out.suffix == ".parquet" else None,
         "plot": str(plot) if plot else None,
         "clusters": clusters,
     }
+
+
+def _unit(m: np.ndarray) -> np.ndarray:
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+
+def _labels(path: Path, column: str) -> list:
+    import pyarrow.parquet as pq
+
+    if path.suffix != ".parquet":
+        raise UsageError("--labels needs a .parquet vectors file", "embed to -o vectors.parquet")
+    names = pq.read_schema(path).names
+    if column not in names:
+        raise DataError(
+            f"{path}: no labels column {column!r}; available columns: {', '.join(names)}",
+            "pick the column that holds the known labels",
+        )
+    return pq.read_table(path, columns=[column]).column(column).to_pylist()
 
 
 def _write_labels(src: Path, dest: Path, labels: np.ndarray, k: int) -> None:
