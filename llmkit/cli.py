@@ -510,7 +510,9 @@ classify_app = typer.Typer(
 )
 app.add_typer(classify_app, name="classify")
 _MODEL_OPT = typer.Option("--model", "-m", help="sentence-transformers dir/HF id, or ollama:NAME.")
-_BACKEND_OPT = typer.Option(help="auto (measured on this CPU) | torch (exact reference) | onnx | openvino | ollama.")
+_BACKEND_OPT = typer.Option(
+    help="auto (measured on this CPU) | torch (exact reference) | onnx | openvino | ollama."
+)
 _PRECISION_OPT = typer.Option(
     help="auto (fastest exact path, cos ≥ 0.9999) | fast (cos mean ≥ 0.999, min ≥ 0.99; int8 = alias) | fp32 | bf16."
 )
@@ -574,6 +576,9 @@ def embed(
         f"{s['encoded']} encoded, {s['duplicates']} duplicates, {s['truncated']} truncated, "
         f"{s['failed']} failed, {s['rows_per_s']} rows/s)"
     )
+    if s.get("path_choice"):
+        c = s["path_choice"]
+        typer.echo(f"path {c['path']} ({c['contract']}): {c['why']}; measured on {c['cpu']}: {c['measured']}")
     if s["failed"]:
         typer.echo(f"failed rows are listed in {s['output']}.errors.jsonl", err=True)
 
@@ -604,9 +609,6 @@ def similar(
     for r in results:
         typer.echo(f"query: {r['query']}")
         for h in r["hits"]:
-    if s.get("path_choice"):
-        c = s["path_choice"]
-        typer.echo(f"path {c['path']} ({c['contract']}): {c['why']}; measured on {c['cpu']}: {c['measured']}")
             typer.echo(
                 f"  {h['rank']}. {h['score']:.4f}  [{h['id']}] {h['text'] if h['text'] is not None else ''}"
             )
@@ -703,22 +705,24 @@ def classify_eval(
 @app.command()
 def cluster(
     vectors: Annotated[Path, typer.Argument(help="vectors.parquet from llmkit embed.")],
-    k: Annotated[str, typer.Option("-k", help="Number of clusters, or auto (best silhouette).")] = "auto",
+    k: Annotated[
+        str, typer.Option("-k", help="Number of clusters, or auto (best silhouette, clusters ≥ --min-size).")
+    ] = "auto",
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write labelled vectors here (default: in place).")
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="2-D PCA scatter PNG.")] = None,
     top: Annotated[int, typer.Option(help="Texts shown per centroid.")] = 3,
-    json_out: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """k-means clusters of a vectors file; labels written back, nearest texts per centroid."""
-    from llmkit.embed.cluster import cluster as run_cluster
     min_size: Annotated[
         int | None, typer.Option(help="-k auto: smallest cluster worth a topic (default max(3, rows/50)).")
     ] = None,
     labels: Annotated[
         str | None, typer.Option(help="Column of known labels: report the adjusted Rand index.")
     ] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """k-means clusters of a vectors file; labels written back, nearest texts per centroid."""
+    from llmkit.embed.cluster import cluster as run_cluster
 
     result = run_cluster(
         vectors, k, output=output, plot=plot, top=top, min_size=min_size, labels_column=labels
@@ -728,11 +732,11 @@ def cluster(
     typer.echo(
         f"k={result['k']} over {result['rows']} rows → {result['output']}"
         + (f", plot {plot}" if plot else "")
+        + (f"; adjusted Rand index vs {labels}: {result['adjusted_rand_index']}" if labels else "")
     )
     for c in result["clusters"]:
         typer.echo(f"cluster {c['cluster']} ({c['size']} rows):")
         for h in c["nearest"]:
-        + (f"; adjusted Rand index vs {labels}: {result['adjusted_rand_index']}" if labels else "")
             typer.echo(f"  {h['score']:.3f}  {h['text'] if h['text'] is not None else h['id']}")
 
 
