@@ -522,10 +522,16 @@ _PRECISION_OPT = typer.Option(
 def embed(
     input: Annotated[
         Path,
-        typer.Argument(help=".txt (a line each), .jsonl, .csv, .parquet — or an embedding recipe .yaml."),
+        typer.Argument(
+            help=".txt (a line each), .jsonl, .csv, .parquet, a dir of .parquet, a saved dataset dir, "
+            "hf:NAME (a Hugging Face dataset) — or an embedding recipe .yaml."
+        ),
     ],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="vectors .parquet (or .npy).")] = None,
-    column: Annotated[str | None, typer.Option(help="Text column (jsonl/csv/parquet; default text).")] = None,
+    column: Annotated[
+        str | None, typer.Option("--column", "--text-column", help="Text column (default text).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Dataset split (saved datasets, hf:NAME).")] = "train",
     id_column: Annotated[
         str | None, typer.Option(help="Column to use as row id (default: row number).")
     ] = None,
@@ -567,6 +573,7 @@ def embed(
         skip_bad=skip_bad,
         keep_text=keep_text,
         commit_every=commit_every,
+        split=split,
     )
     s = result.summary()
     if json_out:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, Encoder, EncoderError, load_encoder
-from llmkit.embed.readers import Bad, Row, check_input, count_rows, read_rows
+from llmkit.embed.readers import Bad, Row, check_input, count_rows, fingerprint, read_rows
 from llmkit.errors import DataError, LlmkitError, UsageError
 from llmkit.files import atomic_file, write_json
 
@@ -81,16 +81,16 @@ def embed_file(
     keep_text: bool = True,
     commit_every: int = 4096,
     encoder: Encoder | None = None,
+    split: str = "train",
 ) -> JobResult:
-    input, output = Path(input), Path(output)
+    """`input`: a file, a directory of .parquet files, a `save_to_disk` dataset dir, or hf:NAME."""
+    input, output = Path(input) if not str(input).startswith("hf:") else input, Path(output)
     if output.suffix not in (".parquet", ".npy"):
         raise UsageError(f"output {output} must end in .parquet or .npy", "e.g. -o vectors.parquet")
     check_input(input)
     work = output.with_name(f".{output.name}.llmkit-job")
-    fingerprint = {
-        "input": str(input.resolve()),
-        "size": input.stat().st_size,
-        "mtime_ns": input.stat().st_mtime_ns,
+    job_key = {
+        **fingerprint(input, split),
         "column": column,
         "id_column": id_column,
         "model": model,
@@ -102,11 +102,11 @@ def embed_file(
         "keep_text": keep_text,
         "commit_every": commit_every,
     }
-    rows_iter = read_rows(input, column, id_column)  # checks columns before the model loads
+    rows_iter = read_rows(input, column, id_column, split)  # checks columns before the model loads
     first = next(rows_iter, None)
     if first is None:
         raise DataError(f"{input} has no rows", "give a file with at least one non-blank row")
-    done_parts = _prepare_work_dir(work, fingerprint)
+    done_parts = _prepare_work_dir(work, job_key)
     encoder = encoder or load_encoder(model, backend, precision, normalize)
     if chunk:
         encoder.chunk_long = True  # type: ignore[attr-defined]
@@ -114,7 +114,7 @@ def embed_file(
     if not done_parts:
         errors_path.unlink(missing_ok=True)  # a report from an earlier, finished run
     state = _State(encoder, work, errors_path, keep_text)
-    total = count_rows(input)
+    total = count_rows(input, split)
     start = time.perf_counter()
     resumed = sum(p["rows"] for p in done_parts)
     state.failed = sum(p["failed"] for p in done_parts)

@@ -1,5 +1,9 @@
 """Streaming readers for the embedding job: .txt, .jsonl, .csv, .parquet → one record per row.
 
+Also a directory of Parquet files (read file by file, batch by batch, in name order), a dataset
+saved with `datasets` (`save_to_disk` dir, memory-mapped), and a Hugging Face dataset by name
+(`hf:owner/name`, streamed; offline it reads the local cache or a local dataset dir).
+
 Every reader yields `Row`s (or `Bad` for a line that is not UTF-8 / not JSON) one at a time, so
 memory does not depend on the file size. Line numbers are 1-based, as editors show them.
 """
@@ -15,6 +19,7 @@ from pathlib import Path
 from llmkit.errors import DataError
 
 FORMATS = (".txt", ".jsonl", ".csv", ".parquet")
+HF_PREFIX = "hf:"
 
 
 @dataclass
@@ -43,7 +48,45 @@ def input_format(path: Path) -> str:
     return suffix
 
 
+def input_kind(path: Path | str) -> str:
+    """file | parquet-dir | hf-disk (save_to_disk dir) | hf (a dataset by name)."""
+    text = str(path)
+    if text.startswith(HF_PREFIX):
+        return "hf"
+    path = Path(path)
+    if path.is_dir():
+        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            return "hf-disk"
+        if next(iter(sorted(path.rglob("*.parquet"))), None) is not None:
+            return "parquet-dir"
+        raise DataError(
+            f"{path} is a directory with no .parquet files and no saved dataset",
+            "give a file, a directory of .parquet files, a `save_to_disk` dir or hf:NAME",
+        )
+    return "file"
+
+
+def parquet_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+
+
+def fingerprint(path: Path | str, split: str) -> dict:
+    """What identifies the input for resuming: a changed input starts the job afresh."""
+    kind = input_kind(path)
+    if kind == "hf":
+        return {"input": str(path), "split": split}
+    path = Path(path)
+    if kind == "file":
+        st = path.stat()
+        return {"input": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    files = parquet_files(path) if kind == "parquet-dir" else sorted(path.rglob("*.arrow"))
+    listing = [[str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return {"input": str(path.resolve()), "files": listing, "split": split}
+
+
 def check_input(path: Path) -> str:
+    if input_kind(path) != "file":
+        return input_kind(path)
     if not path.is_file():
         raise DataError(f"input file {path} not found", "check the path")
     fmt = input_format(path)
@@ -52,8 +95,17 @@ def check_input(path: Path) -> str:
     return fmt
 
 
-def count_rows(path: Path) -> int | None:
+def count_rows(path: Path, split: str = "train") -> int | None:
     """Cheap row count for the progress bar (None where it would need a full parse)."""
+    kind = input_kind(path)
+    if kind == "parquet-dir":
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(Path(path)))
+    if kind == "hf-disk":
+        return len(_load_from_disk(Path(path), split))
+    if kind == "hf":
+        return None
     fmt = input_format(path)
     if fmt == ".parquet":
         import pyarrow.parquet as pq
@@ -65,8 +117,15 @@ def count_rows(path: Path) -> int | None:
         return sum(1 for line in fh if line.strip())
 
 
-def read_rows(path: Path, column: str | None = None, id_column: str | None = None) -> Iterator[Row | Bad]:
-    fmt = check_input(path)
+def read_rows(
+    path: Path, column: str | None = None, id_column: str | None = None, split: str = "train"
+) -> Iterator[Row | Bad]:
+    kind = check_input(path)
+    if kind == "parquet-dir":
+        return _read_parquet_dir(Path(path), column or "text", id_column)
+    if kind in ("hf", "hf-disk"):
+        return _read_hf(path, kind, column or "text", id_column, split)
+    fmt = input_format(path)
     if fmt == ".txt":
         if column not in (None, "text"):
             raise DataError(
@@ -183,3 +242,67 @@ def _read_parquet(path: Path, column: str, id_column: str | None) -> Iterator[Ro
         for record in batch.to_pylist():
             yield _split(path, record, column, id_column, index, 0)
             index += 1
+
+
+def _read_parquet_dir(path: Path, column: str, id_column: str | None) -> Iterator[Row | Bad]:
+    """Every .parquet file under `path` in name order, as one table (row index runs on)."""
+    files = parquet_files(path)
+    import pyarrow.parquet as pq
+
+    for f in files:  # check every file's columns first: a bad file found late would waste the run
+        names = pq.read_schema(f).names
+        for name, what in ((column, "text column"), (id_column, "id column")):
+            if name and name not in names:
+                raise _missing(f, what, name, names)
+    return _chain_files(files, column, id_column)
+
+
+def _chain_files(files: list[Path], column: str, id_column: str | None) -> Iterator[Row | Bad]:
+    index = 0
+    for f in files:
+        for row in _read_parquet(f, column, id_column):
+            row.index = index
+            if not id_column:
+                row.id = index
+            index += 1
+            yield row
+
+
+def _load_from_disk(path: Path, split: str):
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(
+                f"{path}: no split {split!r}; available: {', '.join(ds)}", "pick one with --split"
+            )
+        ds = ds[split]
+    return ds
+
+
+def _read_hf(path, kind: str, column: str, id_column: str | None, split: str) -> Iterator[Row | Bad]:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError(
+            "reading a Hugging Face dataset needs the datasets package", "pip install datasets"
+        ) from exc
+    if kind == "hf-disk":
+        ds = _load_from_disk(Path(path), split)
+        names = ds.column_names
+    else:
+        name = str(path)[len(HF_PREFIX) :]
+        try:  # streaming: rows arrive as they are read, nothing is loaded whole
+            ds = datasets.load_dataset(name, split=split, streaming=True)
+        except Exception as exc:
+            raise DataError(
+                f"could not open dataset {name!r} split {split!r}: {str(exc).splitlines()[0][:200]}",
+                "check the name and split; offline, use a local dataset dir or one in the HF cache",
+            ) from exc
+        names = list(ds.features) if ds.features else None
+    if names is not None:
+        for wanted, what in ((column, "text column"), (id_column, "id column")):
+            if wanted and wanted not in names:
+                raise _missing(path, what, wanted, names)
+    return (_split(path, record, column, id_column, i, 0) for i, record in enumerate(ds))
