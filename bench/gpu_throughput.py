@@ -439,10 +439,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
     p.add_argument("--models", default="qwen05b,llama1b")
-    p.add_argument("--conversations", type=int, default=2000)
+    p.add_argument("--conversations", type=int, default=800)
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=8, help="packed rows per micro-batch")
-    p.add_argument("--timeout", type=float, default=150, help="seconds per throughput config")
+    p.add_argument("--timeout", type=float, default=120, help="seconds per throughput config")
     p.add_argument(
         "--cpu-smoke", action="store_true", help="tiny model on CPU: checks the plumbing in < 1 min"
     )
