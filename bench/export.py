@@ -221,7 +221,10 @@ def main() -> None:
                 f"top-1 {ours.get('top1')} vs {theirs.get('top1', theirs.get('verify_error'))}"
             )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    kept = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.is_file() else {}
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    kept = previous.get("models", {})
+    if "rows" in previous:  # the file's earlier one-model layout (SmolLM2 only, no CPU recorded)
+        kept = {"smollm2-135m": {"model": previous["model"], "rows": previous["rows"]}}
     RESULTS.write_text(
         json.dumps(
             {
