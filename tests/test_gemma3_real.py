@@ -70,6 +70,12 @@ def test_assembled_file_is_the_published_one(gemma_file):
     assert sha256_of(gemma_file) == SHA256
 
 
+def test_built_in_name_assembles_the_same_file(gemma_file):
+    from llmkit.sources import embedded_gguf
+
+    assert sha256_of(embedded_gguf("gemma3-270m")) == SHA256  # what recipes/gemma3-270m-chat.yaml names
+
+
 def test_pull_gives_a_gemma3_model(gemma_dir):
     config = json.loads((gemma_dir / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"]

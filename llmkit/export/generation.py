@@ -80,7 +80,7 @@ class GenerationReport:
 
 
 def check(
-    llm, model, tokenizer, go: str | None, stops: list[str], *, tie: float, exact: bool
+    llm, model, tokenizer, go: str | None, stops: list[str], *, out_type: str, exact: bool
 ) -> GenerationReport:
     """Generate on CONVERSATIONS in llama.cpp (`llm`) and transformers (`model`) and compare."""
     from llmkit.export.gotemplate import GoTemplateError, render
@@ -113,7 +113,7 @@ def check(
             llama_cpp_stopped=cpp_stopped,
         )
         if hf_new != cpp_new:
-            answer.divergence, answer.tie = _divergence(model, tokenizer, hf_ids, hf_new, cpp_new, tie)
+            answer.divergence, answer.tie = _divergence(model, tokenizer, hf_ids, hf_new, cpp_new, out_type)
         report.answers.append(answer)
     return report
 
@@ -168,10 +168,12 @@ def _llama_generate(llm, ids: list[int], stops: list[str]) -> tuple[list[int], b
     return out, False
 
 
-def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, tie: float) -> tuple[str, bool]:
+def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, out_type: str) -> tuple[str, bool]:
     """Where the answers part, and whether HF itself was at a tie there (its best token and the
-    one llama.cpp took score within `tie`)."""
+    one llama.cpp took score within the type's tie tolerance)."""
     import torch
+
+    from llmkit.export.verify import tie_tolerance
 
     k = next((i for i, (a, b) in enumerate(zip(hf_new, cpp_new, strict=False)) if a != b), None)
     if k is None:  # one is a prefix of the other: a stop came earlier on one side
@@ -184,4 +186,4 @@ def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, tie: float) -> tu
         f"at token {k} after {shown!r}: transformers {tokenizer.decode([hf_new[k]])!r}, "
         f"llama.cpp {tokenizer.decode([cpp_new[k]])!r} (logit margin {margin:.4f})"
     )
-    return where, margin <= tie
+    return where, margin <= float(tie_tolerance(out_type, logits.numpy()))
