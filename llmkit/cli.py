@@ -549,6 +549,11 @@ def embed(
         bool, typer.Option("--text/--no-text", help="Keep the text column in the output.")
     ] = True,
     commit_every: Annotated[int, typer.Option(help="Rows per committed (resumable) chunk.")] = 4096,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="Run on a Ray cluster: auto (RAY_ADDRESS/running), HOST:PORT, or local."),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="--ray: encoder actors (one CPU each).")] = 2,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Embed a file of texts into vectors (streaming, deduplicated, resumable)."""
@@ -574,6 +579,8 @@ def embed(
         keep_text=keep_text,
         commit_every=commit_every,
         split=split,
+        ray=ray,
+        workers=workers,
     )
     s = result.summary()
     if json_out:

@@ -82,8 +82,33 @@ def embed_file(
     commit_every: int = 4096,
     encoder: Encoder | None = None,
     split: str = "train",
+    ray: str | None = None,
+    workers: int = 2,
 ) -> JobResult:
-    """`input`: a file, a directory of .parquet files, a `save_to_disk` dataset dir, or hf:NAME."""
+    """`input`: a file, a directory of .parquet files, a `save_to_disk` dataset dir, or hf:NAME.
+
+    `ray`: a Ray cluster address ("auto", "local", "HOST:PORT"): the same job on an actor pool
+    of `workers` encoders (ray_job.py)."""
+    if ray:
+        from llmkit.embed.ray_job import embed_ray
+
+        return embed_ray(
+            input,
+            output,
+            address=ray,
+            column=column,
+            id_column=id_column,
+            model=model,
+            backend=backend,
+            precision=precision,
+            normalize=normalize,
+            chunk=chunk,
+            skip_bad=skip_bad,
+            keep_text=keep_text,
+            commit_every=commit_every,
+            split=split,
+            workers=workers,
+        )
     input, output = Path(input) if not str(input).startswith("hf:") else input, Path(output)
     if output.suffix not in (".parquet", ".npy"):
         raise UsageError(f"output {output} must end in .parquet or .npy", "e.g. -o vectors.parquet")
