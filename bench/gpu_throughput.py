@@ -111,7 +111,8 @@ def build_model(shape: str, out: Path) -> Path:
     )
     torch.manual_seed(0)
     dtype = torch.float32 if shape == "smoke" else torch.bfloat16
-    model = model_cls(cfg_cls(**spec, **ids)).to(dtype)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init: seconds on a GPU
+        model = model_cls(cfg_cls(**spec, **ids)).to(dtype)
     for f in out.glob("model*.safetensors"):
         f.unlink()
     model.save_pretrained(out, safe_serialization=True)
@@ -472,12 +473,19 @@ def main() -> None:
         "mode": "cpu-smoke" if smoke else "gpu",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    dest = out / ("gpu-smoke.json" if smoke else "gpu.json")
+
+    def save() -> None:  # after every part: a run stopped at its time limit keeps what it measured
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        dest.write_text(json.dumps(result, indent=2, default=str))
+
+    t0 = time.perf_counter()
     peak_flops = matmul_flops(smoke)
     result["matmul_flops"] = peak_flops
-    t0 = time.perf_counter()
     if not args.skip_correctness:
         result["correctness"] = correctness(work / "correctness", device, steps=4 if smoke else 10)
         print(json.dumps({"correctness": result["correctness"]}, default=str), flush=True)
+        save()
     models = ["smoke"] if smoke else args.models.split(",")
     n_conv = 16 if smoke else args.conversations
     max_len = (
@@ -535,6 +543,8 @@ def main() -> None:
                 if fpt:
                     r["mfu"] = r["tokens_per_s"] * fpt / peak_flops
             rows[name] = r
+            result["throughput"][shape] = rows
+            save()
             print(json.dumps({shape: {name: r}}, default=str), flush=True)
         base = rows.get("trl", {})
         for name, r in rows.items():
@@ -543,9 +553,7 @@ def main() -> None:
                 if r.get("peak_allocated") and base.get("peak_allocated"):
                     r["memory_vs_trl"] = r["peak_allocated"] / base["peak_allocated"]
         result["throughput"][shape] = rows
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    dest = out / ("gpu-smoke.json" if smoke else "gpu.json")
-    dest.write_text(json.dumps(result, indent=2, default=str))
+    save()
     print(f"wrote {dest}")
 
 
