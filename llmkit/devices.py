@@ -166,3 +166,42 @@ def describe() -> dict:
     out["train_precision"] = out.pop("precision")
     out["qlora"] = out.pop("four_bit")
     return out
+
+
+def free_cpus(sample: float = 0.1) -> int:
+    """CPUs of our affinity set not busy with other processes right now (at least 1).
+
+    torch's OpenMP threads spin at every barrier: with a thread per core and one core taken by
+    another process, each step waits for the descheduled thread (`llmkit chat` went from 9.5 s to
+    ~90 s with one of two cores busy). Sizing the pool to the idle cores avoids that collapse.
+    """
+    import os
+    import time
+
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    try:
+        idle0, total0 = snapshot()
+        time.sleep(sample)
+        idle1, total1 = snapshot()
+        n_cpus = os.cpu_count() or allowed
+        idle_cpus = n_cpus * (idle1 - idle0) / max(1, total1 - total0)
+    except (OSError, ValueError, IndexError):  # no /proc (macOS): trust the affinity set
+        return allowed
+    return max(1, min(allowed, round(idle_cpus)))
+
+
+def use_free_cpus() -> int:
+    """Size torch's CPU thread pool to the idle cores, unless the user chose (OMP_NUM_THREADS)."""
+    import os
+
+    import torch
+
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(free_cpus())
+    return torch.get_num_threads()

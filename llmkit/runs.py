@@ -84,9 +84,11 @@ def load_for_inference(ref: str | Path, *, dtype=None, merge: bool = False, devi
         base = resolve(str(ref))
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(base)
-    if device is None:
-        from llmkit.devices import detect
+    from llmkit.devices import detect, use_free_cpus
 
+    if device is None:
         device = detect().device
+    if device == "cpu":
+        use_free_cpus()
     model.to(device).eval()
     return model, tokenizer

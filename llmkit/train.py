@@ -74,6 +74,8 @@ def train(
         mixed_precision={"fp32": "no"}.get(precision, precision), cpu=hw.device == "cpu"
     )
     main = accelerator.is_main_process
+    if hw.device == "cpu" and accelerator.num_processes == 1:
+        devices.use_free_cpus()  # one thread per busy core makes every step wait (DESIGN.md §5)
     if accelerator.distributed_type == "DEEPSPEED" and t.grad_accum > 1:
         raise TrainError(
             "train.grad_accum > 1 is not supported under DeepSpeed (it steps on every backward)",

@@ -40,3 +40,33 @@ def test_doctor_table_shows_running_server(llmkit_cli, ollama_double):
     assert ollama_double.version in line
     token = llmkit_cli("doctor", "--json", env={"HF_TOKEN": ""})
     assert json.loads(token.stdout)["HF token"] == "no"
+
+
+def test_thread_pool_counts_only_idle_cores(monkeypatch):
+    """With every core of our affinity set taken by another process, torch gets one thread (a
+    thread per busy core spins at OpenMP barriers and collapses throughput)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from llmkit.devices import free_cpus, use_free_cpus
+
+    n = len(os.sched_getaffinity(0))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        import time
+
+        time.sleep(0.5)  # let them get scheduled
+        assert free_cpus(sample=0.5) == 1
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        before = torch.get_num_threads()
+        try:
+            assert use_free_cpus() == 1
+        finally:
+            torch.set_num_threads(before)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()

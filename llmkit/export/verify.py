@@ -104,6 +104,8 @@ class Report:
 
 
 def load_llama(gguf_path: Path, *, lora: Path | None = None, n_ctx: int = 512):
+    from llmkit.devices import free_cpus
+
     try:
         from llama_cpp import Llama
     except ImportError as exc:
@@ -117,7 +119,7 @@ def load_llama(gguf_path: Path, *, lora: Path | None = None, n_ctx: int = 512):
         n_ctx=n_ctx,
         logits_all=True,
         verbose=False,
-        n_threads=2,
+        n_threads=free_cpus(),
         n_gpu_layers=0,
         **kwargs,
     )
