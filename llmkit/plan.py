@@ -848,13 +848,14 @@ def run_probe(recipe: Recipe, overrides, layout, steps: int = 10) -> dict:
         env = {**os.environ, "LLMKIT_QUIET": "1", "TRANSFORMERS_VERBOSITY": "error"}
         start = time.perf_counter()
         with open(Path(tmp) / "stderr.txt", "w+") as errf:
+            hwm = Path(tmp) / "peak_rss"
             proc = subprocess.Popen(
-                [sys.executable, "-m", "llmkit.train", str(probe_recipe)],
+                [sys.executable, "-c", _PROBE_MAIN, str(hwm), str(probe_recipe)],
                 stdout=subprocess.DEVNULL,
                 stderr=errf,
                 env=env,
             )
-            _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own peak RSS
+            _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             errf.seek(0)
             err = errf.read()
@@ -868,8 +869,28 @@ def run_probe(recipe: Recipe, overrides, layout, steps: int = 10) -> dict:
     return probe_rate(rows) | {
         "wall_s": round(time.perf_counter() - start, 1),
         "precision": run["precision"],
-        "peak_rss": usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024),
+        # the child's own high-water mark: ru_maxrss would include this process's (Linux keeps
+        # the parent's across fork + exec), which is wrong whenever the caller is large
+        "peak_rss": int(hwm.read_text())
+        if hwm.is_file()
+        else usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024),
     }
+
+
+# The probe's training process: `python -m llmkit.train RECIPE`, then its peak RSS (VmHWM) to a file.
+_PROBE_MAIN = """
+import re, runpy, sys
+out = sys.argv[1]
+sys.argv = ["llmkit.train", *sys.argv[2:]]
+try:
+    runpy.run_module("llmkit.train", run_name="__main__")
+finally:
+    try:
+        status = open("/proc/self/status").read()
+        open(out, "w").write(str(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024))
+    except (OSError, AttributeError):
+        pass
+"""
 
 
 def probe_rate(rows: list[dict]) -> dict:

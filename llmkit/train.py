@@ -70,6 +70,11 @@ def train(
     out = Path(t.output_dir).expanduser().resolve()
     check_run_dir(out, resume=resume, overwrite=overwrite)
 
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps its state per process; a second train() here (the Python API, a notebook)
+    # may ask for another precision. The distributed PartialState (process group) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision={"fp32": "no"}.get(precision, precision), cpu=hw.device == "cpu"
     )

@@ -1,7 +1,7 @@
 """`llmkit plan`: predictions checked against real training runs on this CPU.
 
 Memory: the plan's `peak` is what a training run adds to its process. It is compared with the
-peak RSS growth of a real run in a subprocess: ru_maxrss at the end minus the RSS just before
+peak RSS growth of a real run in a subprocess: VmHWM at the end minus the RSS just before
 `train()` starts, in a process that has already imported the training stack (torch,
 transformers, peft, accelerate, tensorboard, matplotlib, llmkit.train). Same definition in
 docs/train.md ("Planning a run").
@@ -24,7 +24,7 @@ from llmkit.errors import LlmkitError
 # Runs a recipe in a fresh process and prints its peak RSS growth (see the module docstring).
 MEASURE = textwrap.dedent(
     """
-    import json, os, resource, sys
+    import json, os, sys
     import torch, transformers, peft, accelerate  # noqa
     import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot  # noqa
     from torch.utils.tensorboard import SummaryWriter  # noqa
@@ -33,7 +33,8 @@ MEASURE = textwrap.dedent(
     with open("/proc/self/statm") as f:
         base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     out = T.train(sys.argv[1], sys.argv[2:], overwrite=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: Linux carries the parent's (pytest's) high-water mark into ru_maxrss
+    peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
     print(json.dumps({"growth": peak - base, "run": str(out)}))
     """
 )

@@ -148,6 +148,17 @@ def test_refuses_existing_run_and_overwrites_on_request(run_dir, tmp_path):
     assert not (copy / "checkpoints").exists() and (copy / "notes.txt").read_text() == "mine"
 
 
+def test_two_runs_in_one_process_may_use_different_precisions(tmp_path):
+    """The Python API trains again in the same process (a notebook, a sweep): Accelerate's
+    per-process state must not pin the first run's precision."""
+    import llmkit
+
+    short = ["train.max_steps=1", "train.eval_every=0", "train.save_every=0"]
+    llmkit.train("tiny", [*short, f"train.output_dir={tmp_path / 'a'}", "train.precision=fp32"])
+    run = llmkit.train("tiny", [*short, f"train.output_dir={tmp_path / 'b'}", "train.precision=bf16"])
+    assert json.loads((run / "run.json").read_text())["precision"] == "bf16"
+
+
 def test_resume_without_checkpoint(tmp_path):
     import llmkit
 
