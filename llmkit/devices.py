@@ -178,22 +178,30 @@ def free_cpus(sample: float = 0.1) -> int:
     import os
     import time
 
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
     def snapshot() -> tuple[int, int]:
+        # per-CPU lines of our own affinity set: cores we may not run on do not count as free
+        idle = total = 0
         with open("/proc/stat") as fh:
-            fields = [int(x) for x in fh.readline().split()[1:]]
-        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+            for line in fh:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    values = [int(x) for x in fields]
+                    idle += values[3] + values[4]  # idle + iowait
+                    total += sum(values)
+        return idle, total
 
     try:
         idle0, total0 = snapshot()
         time.sleep(sample)
         idle1, total1 = snapshot()
-        n_cpus = os.cpu_count() or allowed
-        idle_cpus = n_cpus * (idle1 - idle0) / max(1, total1 - total0)
     except (OSError, ValueError, IndexError):  # no /proc (macOS): trust the affinity set
-        return allowed
-    return max(1, min(allowed, round(idle_cpus)))
+        return len(cpus)
+    if total1 <= total0:
+        return len(cpus)
+    idle_cpus = len(cpus) * (idle1 - idle0) / (total1 - total0)
+    return max(1, min(len(cpus), round(idle_cpus)))
 
 
 def use_free_cpus() -> int:
