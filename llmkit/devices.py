@@ -17,11 +17,7 @@ import platform
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from llmkit.errors import LlmkitError
-
-
-class HardwareError(LlmkitError):
-    """The recipe asks for something this machine cannot do (4-bit on CPU, fp16 on CPU, ...)."""
+from llmkit.errors import HardwareError
 
 
 @dataclass

@@ -19,8 +19,9 @@ class LlmkitError(Exception):
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
-class UsageError(LlmkitError):
-    """Wrong arguments or options (exit code 2, like Typer's own usage errors)."""
+class InvalidArgument(LlmkitError):
+    """An argument or option value the function (or command) cannot accept: exit code 2, like
+    Typer's own usage errors, so a wrong value exits the same way in every command."""
 
     exit_code = 2
 
@@ -43,3 +44,47 @@ class OllamaError(LlmkitError):
 
 class ExportError(LlmkitError):
     """A model that cannot be merged, converted to GGUF or turned into an Ollama model."""
+
+
+class HardwareError(LlmkitError):
+    """The recipe asks for something this machine cannot do (4-bit on CPU, fp16 on CPU, ...)."""
+
+
+class TrainError(LlmkitError):
+    """A run that cannot start or continue (run dir in the way, no checkpoint to resume, ...)."""
+
+
+class PlanError(LlmkitError):
+    """A plan that cannot be made (a model whose config cannot be read, a bad --memory)."""
+
+
+class DoesNotFit(LlmkitError):
+    """The recipe's run needs more memory than the device has (the plan itself is attached)."""
+
+    def __init__(self, message: str, hint: str | None, result):  # result: plan.PlanResult
+        super().__init__(message, hint)
+        self.result = result
+
+
+class EncoderError(LlmkitError):
+    """An encoder that cannot be loaded or failed to encode."""
+
+
+class ClassifierError(LlmkitError):
+    """A classifier dir that is missing, tampered with, or whose encoder is unavailable."""
+
+
+class IndexMismatchError(LlmkitError):
+    """Vectors made by one model queried with another."""
+
+
+class RayError(LlmkitError):
+    """Ray is missing or the cluster cannot be reached."""
+
+
+class GoTemplateError(Exception):
+    """A template outside the Go subset this evaluator understands, or one that fails to run."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line

@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmkit.errors import LlmkitError, UsageError
+from llmkit.errors import DoesNotFit, InvalidArgument, LlmkitError, PlanError
 from llmkit.recipe import Recipe, load
 
 GiB = 1024**3
@@ -75,18 +75,6 @@ GGUF_BYTES = {
     "q5_1": 24 / 32,
 }
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-
-
-class PlanError(LlmkitError):
-    """A plan that cannot be made (a model whose config cannot be read, a bad --memory)."""
-
-
-class DoesNotFit(LlmkitError):
-    """The recipe's run needs more memory than the device has (the plan itself is attached)."""
-
-    def __init__(self, message: str, hint: str | None, result: PlanResult):
-        super().__init__(message, hint)
-        self.result = result
 
 
 @dataclass
@@ -175,7 +163,7 @@ def plan(
     hw = devices.detect()
     device = device or hw.device
     if device not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {device}: unknown device", "use cpu, cuda or mps")
+        raise InvalidArgument(f"--device {device}: unknown device", "use cpu, cuda or mps")
     here = device == hw.device
     if device == "cpu":
         precision = devices.choose_precision(t.precision, hw) if here else _auto(t.precision, "fp32")
@@ -257,7 +245,9 @@ def plan(
         result.advice = advise(result, counts, arch, loaded, layout, dataset.train, device, act)
     if probe and result.fits:
         if not here:
-            raise UsageError(f"--probe runs on this machine ({hw.device}), not on {device}", "drop --device")
+            raise InvalidArgument(
+                f"--probe runs on this machine ({hw.device}), not on {device}", "drop --device"
+            )
         result.probe = run_probe(loaded, overrides, layout)
         tps = result.probe["tokens_per_s"]
         result.seconds_per_epoch = layout["tokens_per_epoch"] / tps
@@ -615,7 +605,7 @@ def disk_model(counts, recipe: Recipe, config) -> dict:
 
 def _device_memory(device: str, here: bool) -> int:
     if not here:
-        raise UsageError(
+        raise InvalidArgument(
             f"no {device} device on this machine to read its memory from",
             "state it: --memory 24GB",
         )
@@ -641,7 +631,9 @@ def _parse_size(value: str | int) -> int:
         return value
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", str(value), re.IGNORECASE)
     if not m:
-        raise UsageError(f"--memory {value}: not a size", "write it like 24GB, 512MB or 1.5TB (binary units)")
+        raise InvalidArgument(
+            f"--memory {value}: not a size", "write it like 24GB, 512MB or 1.5TB (binary units)"
+        )
     unit = {"": 1, "K": 1024, "M": MiB, "G": GiB, "T": 1024 * GiB}[m.group(2).upper()]
     return int(float(m.group(1)) * unit)
 
@@ -727,7 +719,7 @@ def device_flops(device: str, act: str, tc, here: bool, name: str) -> tuple[floa
             return _gpu_table(
                 name
             ) * 1e12, "table (dense bf16 peak of a mid-range GPU; run on the GPU to measure)"
-        raise UsageError(f"cannot time {device} from this machine", "run `llmkit plan` on that machine")
+        raise InvalidArgument(f"cannot time {device} from this machine", "run `llmkit plan` on that machine")
     import torch
 
     dm = _dims(tc)
@@ -900,7 +892,12 @@ def probe_rate(rows: list[dict]) -> dict:
     secs = [n / r["tokens_per_s"] for n, r in zip(tokens, steps, strict=True)]
     use = slice(1, None) if len(steps) > 1 else slice(None)
     n, s = sum(tokens[use]), sum(secs[use])
-    return {"steps": len(secs[use]), "tokens_per_s": n / s, "seconds_per_step": s / len(secs[use])}
+    return {
+        "steps": len(secs[use]),
+        "tokens_per_s": n / s,
+        "seconds_per_step": s / len(secs[use]),
+        "step_seconds": [round(x, 5) for x in secs[use]],  # per step, to see (or filter) disturbed ones
+    }
 
 
 def _first_line(exc: Exception) -> str:

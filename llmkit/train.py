@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from llmkit import data as datalib
 from llmkit import devices
 from llmkit._callable import make_module_callable
-from llmkit.errors import LlmkitError
+from llmkit.errors import LlmkitError, TrainError
 from llmkit.files import atomic_dir, write_json
 from llmkit.plan import oom_guard
 from llmkit.recipe import Recipe, dump, load
@@ -47,10 +47,6 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 # while activation memory grows ~3 MB per token, so CPU passes stay at 1024 tokens.
 CPU_BATCH_TOKENS = 1024
 RUN_FILES = ("recipe.yaml", "run.json", "adapter", "checkpoints", "metrics.jsonl", "tensorboard", "loss.png")
-
-
-class TrainError(LlmkitError):
-    """A run that cannot start or continue (run dir in the way, no checkpoint to resume, ...)."""
 
 
 def train(

@@ -16,15 +16,11 @@ import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
 from llmkit.embed.readers import Bad, read_rows
-from llmkit.errors import DataError, LlmkitError, UsageError
+from llmkit.errors import ClassifierError, DataError, InvalidArgument, LlmkitError
 from llmkit.files import atomic_dir
 
 FORMAT = "llmkit-classifier/1"
 WEIGHTS, CONFIG = "classifier.safetensors", "classifier.json"
-
-
-class ClassifierError(LlmkitError):
-    """A classifier dir that is missing, tampered with, or whose encoder is unavailable."""
 
 
 @dataclass
@@ -126,7 +122,7 @@ def train(
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise UsageError(f"{out_dir} already exists", "pick another -o or pass --force to replace it")
+        raise InvalidArgument(f"{out_dir} already exists", "pick another -o or pass --force to replace it")
     texts, labels = read_labelled(Path(data), text_column, label_column)
     classes = sorted(set(labels))
     counts = {c: labels.count(c) for c in classes}

@@ -18,7 +18,7 @@ import numpy as np
 
 from llmkit.embed.job import META_KEY
 from llmkit.embed.search import load_vectors
-from llmkit.errors import DataError, UsageError
+from llmkit.errors import DataError, InvalidArgument
 
 K_MAX = 12
 SILHOUETTE_SAMPLE = 5000
@@ -30,9 +30,9 @@ def parse_k(k: str | int) -> int | None:
     try:
         value = int(k)
     except ValueError:
-        raise UsageError(f"-k must be a number or 'auto', not {k!r}", "e.g. -k 5 or -k auto") from None
+        raise InvalidArgument(f"-k must be a number or 'auto', not {k!r}", "e.g. -k 5 or -k auto") from None
     if value < 2:
-        raise UsageError(f"-k must be at least 2, not {value}", "e.g. -k 5 or -k auto")
+        raise InvalidArgument(f"-k must be at least 2, not {value}", "e.g. -k 5 or -k auto")
     return value
 
 
@@ -136,7 +136,7 @@ def cluster(
     if out.suffix == ".parquet" and vectors.path.suffix == ".parquet":
         _write_labels(vectors.path, out, labels, wanted)
     elif output:
-        raise UsageError(f"cluster -o {out} must be a .parquet file", "e.g. -o clustered.parquet")
+        raise InvalidArgument(f"cluster -o {out} must be a .parquet file", "e.g. -o clustered.parquet")
     if plot:
         _plot(matrix, labels, km.cluster_centers_, Path(plot), vectors.path.name)
     ari = None
@@ -165,7 +165,7 @@ def _labels(path: Path, column: str) -> list:
     import pyarrow.parquet as pq
 
     if path.suffix != ".parquet":
-        raise UsageError("--labels needs a .parquet vectors file", "embed to -o vectors.parquet")
+        raise InvalidArgument("--labels needs a .parquet vectors file", "embed to -o vectors.parquet")
     names = pq.read_schema(path).names
     if column not in names:
         raise DataError(

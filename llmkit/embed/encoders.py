@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.errors import LlmkitError, UsageError
+from llmkit.errors import EncoderError, InvalidArgument
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -29,10 +29,6 @@ BACKENDS = ("auto", "torch", "onnx", "openvino", "ollama")
 # auto/fast are contracts chosen by measurement; int8 with --backend auto is an alias of fast
 PRECISIONS = ("auto", "fast", "fp32", "int8", "bf16")
 EXPORT_VERSION = "1"  # bump when the exported graph changes, so cached conversions are rebuilt
-
-
-class EncoderError(LlmkitError):
-    """An encoder that cannot be loaded or failed to encode."""
 
 
 @dataclass
@@ -60,7 +56,9 @@ class Encoder:
         if not self.chunk_long:
             return self._encode(texts)
         if self.tok is None or not self.max_tokens:
-            raise UsageError(f"--chunk needs a model with a tokenizer; {self.model} has none", "drop --chunk")
+            raise InvalidArgument(
+                f"--chunk needs a model with a tokenizer; {self.model} has none", "drop --chunk"
+            )
         pieces: list[str] = []
         owner: list[int] = []
         weight: list[int] = []
@@ -129,7 +127,7 @@ class TorchEncoder(Encoder):
         from sentence_transformers import SentenceTransformer
 
         if precision not in ("fp32", "bf16"):
-            raise UsageError(
+            raise InvalidArgument(
                 f"--precision {precision} is not available with --backend torch",
                 "use fp32 or bf16 (int8 needs --backend onnx)",
             )
@@ -200,7 +198,7 @@ class OnnxEncoder(Encoder):
         from tokenizers import Tokenizer
 
         if precision not in self.precisions:
-            raise UsageError(
+            raise InvalidArgument(
                 f"--precision {precision} is not available with --backend {self.backend_name}",
                 f"use {' or '.join(self.precisions)} (or --backend auto)",
             )
@@ -434,9 +432,9 @@ def load_encoder(
     precision auto (exact) / fast with backend auto: the path measured fastest on this CPU that
     keeps the contract (calibrate.py); the choice and its numbers are in `encoder.choice`."""
     if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}", f"choose one of: {', '.join(BACKENDS)}")
+        raise InvalidArgument(f"unknown backend {backend!r}", f"choose one of: {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
+        raise InvalidArgument(f"unknown precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
     if model.startswith("ollama:") or backend == "ollama":
         return OllamaEncoder(model.removeprefix("ollama:"), normalize=normalize)
     model_id, path = resolve_model_dir(model)

@@ -26,7 +26,7 @@ import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, Encoder, EncoderError, load_encoder
 from llmkit.embed.readers import Bad, Row, check_input, count_rows, fingerprint, read_rows
-from llmkit.errors import DataError, LlmkitError, UsageError
+from llmkit.errors import DataError, InvalidArgument, LlmkitError
 from llmkit.files import atomic_file, write_json
 
 RESERVED = ("id", "text_hash", "vector")
@@ -111,7 +111,7 @@ def embed_file(
         )
     input, output = Path(input) if not str(input).startswith("hf:") else input, Path(output)
     if output.suffix not in (".parquet", ".npy"):
-        raise UsageError(f"output {output} must end in .parquet or .npy", "e.g. -o vectors.parquet")
+        raise InvalidArgument(f"output {output} must end in .parquet or .npy", "e.g. -o vectors.parquet")
     check_input(input)
     work = output.with_name(f".{output.name}.llmkit-job")
     job_key = {
@@ -341,7 +341,7 @@ def _encode_isolating(
     for attempt in range(retries + 1):
         try:
             return encoder.encode(texts), {}
-        except (KeyboardInterrupt, UsageError):
+        except (KeyboardInterrupt, InvalidArgument):
             raise
         except Exception as exc:
             last = exc

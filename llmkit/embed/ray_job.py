@@ -26,12 +26,8 @@ import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
 from llmkit.embed.readers import Bad, Row, fingerprint, read_rows
-from llmkit.errors import DataError, LlmkitError, UsageError
+from llmkit.errors import DataError, InvalidArgument, RayError
 from llmkit.files import write_json
-
-
-class RayError(LlmkitError):
-    """Ray is missing or the cluster cannot be reached."""
 
 
 class _EncodeActor:
@@ -118,9 +114,9 @@ def embed_ray(
 
     output = Path(output)
     if output.suffix not in (".parquet", ".npy"):
-        raise UsageError(f"output {output} must end in .parquet or .npy", "e.g. -o vectors.parquet")
+        raise InvalidArgument(f"output {output} must end in .parquet or .npy", "e.g. -o vectors.parquet")
     if workers < 1:
-        raise UsageError(f"--workers must be at least 1, not {workers}", "e.g. --workers 2")
+        raise InvalidArgument(f"--workers must be at least 1, not {workers}", "e.g. --workers 2")
     rows_iter = read_rows(input, column, id_column, split)
     first = next(rows_iter, None)
     if first is None:

@@ -16,15 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.embed.job import META_KEY
-from llmkit.errors import DataError, LlmkitError, UsageError
+from llmkit.errors import DataError, IndexMismatchError, InvalidArgument
 
 ANN_MIN_ROWS = 100_000
 METHODS = ("auto", "exact", "faiss")
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 64
-
-
-class IndexMismatchError(LlmkitError):
-    """Vectors made by one model queried with another."""
 
 
 @dataclass
@@ -145,9 +141,9 @@ def topk(
     queries: np.ndarray, vectors: Vectors, k: int, method: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
     if method not in METHODS:
-        raise UsageError(f"unknown search method {method!r}", f"choose one of: {', '.join(METHODS)}")
+        raise InvalidArgument(f"unknown search method {method!r}", f"choose one of: {', '.join(METHODS)}")
     if k < 1:
-        raise UsageError(f"-k must be at least 1, not {k}", "e.g. -k 5")
+        raise InvalidArgument(f"-k must be at least 1, not {k}", "e.g. -k 5")
     if method == "auto":
         method = "faiss" if len(vectors.matrix) >= ANN_MIN_ROWS else "exact"
     queries = np.ascontiguousarray(_normalized(queries.astype(np.float32)))
@@ -171,7 +167,7 @@ def similar(
     from llmkit.embed.encoders import load_encoder
 
     if not queries:
-        raise UsageError("no queries given", "pass a query, or --queries FILE with one per line")
+        raise InvalidArgument("no queries given", "pass a query, or --queries FILE with one per line")
     vectors = load_vectors(index_path)
     if vectors.meta.get("model", "").startswith("ollama:") and model is None:
         model = vectors.model

@@ -14,14 +14,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-
-class GoTemplateError(Exception):
-    """A template outside the Go subset this evaluator understands, or one that fails to run."""
-
-    def __init__(self, message: str, line: int | None = None):
-        super().__init__(message)
-        self.line = line
-
+from llmkit.errors import GoTemplateError
 
 # ----------------------------------------------------------------------------- Ollama's inputs
 

@@ -1,0 +1,260 @@
+"""Embedding commands: embed, similar, similarity, classify …, cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmkit.cli._app import _print_json, app
+from llmkit.errors import InvalidArgument
+
+classify_app = typer.Typer(
+    help="Train, apply and evaluate text classifiers on embeddings.", no_args_is_help=True
+)
+app.add_typer(classify_app, name="classify")
+_MODEL_OPT = typer.Option("--model", "-m", help="sentence-transformers dir/HF id, or ollama:NAME.")
+_BACKEND_OPT = typer.Option(
+    help="auto (measured on this CPU) | torch (exact reference) | onnx | openvino | ollama."
+)
+_PRECISION_OPT = typer.Option(
+    help="auto (fastest exact path, cos ≥ 0.9999) | fast (cos mean ≥ 0.999, min ≥ 0.99; int8 = alias) | fp32 | bf16."
+)
+
+
+@app.command()
+def embed(
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help=".txt (a line each), .jsonl, .csv, .parquet, a dir of .parquet, a saved dataset dir, "
+            "hf:NAME (a Hugging Face dataset) — or an embedding recipe .yaml."
+        ),
+    ],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="vectors .parquet (or .npy).")] = None,
+    column: Annotated[
+        str | None, typer.Option("--column", "--text-column", help="Text column (default text).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Dataset split (saved datasets, hf:NAME).")] = "train",
+    id_column: Annotated[
+        str | None, typer.Option(help="Column to use as row id (default: row number).")
+    ] = None,
+    model: Annotated[str, _MODEL_OPT] = "all-minilm-l6-v2",
+    backend: Annotated[str, _BACKEND_OPT] = "auto",
+    precision: Annotated[str, _PRECISION_OPT] = "auto",
+    normalize: Annotated[bool, typer.Option(help="L2-normalize vectors (cosine).")] = True,
+    chunk: Annotated[
+        bool, typer.Option("--chunk", help="Average windows of long texts instead of truncating.")
+    ] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip (and report) non-UTF-8/bad lines.")
+    ] = False,
+    keep_text: Annotated[
+        bool, typer.Option("--text/--no-text", help="Keep the text column in the output.")
+    ] = True,
+    commit_every: Annotated[int, typer.Option(help="Rows per committed (resumable) chunk.")] = 4096,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="Run on a Ray cluster: auto (RAY_ADDRESS/running), HOST:PORT, or local."),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="--ray: encoder actors (one CPU each).")] = 2,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Embed a file of texts into vectors (streaming, deduplicated, resumable)."""
+    from llmkit.embed.job import embed_file
+
+    if input.suffix in (".yaml", ".yml"):
+        from llmkit.embed.recipe import run
+
+        return _print_json(run(input))
+    if output is None:
+        raise InvalidArgument("missing -o/--output", "e.g. llmkit embed texts.txt -o vectors.parquet")
+    result = embed_file(
+        input,
+        output,
+        column=column,
+        id_column=id_column,
+        model=model,
+        backend=backend,
+        precision=precision,
+        normalize=normalize,
+        chunk=chunk,
+        skip_bad=skip_bad,
+        keep_text=keep_text,
+        commit_every=commit_every,
+        split=split,
+        ray=ray,
+        workers=workers,
+    )
+    s = result.summary()
+    if json_out:
+        return _print_json(s)
+    typer.echo(
+        f"{s['rows']} rows → {s['output']} ({s['model']}, {s['backend']}/{s['precision']}, dim {s['dim']}; "
+        f"{s['encoded']} encoded, {s['duplicates']} duplicates, {s['truncated']} truncated, "
+        f"{s['failed']} failed, {s['rows_per_s']} rows/s)"
+    )
+    if s.get("path_choice"):
+        c = s["path_choice"]
+        typer.echo(f"path {c['path']} ({c['contract']}): {c['why']}; measured on {c['cpu']}: {c['measured']}")
+    if s["failed"]:
+        typer.echo(f"failed rows are listed in {s['output']}.errors.jsonl", err=True)
+
+
+@app.command()
+def similar(
+    query: Annotated[str | None, typer.Argument(help="Query text (or use --queries).")] = None,
+    index: Annotated[Path, typer.Option("--index", "-i", help="vectors.parquet from llmkit embed.")] = Path(
+        "vectors.parquet"
+    ),
+    k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 5,
+    queries: Annotated[Path | None, typer.Option(help="File with one query per line.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Default: the model that built the index.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="auto | exact | faiss (HNSW, for large files).")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Find the texts most similar to a query in a vectors file (cosine)."""
+    from llmkit.embed.search import similar as run_similar
+
+    texts = [query] if query else []
+    if queries:
+        texts += [q.strip() for q in queries.read_text(encoding="utf-8").splitlines() if q.strip()]
+    results = run_similar(texts, index, k, model=model, method=method)
+    if json_out:
+        return _print_json(results)
+    for r in results:
+        typer.echo(f"query: {r['query']}")
+        for h in r["hits"]:
+            typer.echo(
+                f"  {h['rank']}. {h['score']:.4f}  [{h['id']}] {h['text'] if h['text'] is not None else ''}"
+            )
+
+
+@app.command()
+def similarity(
+    a: Annotated[str, typer.Argument(help="First text.")],
+    b: Annotated[str, typer.Argument(help="Second text.")],
+    model: Annotated[str, _MODEL_OPT] = "all-minilm-l6-v2",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Cosine similarity of two texts."""
+    from llmkit.embed.search import similarity as run_similarity
+
+    score = run_similarity(a, b, model=model)
+    return _print_json({"a": a, "b": b, "cosine": score}) if json_out else typer.echo(f"{score:.4f}")
+
+
+def _render_report(rep: dict) -> None:
+    typer.echo(f"accuracy {rep['accuracy']:.4f}  macro-F1 {rep['macro_f1']:.4f}  (n={rep['n']})")
+    for label, m in rep["per_class"].items():
+        typer.echo(
+            f"  {label:<16} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}"
+        )
+    labels = rep["confusion"]["labels"]
+    typer.echo("confusion (rows = true, cols = predicted): " + " ".join(labels))
+    for label, row in zip(labels, rep["confusion"]["matrix"], strict=True):
+        typer.echo(f"  {label:<16} " + " ".join(f"{v:>5}" for v in row))
+
+
+@classify_app.command("train")
+def classify_train(
+    data: Annotated[Path, typer.Argument(help="Labelled .csv/.jsonl/.parquet.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Classifier dir to write.")],
+    text_column: Annotated[str, typer.Option(help="Column with the text.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Column with the label.")] = "label",
+    model: Annotated[str, _MODEL_OPT] = "all-minilm-l6-v2",
+    test_size: Annotated[float, typer.Option(help="Held-out fraction for the report.")] = 0.2,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing dir.")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Train a logistic-regression classifier on embeddings; report on a held-out split."""
+    from llmkit.embed.classify import train
+
+    config = train(
+        data,
+        output,
+        text_column=text_column,
+        label_column=label_column,
+        model=model,
+        test_size=test_size,
+        force=force,
+    )
+    if json_out:
+        return _print_json(config)
+    typer.echo(
+        f"classifier → {output} ({len(config['classes'])} classes, {config['train_rows']} training rows)"
+    )
+    _render_report(config["held_out"])
+
+
+@classify_app.command("predict")
+def classify_predict(
+    classifier: Annotated[Path, typer.Argument(help="Classifier dir.")],
+    input: Annotated[Path, typer.Argument(help=".txt/.jsonl/.csv/.parquet to label.")],
+    column: Annotated[
+        str | None, typer.Option(help="Text column (default: the one it was trained on).")
+    ] = None,
+    id_column: Annotated[str | None, typer.Option(help="Column to use as row id.")] = None,
+) -> None:
+    """Label each row: one JSON line per row with label and probabilities (streaming)."""
+    from llmkit.embed.classify import predict
+
+    for row in predict(classifier, input, column=column, id_column=id_column):
+        typer.echo(json.dumps(row, default=str))
+
+
+@classify_app.command("eval")
+def classify_eval(
+    classifier: Annotated[Path, typer.Argument(help="Classifier dir.")],
+    data: Annotated[Path, typer.Argument(help="Labelled data.")],
+    text_column: Annotated[str | None, typer.Option(help="Default: as trained.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Default: as trained.")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Accuracy, macro-F1, per-class scores and confusion matrix on labelled data."""
+    from llmkit.embed.classify import evaluate
+
+    rep = evaluate(classifier, data, text_column=text_column, label_column=label_column)
+    return _print_json(rep) if json_out else _render_report(rep)
+
+
+@app.command()
+def cluster(
+    vectors: Annotated[Path, typer.Argument(help="vectors.parquet from llmkit embed.")],
+    k: Annotated[
+        str, typer.Option("-k", help="Number of clusters, or auto (best silhouette, clusters ≥ --min-size).")
+    ] = "auto",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write labelled vectors here (default: in place).")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="2-D PCA scatter PNG.")] = None,
+    top: Annotated[int, typer.Option(help="Texts shown per centroid.")] = 3,
+    min_size: Annotated[
+        int | None, typer.Option(help="-k auto: smallest cluster worth a topic (default max(3, rows/50)).")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Column of known labels: report the adjusted Rand index.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """k-means clusters of a vectors file; labels written back, nearest texts per centroid."""
+    from llmkit.embed.cluster import cluster as run_cluster
+
+    result = run_cluster(
+        vectors, k, output=output, plot=plot, top=top, min_size=min_size, labels_column=labels
+    )
+    if json_out:
+        return _print_json(result)
+    typer.echo(
+        f"k={result['k']} over {result['rows']} rows → {result['output']}"
+        + (f", plot {plot}" if plot else "")
+        + (f"; adjusted Rand index vs {labels}: {result['adjusted_rand_index']}" if labels else "")
+    )
+    for c in result["clusters"]:
+        typer.echo(f"cluster {c['cluster']} ({c['size']} rows):")
+        for h in c["nearest"]:
+            typer.echo(f"  {h['score']:.3f}  {h['text'] if h['text'] is not None else h['id']}")

@@ -1,0 +1,78 @@
+"""`llmkit export`: merge, GGUF, Modelfile, Ollama model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmkit.cli._app import _echo_outputs, _print_json, app
+
+
+@app.command()
+def export(
+    source: Annotated[
+        str, typer.Argument(help="Training run dir (base + adapter), model dir or model reference.")
+    ],
+    gguf: Annotated[
+        str | None,
+        typer.Option(
+            "--gguf",
+            help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1, or a K-quant by llama.cpp: "
+            "q4_k_m | q4_k_s | q5_k_m | q5_k_s | q6_k | q3_k_m | q2_k (default: recipe, else f16).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Output dir (default: the run dir, or exports/NAME)."),
+    ] = None,
+    ollama: Annotated[
+        str | None, typer.Option("--ollama", help="Create this Ollama model (needs a running server).")
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option("--quantize", help="Server-side Ollama quantization: q8_0 | q4_K_S | q4_K_M."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check tokens and logits in llama.cpp against transformers.")
+    ] = False,
+    template: Annotated[
+        Path | None,
+        typer.Option(
+            "--template",
+            help="native: the model's own chat template (Ollama >= 0.30) | go: a Go template derived from it "
+            "and proven | FILE: your Go template (default: native on an --ollama server >= 0.30, else go).",
+        ),
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", help="SYSTEM prompt for the Modelfile.")] = None,
+    adapter_only: Annotated[
+        bool,
+        typer.Option("--adapter-only", help="Write the LoRA alone as a GGUF adapter (for Ollama's ADAPTER)."),
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Merge a LoRA run and write GGUF + Modelfile (and an Ollama model with --ollama)."""
+    from llmkit.export import export as run_export
+
+    result = run_export(
+        source,
+        gguf=gguf,
+        output=output,
+        ollama=ollama,
+        quantize=quantize,
+        verify=verify,
+        template=template,
+        system=system,
+        adapter_only=adapter_only,
+    )
+    if json_out:
+        return _print_json(result.as_dict())
+    _echo_outputs(
+        result,
+        merged=result.merged_dir,
+        gguf=result.gguf,
+        adapter=result.adapter_gguf,
+        modelfile=result.modelfile,
+        ollama=result.ollama_model,
+    )
