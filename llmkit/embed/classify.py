@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
-from llmkit.embed.readers import Bad, read_rows
 from llmkit.errors import ClassifierError, DataError, InvalidArgument, LlmkitError
 from llmkit.files import atomic_dir
+from llmkit.readers import Bad, read_rows
 
 FORMAT = "llmkit-classifier/1"
 WEIGHTS, CONFIG = "classifier.safetensors", "classifier.json"

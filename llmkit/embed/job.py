@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, Encoder, EncoderError, load_encoder
-from llmkit.embed.readers import Bad, Row, check_input, count_rows, fingerprint, read_rows
 from llmkit.errors import DataError, InvalidArgument, LlmkitError
 from llmkit.files import atomic_file, write_json
+from llmkit.readers import Bad, Row, check_input, count_rows, fingerprint, read_rows
 
 RESERVED = ("id", "text_hash", "vector")
 META_KEY = b"llmkit.embed"

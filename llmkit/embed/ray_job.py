@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
-from llmkit.embed.readers import Bad, Row, fingerprint, read_rows
 from llmkit.errors import DataError, InvalidArgument, RayError
 from llmkit.files import write_json
+from llmkit.readers import Bad, Row, fingerprint, read_rows
 
 
 class _EncodeActor:
