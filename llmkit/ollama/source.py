@@ -10,13 +10,12 @@ reuse. We read the store directly (no server needed) and fall back to asking the
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import struct
 from pathlib import Path
 
 from llmkit.errors import OllamaError, SourceError
+from llmkit.headers import read_gguf
 from llmkit.ollama.client import parse_parameters, system_from_modelfile
 from llmkit.ui import warn
 
@@ -149,10 +148,8 @@ def _from_server(display: str) -> tuple[Path, dict]:
 
 
 def _gguf_facts(path: Path) -> dict:
-    try:
-        kv, tensors = read_gguf_header(path)
-    except (OSError, ValueError, KeyError, struct.error, UnicodeDecodeError) as exc:
-        raise SourceError(f"{path} is not a readable GGUF file: {exc}") from None
+    header = read_gguf(path)
+    kv = header.metadata
     file_type = kv.get("general.file_type", 0)
     try:
         from gguf import LlamaFileType
@@ -162,73 +159,10 @@ def _gguf_facts(path: Path) -> dict:
         label = f"type {file_type}"
     return {
         "file_type": label,
-        "quantized": any(ggml_type not in (0, 1, 30) for _, ggml_type, _ in tensors),  # F32, F16, BF16
+        "quantized": any(t.ggml_type not in (0, 1, 30) for t in header.tensors),  # F32, F16, BF16
         "architecture": kv.get("general.architecture"),
         "source_url": kv.get("general.source.url") or kv.get("general.base_model.0.repo_url"),
     }
-
-
-_SCALAR = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-
-
-def read_gguf_header(path: Path) -> tuple[dict, list[tuple[str, int, int]]]:
-    """GGUF metadata and (name, ggml type, element count) per tensor, without touching the weights.
-
-    gguf.GGUFReader builds an object per token string (seconds for a 49k vocabulary); reading
-    the header directly takes milliseconds. Arrays longer than 5 items come back as [].
-    """
-    with open(path, "rb") as f:
-
-        def unpack(fmt: str):
-            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))
-
-        def string() -> str:
-            (n,) = unpack("<Q")
-            if n > 1 << 24:
-                raise ValueError("corrupt GGUF string length")
-            return f.read(n).decode("utf-8", "replace")
-
-        def value(vtype: int):
-            if vtype == 8:
-                return string()
-            if vtype == 9:
-                sub, n = unpack("<IQ")
-                if sub in _SCALAR and n > 5:
-                    f.seek(n * struct.calcsize(_SCALAR[sub]), 1)
-                    return []
-                items = [value(sub) for _ in range(n)]
-                return items if n <= 5 else []
-            return unpack(_SCALAR[vtype])[0]
-
-        magic, _version, n_tensors, n_kv = unpack("<4sIQQ")
-        if magic != b"GGUF" or n_kv > 1 << 20 or n_tensors > 1 << 24:
-            raise ValueError("not a GGUF file (bad magic or header)")
-        kv = {}
-        for _ in range(n_kv):
-            key = string()
-            (vtype,) = unpack("<I")
-            kv[key] = value(vtype)
-        tensors = []
-        for _ in range(n_tensors):
-            name = string()
-            (n_dims,) = unpack("<I")
-            dims = unpack(f"<{n_dims}Q")
-            (ggml_type,) = unpack("<I")
-            unpack("<Q")  # data offset
-            tensors.append((name, ggml_type, math.prod(dims)))
-    return kv, tensors
 
 
 def _hf_hint(meta: dict) -> str:

@@ -1,0 +1,43 @@
+"""The run's data laid out into optimizer steps and forward passes, exactly as train.py does."""
+
+from __future__ import annotations
+
+from llmkit.recipe import Recipe
+
+
+def _prepare_data(recipe: Recipe, tokenizer):
+    from llmkit import data as datalib
+
+    return datalib.prepare(recipe, tokenizer, seed=recipe.train.seed)
+
+
+def _layout(examples, recipe: Recipe, budget: int) -> dict:
+    """The run's steps and passes, exactly as train.py lays them out (one process)."""
+    from llmkit import data as datalib
+    from llmkit.train import Plan
+
+    p = Plan(examples, recipe, 1)
+    best = (0, 0, 0)
+    for step in range(p.total_steps):
+        for rows in p.micro_batches(step, 0):
+            for piece in datalib.split_by_tokens(examples, rows, budget):
+                width = max(sum(len(examples[i]) for i in row) for row in piece)
+                labels = sum(examples[i].n_labels for row in piece for i in row)
+                best = max(best, (width * len(piece), labels, width))
+    epoch = p.epochs[0]
+    padded = sum(
+        len(rows) * max(sum(len(examples[i]) for i in row) for row in rows) for rows in epoch if rows
+    )
+    labels = sum(examples[i].n_labels for rows in epoch for row in rows for i in row)
+    n_rows = sum(len(rows) for rows in epoch)
+    return {
+        "steps": p.total_steps,
+        "steps_per_epoch": p.steps_per_epoch,
+        "pass_tokens": best[0],
+        "pass_labels": best[1],
+        "pass_width": best[2],
+        "tokens_per_epoch": padded,
+        "labels_per_epoch": labels,
+        "mean_width": padded / max(1, n_rows),
+        "real_tokens_per_epoch": sum(len(e) for e in examples),
+    }
