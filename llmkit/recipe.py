@@ -1,24 +1,76 @@
-"""Recipes: the YAML a user writes to train and export a model.
+"""Recipes: the YAML a user writes to train (`llmkit train`) or to embed (`llmkit embed`).
 
-A recipe has five sections (`model`, `data`, `lora`, `train`, `export`). Unknown keys and
-wrong types are errors, all reported at once as `path.to.key: message`, with the nearest
-valid key suggested for a typo. `a.b=value` overrides are applied before validation.
+One loader for both kinds: `find` (a path, or a shipped name) → parse the YAML → apply
+`a.b=value` overrides (values parsed as YAML) → validate against the kind's schema (`Recipe`
+below; `llmkit.embed.recipe.EmbedRecipe`). Unknown keys and wrong types are errors, all
+reported at once as `path.to.key: message`, with the nearest valid key suggested for a typo
+(`llmkit.recipe_errors`).
+
+Shipped recipes are read from `llmkit/recipes/` (a link to the top-level `recipes/` in a
+checkout, package data in a wheel): training recipes are `*.yaml`, embedding recipes
+`embed/*.yaml`. A shipped name (`tiny`, `topics`, `topics.yaml`, `embed/topics`) finds either.
+
+The path rule, the same for both kinds:
+- input paths (data files, eval files, templates, embed input, classify data) resolve against
+  the recipe file's folder, so a recipe and its data travel together; a relative path that
+  exists as written from the current directory (an override such as `data.path=my.jsonl`) is
+  used as it is;
+- output paths (train.output_dir, embed output, classifier output, cluster plot) resolve
+  against the current directory, so a shipped recipe never writes inside the installed package.
 """
 
 from __future__ import annotations
 
 import difflib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmkit.errors import RecipeError
+from llmkit.recipe_errors import render
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # a link to the top-level recipes/ in a checkout
+KINDS = {"train": RECIPES_DIR, "embed": RECIPES_DIR / "embed"}  # kind → folder of its shipped recipes
+Kind = Literal["train", "embed"]
+
+
+class RecipeBase(BaseModel):
+    """What both kinds share: the file a recipe was loaded from, and the path rule."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    kind: ClassVar[str]
+    example: ClassVar[str]  # a shipped recipe to point at in error hints
+
+    _source: Path | None = None
+
+    @property
+    def source(self) -> Path | None:
+        """The recipe file (absolute), or None for a recipe built from a dict."""
+        return self._source
+
+    def resolve_input(self, value: str | Path) -> Path:
+        """An input path: as given if absolute or present from the current directory, else
+        relative to the recipe file's folder."""
+        p = Path(value).expanduser()
+        if p.is_absolute() or p.exists() or self._source is None:
+            return p
+        return self._source.parent / p
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """An input path (see `resolve_input`); the name the training code uses."""
+        return self.resolve_input(value)
+
+    def resolve_output(self, value: str | Path, base: Path | None = None) -> Path:
+        """An output path: relative to `base`, by default the current directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base or Path.cwd()) / p
+
+    def inputs(self) -> dict[str, Path]:
+        """The local input files this recipe reads, key → resolved path."""
+        return {}
 
 
 class _Section(BaseModel):
@@ -47,6 +99,11 @@ class DataSection(_Section):
     config: str | None = Field(None, description="HF dataset config name.")
     split: str = Field("train", description="HF dataset split.")
     format: Literal["auto", "messages", "alpaca", "prompt_completion", "text"] = "auto"
+    sample_by: Literal["line", "paragraph", "document"] = Field(
+        "line",
+        description="How a .txt data file is split into examples: one a line, one a blank-line "
+        "separated paragraph, or the whole file as one.",
+    )
     eval_path: str | None = Field(
         None, description="Separate eval file; otherwise eval_fraction of the data."
     )
@@ -116,7 +173,12 @@ class ExportSection(_Section):
     parameters: dict[str, Any] = Field(default_factory=dict, description="Extra Ollama PARAMETERs.")
 
 
-class Recipe(_Section):
+class Recipe(RecipeBase):
+    """A training recipe."""
+
+    kind: ClassVar[str] = "train"
+    example: ClassVar[str] = "tiny"
+
     name: str | None = Field(None, description="A short name for the run.")
     description: str | None = None
     model: ModelSection
@@ -125,15 +187,21 @@ class Recipe(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     export: ExportSection = Field(default_factory=ExportSection)
 
-    # where the recipe came from: relative data paths resolve against it
-    _source: Path | None = None
+    def inputs(self) -> dict[str, Path]:
+        from llmkit.readers import FORMATS, HF_PREFIX
 
-    def resolve_path(self, value: str) -> Path:
-        """A path from the recipe, relative to the recipe's file if not absolute and not in the CWD."""
-        p = Path(value).expanduser()
-        if p.is_absolute() or p.exists() or self._source is None:
-            return p
-        return self._source.parent / p
+        found = {}
+        for key, value in (("data.path", self.data.path), ("data.eval_path", self.data.eval_path)):
+            if value and not value.startswith(HF_PREFIX) and Path(value).suffix.lower() in FORMATS:
+                found[key] = self.resolve_input(value)
+        if self.model.name.endswith(".gguf"):
+            found["model.name"] = self.resolve_input(self.model.name)
+        template = self.model.chat_template  # inline Jinja or a file
+        if template and "{" not in template and "\n" not in template:
+            found["model.chat_template"] = self.resolve_input(template)
+        if self.export.template and self.export.template not in ("native", "go"):
+            found["export.template"] = self.resolve_input(self.export.template)
+        return found
 
 
 # ----------------------------------------------------------------------------- loading
@@ -144,26 +212,38 @@ class ShippedRecipe:
     name: str
     path: Path
     summary: str
+    kind: str = "train"
 
 
-def shipped_recipes() -> list[ShippedRecipe]:
+def shipped_recipes(kind: str | None = None) -> list[ShippedRecipe]:
+    """The recipes shipped with llmkit, training ones first; `kind` keeps one kind."""
     out = []
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        first = path.read_text().splitlines()[:1]
-        summary = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
-        out.append(ShippedRecipe(path.stem, path, summary))
+    for k, folder in KINDS.items():
+        if kind not in (None, k):
+            continue
+        for path in sorted(folder.glob("*.yaml")):
+            first = path.read_text(encoding="utf-8").splitlines()[:1]
+            summary = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+            out.append(ShippedRecipe(path.stem, path, summary, k))
     return out
 
 
-def find(name_or_path: str | Path) -> Path:
+def find(name_or_path: str | Path, kind: str | None = None) -> Path:
+    """A recipe file: a path, or a shipped name (`tiny`, `topics.yaml`, `embed/topics`).
+
+    A name shipped as both kinds resolves to `kind` (default: training)."""
     p = Path(name_or_path).expanduser()
     if p.is_file():
         return p
-    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
+    name = str(name_or_path).removesuffix(".yaml").removesuffix(".yml")
+    order = sorted(KINDS, key=lambda k: k != (kind or "train"))
+    for k in order:
+        stem = name.removeprefix(f"{k}/") if k != "train" else name
+        shipped = KINDS[k] / f"{stem}.yaml"
+        if "/" not in stem and shipped.is_file():
+            return shipped
     names = [r.name for r in shipped_recipes()]
-    near = difflib.get_close_matches(str(name_or_path), names, n=1)
+    near = difflib.get_close_matches(Path(name).name, names, n=1)
     hint = f"did you mean '{near[0]}'?" if near else f"shipped recipes: {', '.join(names)}"
     raise RecipeError(f"recipe not found: {name_or_path}", hint)
 
@@ -205,81 +285,91 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     return data
 
 
-def validate(data: dict, where: str = "recipe") -> Recipe:
+def schema_for(kind: str) -> type[RecipeBase]:
+    if kind == "embed":
+        from llmkit.embed.recipe import EmbedRecipe  # imports this module: looked up late
+
+        return EmbedRecipe
+    return Recipe
+
+
+def kind_of(data: dict, source: Path | None = None) -> str:
+    """Which kind a recipe is: from its shipped folder, else from its sections."""
+    if source is not None and source.resolve().parent == KINDS["embed"].resolve():
+        return "embed"
+    return "embed" if "embed" in data and "model" not in data else "train"
+
+
+def validate(data: dict, where: str = "recipe", kind: str = "train") -> Any:
+    schema = schema_for(kind)
     try:
-        return Recipe.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(err, data) for err in exc.errors()]
-        raise RecipeError(
-            f"{where}: {len(lines)} problem{'s' if len(lines) > 1 else ''}:\n  " + "\n  ".join(lines),
-            "`llmkit recipes show tiny` prints a complete recipe with every key",
-        ) from None
+        hint = f"`llmkit recipes show {schema.example}` prints a complete {_label(kind)} with every key"
+        raise render(exc, schema, where, hint) from None
 
 
-def load(recipe: str | Path | Recipe | dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Load a recipe by shipped name, path, dict or Recipe, apply overrides, validate."""
-    if isinstance(recipe, Recipe):
+def load_any(
+    recipe: str | Path | RecipeBase | dict,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    kind: str | None = None,
+) -> Any:
+    """Load a recipe of either kind (by shipped name, path, dict or model), apply overrides,
+    validate. `kind` insists on one kind; None takes the kind the recipe is."""
+    if isinstance(recipe, RecipeBase):
+        if kind not in (None, recipe.kind):
+            raise _wrong_kind(str(recipe.source or "recipe"), recipe.kind, kind)
         if not overrides:
             return recipe
-        source = recipe._source
-        data = recipe.model_dump()
-        where = str(source or "recipe")
+        source, data, found = recipe.source, recipe.model_dump(), recipe.kind
     elif isinstance(recipe, dict):
-        source, data, where = None, dict(recipe), "recipe"
+        source, data = None, dict(recipe)
+        found = kind_of(data)
     else:
-        source = find(recipe)
-        where = str(source)
-        data = parse_yaml(source.read_text(), where)
-    result = validate(apply_overrides(data, list(overrides)), where)
+        source = find(recipe, kind)
+        data = parse_yaml(source.read_text(encoding="utf-8"), str(source))
+        found = kind_of(data, source)
+    where = str(source or "recipe")
+    if kind not in (None, found):
+        raise _wrong_kind(where, found, kind)
+    result = validate(apply_overrides(data, list(overrides)), where, found)
     result._source = source.resolve() if source else None
     return result
 
 
-def dump(recipe: Recipe) -> str:
+def load(recipe: str | Path | Recipe | dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a training recipe by shipped name, path, dict or Recipe, apply overrides, validate."""
+    return load_any(recipe, overrides, kind="train")
+
+
+def dump(recipe: RecipeBase) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
 def copy(name: str, dest: Path, *, force: bool = False) -> Path:
+    """Copy a recipe of either kind to `dest` (a file or a folder) to edit it."""
+    from llmkit.files import atomic_file
+
     src = find(name)
     dest = Path(dest)
     if dest.is_dir():
         dest = dest / src.name
     if dest.exists() and not force:
         raise RecipeError(f"{dest} already exists", "pass --force to overwrite it")
-    shutil.copyfile(src, dest)
+    with atomic_file(dest, "wb") as fh:
+        fh.write(src.read_bytes())
     return dest
 
 
-# ----------------------------------------------------------------------------- error text
+def _label(kind: str) -> str:
+    return "embedding recipe" if kind == "embed" else "training recipe"
 
 
-def _describe(err: dict, data: dict) -> str:
-    loc = [str(p) for p in err["loc"]]
-    path = ".".join(loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        fields = list(model.model_fields) if model else []
-        near = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.5)
-        hint = (
-            f"did you mean '{'.'.join(loc[:-1] + [near[0]])}'?"
-            if near
-            else f"valid keys: {', '.join(fields)}"
-        )
-        return f"{path}: unknown key ({hint})"
-    if kind == "missing":
-        return f"{path}: required key is missing"
-    got = err.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
-    return f"{path}: {err['msg']} (got {shown})"
-
-
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Recipe
-    for part in loc:
-        field = model.model_fields.get(part)
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
+def _wrong_kind(where: str, found: str, wanted: str) -> RecipeError:
+    article = {"embed": "an", "train": "a"}
+    run = f"llmkit embed {where}" if found == "embed" else f"llmkit train {where}"
+    return RecipeError(
+        f"{where} is {article[found]} {_label(found)}, not {article[wanted]} {_label(wanted)}",
+        f"run it with `{run}`",
+    )

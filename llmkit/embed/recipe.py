@@ -1,20 +1,28 @@
 """Embedding recipes: one YAML that runs embed → classify → cluster (see recipes/embed/).
 
-A small schema of its own (the training recipe's sections do not apply). Relative paths are
-resolved from the repository root for shipped recipes, else from the current directory.
+A schema of its own (the training recipe's sections do not apply), loaded like a training
+recipe by `llmkit.recipe`: a path or a shipped name (`topics`), `a.b=value` overrides, and
+every problem listed at once as `path.to.key: message` with the nearest key for a typo.
+
+The path rule (the same as for training recipes):
+- input paths (`embed.input`, `classify.data`) resolve against the recipe file's folder; a
+  relative path that exists as written from the current directory is used as it is; `hf:NAME`
+  (a Hugging Face dataset) is not a path;
+- output paths (`embed.output`, `classify.output`, `cluster.plot`) resolve against the current
+  directory (or `base`), so a shipped recipe never writes inside the installed package.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from llmkit.errors import RecipeError
+from llmkit.readers import HF_PREFIX
+from llmkit.recipe import KINDS, RecipeBase, load_any
 
-SHIPPED = Path(__file__).resolve().parent.parent.parent / "recipes" / "embed"
+SHIPPED = KINDS["embed"]  # the shipped embedding recipes (package data in a wheel)
 
 
 class _Section(BaseModel):
@@ -52,45 +60,54 @@ class ClusterSection(_Section):
     top: int = Field(3, ge=1)
 
 
-class EmbedRecipe(_Section):
+class EmbedRecipe(RecipeBase):
+    """An embedding recipe."""
+
+    kind: ClassVar[str] = "embed"
+    example: ClassVar[str] = "topics"
+
     name: str
     encoder: EncoderSection = EncoderSection()
     embed: EmbedSection
     classify: ClassifySection | None = None
     cluster: ClusterSection | None = None
 
+    def input_path(self, value: str) -> Path | str:
+        """An input path resolved by the path rule; `hf:NAME` stays a name."""
+        return value if value.startswith(HF_PREFIX) else self.resolve_input(value)
 
-def load(path: Path) -> EmbedRecipe:
-    path = Path(path)
-    if not path.is_file() and (SHIPPED / f"{path}.yaml").is_file():
-        path = SHIPPED / f"{path}.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise RecipeError(
-            f"cannot read embedding recipe {path}: {exc}".splitlines()[0], "check the path and YAML"
-        ) from exc
-    try:
-        return EmbedRecipe.model_validate(data or {})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise RecipeError(f"{path}: {problems}", "see recipes/embed/*.yaml for the fields") from exc
+    def inputs(self) -> dict[str, Path]:
+        found = {"embed.input": self.input_path(self.embed.input)}
+        if self.classify:
+            found["classify.data"] = self.input_path(self.classify.data)
+        return {k: v for k, v in found.items() if isinstance(v, Path)}
 
 
-def run(path: Path, base: Path | None = None) -> dict:
-    """Run a recipe's steps in order; returns each step's summary."""
+def load(recipe: str | Path | EmbedRecipe | dict, overrides: list[str] | tuple[str, ...] = ()) -> EmbedRecipe:
+    """Load an embedding recipe by path or shipped name, apply overrides, validate."""
+    return load_any(recipe, overrides, kind="embed")
+
+
+def run(
+    path: str | Path | EmbedRecipe | dict,
+    base: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """Run a recipe's steps in order; returns each step's summary.
+
+    Inputs resolve against the recipe file's folder, outputs against `base` (default: the
+    current directory)."""
     from llmkit.embed import classify, cluster, job
 
-    recipe = load(path)
-    root = base or (SHIPPED.parent.parent if Path(path).resolve().is_relative_to(SHIPPED) else Path.cwd())
+    recipe = load(path, overrides)
 
-    def at(p: str) -> Path:
-        return Path(p) if Path(p).is_absolute() else root / p
+    def out(p: str) -> Path:
+        return recipe.resolve_output(p, base)
 
     enc, e = recipe.encoder, recipe.embed
     result = job.embed_file(
-        at(e.input),
-        at(e.output),
+        recipe.input_path(e.input),
+        out(e.output),
         column=e.column,
         id_column=e.id_column,
         model=enc.model,
@@ -105,8 +122,8 @@ def run(path: Path, base: Path | None = None) -> dict:
     if recipe.classify:
         c = recipe.classify
         config = classify.train(
-            at(c.data),
-            at(c.output),
+            recipe.input_path(c.data),
+            out(c.output),
             text_column=c.text_column,
             label_column=c.label_column,
             model=enc.model,
@@ -115,10 +132,10 @@ def run(path: Path, base: Path | None = None) -> dict:
             test_size=c.test_size,
             force=True,
         )
-        summary["classify"] = {"output": str(at(c.output)), **config["held_out"]}
+        summary["classify"] = {"output": str(out(c.output)), **config["held_out"]}
     if recipe.cluster:
         k = recipe.cluster
         summary["cluster"] = cluster.cluster(
-            at(e.output), k.k, plot=at(k.plot) if k.plot else None, top=k.top
+            out(e.output), k.k, plot=out(k.plot) if k.plot else None, top=k.top
         )
     return summary
