@@ -382,15 +382,10 @@ def write_gguf(
 
 
 def iter_fields(path: Path) -> Iterator[tuple[str, object]]:
-    """(key, value) of a GGUF file's metadata, for tests and `--json` reports."""
-    from gguf import GGUFReader
+    """(key, value) of a GGUF file's metadata, every array whole, for tests and `--json` reports."""
+    from llmkit.headers import read_gguf
 
-    reader = GGUFReader(path)
-    for key, f in reader.fields.items():
-        try:
-            yield key, f.contents()
-        except Exception:  # exotic types: skip
-            continue
+    yield from read_gguf(path, keep=True).metadata.items()
 
 
 # ----------------------------------------------------------------------------- LoRA adapter
