@@ -46,6 +46,10 @@ class ExportError(LlmkitError):
     """A model that cannot be merged, converted to GGUF or turned into an Ollama model."""
 
 
+class OutputError(LlmkitError):
+    """An output path that cannot be written: under a regular file, read-only, no permission."""
+
+
 class HardwareError(LlmkitError):
     """The recipe asks for something this machine cannot do (4-bit on CPU, fp16 on CPU, ...)."""
 

@@ -12,11 +12,38 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llmkit.errors import OutputError
+
 
 def home() -> Path:
     """LLMKIT_HOME (default ~/.cache/llmkit): converted models, logs, caches."""
     path = Path(os.environ.get("LLMKIT_HOME") or Path.home() / ".cache" / "llmkit").expanduser()
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_writable(path: Path, what: str = "output", *, is_dir: bool = False) -> Path:
+    """Fail now, in one line, if `path` cannot be created later: the first ancestor that exists
+    must be a writable directory. Checked before heavy work, so a typo costs no loading time."""
+    path = Path(path).expanduser()
+    if is_dir and path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a directory", "pick another path")
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(
+            f"cannot write {what} {path}: {parent} is a file, not a directory",
+            "pick a path under a directory",
+        )
+    try:  # a real probe: permission bits say nothing for root, nor about read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".llmkit-write-check-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {what} {path}: {parent}: {exc.strerror or exc}", "pick a writable path"
+        ) from None
     return path
 
 
@@ -43,20 +70,29 @@ def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(final: Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary sibling file for writing; rename it over `final` on success."""
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path (same suffix, for writers that go by it: pyarrow, numpy,
+    gguf); it replaces `final` only if the block succeeds, fsynced first, so a crash leaves the
+    old file or the new one, never half of one."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary sibling file for writing; it replaces `final` on success (see atomic_path)."""
+    with atomic_path(final) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
+        yield fh
 
 
 def write_json(path: Path, data: Any) -> None:

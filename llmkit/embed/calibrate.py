@@ -26,7 +26,7 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
+from llmkit.embed.vectors import cosine_rows
 
 CALIBRATION_VERSION = "1"
 EXACT_MEAN = 0.9999
@@ -151,8 +151,7 @@ def measure(model_id: str, model_key: str, build) -> dict:
     ref_s = min(times["torch/fp32"])
     for key, enc in encoders.items():
         vec = vectors[key]
-        norm = np.linalg.norm(vec, axis=1) * np.linalg.norm(ref, axis=1)
-        cos = (vec * ref).sum(1) / np.maximum(norm, 1e-12)
+        cos = cosine_rows(vec, ref)
         rows[key] = {
             "backend": enc.backend,
             "precision": enc.precision,

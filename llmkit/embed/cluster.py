@@ -11,14 +11,15 @@ the old rule (3 restarts, k ≤ sqrt(n/2)) chose k = 2 on the demo's 40 question
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from llmkit.embed.job import META_KEY
 from llmkit.embed.search import load_vectors
+from llmkit.embed.vectors import unit_rows
 from llmkit.errors import DataError, InvalidArgument
+from llmkit.files import atomic_path
 
 K_MAX = 12
 SILHOUETTE_SAMPLE = 5000
@@ -94,13 +95,13 @@ def cluster(
     adjusted Rand index of the clusters against it (1 = the same partition, 0 = chance)."""
     from sklearn.cluster import KMeans
 
+    wanted = parse_k(k)  # a bad -k is a usage error before any file is read
     vectors = load_vectors(Path(vectors_path))
-    matrix = _unit(vectors.matrix)
+    matrix = unit_rows(vectors.matrix)
     # centre, then normalise again: the direction every text shares (style, "a question") would
     # otherwise outweigh the topics people group by (demo questions: ARI 0.57 → 0.69 at k = 4)
-    matrix = _unit(matrix - matrix.mean(axis=0))
+    matrix = unit_rows(matrix - matrix.mean(axis=0))
     n = len(matrix)
-    wanted = parse_k(k)
     if n < 3 or (wanted is not None and wanted >= n):
         raise DataError(
             f"{vectors_path} has {n} rows: too few for {wanted or 'auto'} clusters",
@@ -115,7 +116,7 @@ def cluster(
     clusters = []
     for c in range(wanted):
         members = np.flatnonzero(labels == c)
-        centroid = km.cluster_centers_[c] / max(np.linalg.norm(km.cluster_centers_[c]), 1e-12)
+        centroid = unit_rows(km.cluster_centers_[c])
         sims = matrix[members] @ centroid
         nearest = members[np.argsort(-sims)[:top]]
         clusters.append(
@@ -157,10 +158,6 @@ def cluster(
     }
 
 
-def _unit(m: np.ndarray) -> np.ndarray:
-    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-
-
 def _labels(path: Path, column: str) -> list:
     import pyarrow.parquet as pq
 
@@ -186,12 +183,8 @@ def _write_labels(src: Path, dest: Path, labels: np.ndarray, k: int) -> None:
     meta = dict(table.schema.metadata or {})
     info = json.loads(meta.get(META_KEY, b"{}"))
     meta[META_KEY] = json.dumps({**info, "clusters": k}).encode()
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(dest) as tmp:
         pq.write_table(table.replace_schema_metadata(meta), tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _plot(matrix, labels, centers, path: Path, title: str) -> None:
@@ -213,8 +206,6 @@ def _plot(matrix, labels, centers, path: Path, title: str) -> None:
     ax.set_ylabel("PC2")
     fig.colorbar(sc, ax=ax, label="cluster")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)

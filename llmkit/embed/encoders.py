@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmkit.embed.vectors import unit_rows
 from llmkit.errors import EncoderError, InvalidArgument
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -70,7 +71,7 @@ class Encoder:
         vecs = self._encode(pieces) * np.asarray(weight, np.float32)[:, None]
         out = np.zeros((len(texts), vecs.shape[1] if len(vecs) else self.dim), np.float32)
         np.add.at(out, owner, vecs)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return unit_rows(out)
 
     def _windows(self, text: str) -> list[tuple[str, int]]:
         """Cut a text at token boundaries into pieces that fit the model (2 tokens left for [CLS]/[SEP])."""
@@ -240,7 +241,7 @@ class OnnxEncoder(Encoder):
             out[rows] = self._run([ids[i] for i in rows], longest)
             start = end
         if self.normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            unit_rows(out, out=out)
         return out
 
     def _run(self, batch: list[list[int]], width: int) -> np.ndarray:
@@ -346,13 +347,11 @@ def onnx_model(path: Path, precision: str) -> Path:
 
 
 def _atomic(final: Path, write) -> None:
-    """Write through a private temp name, then rename: concurrent or killed runs never see half a file."""
-    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}.onnx")
-    try:
+    """Concurrent or killed runs never see half a file (the temp name keeps .onnx for onnxruntime)."""
+    from llmkit.files import atomic_path
+
+    with atomic_path(final) as tmp:
         write(tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _export(path: Path, dest: Path) -> None:
@@ -420,7 +419,7 @@ class OllamaEncoder(Encoder):
         if self.dim == 0:
             self.dim = vecs.shape[1]
         if self.normalize:
-            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            unit_rows(vecs, out=vecs)
         return vecs
 
 

@@ -13,9 +13,9 @@ rows are isolated; those are reported in `<output>.errors.jsonl` and the rest co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections import OrderedDict
@@ -26,7 +26,7 @@ import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, Encoder, EncoderError, load_encoder
 from llmkit.errors import DataError, InvalidArgument, LlmkitError
-from llmkit.files import atomic_file, write_json
+from llmkit.files import atomic_file, atomic_path, check_writable, write_json
 from llmkit.readers import Bad, Row, check_input, count_rows, fingerprint, read_rows
 
 RESERVED = ("id", "text_hash", "vector")
@@ -109,63 +109,64 @@ def embed_file(
             split=split,
             workers=workers,
         )
-    input, output = Path(input) if not str(input).startswith("hf:") else input, Path(output)
-    if output.suffix not in (".parquet", ".npy"):
-        raise InvalidArgument(f"output {output} must end in .parquet or .npy", "e.g. -o vectors.parquet")
+    input = Path(input) if not str(input).startswith("hf:") else input
+    output = check_output(output)
     check_input(input)
-    work = output.with_name(f".{output.name}.llmkit-job")
-    job_key = {
-        **fingerprint(input, split),
-        "column": column,
-        "id_column": id_column,
-        "model": model,
-        "backend": backend,
-        "precision": precision,
-        "normalize": normalize,
-        "chunk": chunk,
-        "skip_bad": skip_bad,
-        "keep_text": keep_text,
-        "commit_every": commit_every,
-    }
+    work = work_dir(output)
+    key = job_key(
+        input,
+        split,
+        column=column,
+        id_column=id_column,
+        model=model,
+        backend=backend,
+        precision=precision,
+        normalize=normalize,
+        chunk=chunk,
+        skip_bad=skip_bad,
+        keep_text=keep_text,
+        commit_every=commit_every,
+    )
     rows_iter = read_rows(input, column, id_column, split)  # checks columns before the model loads
     first = next(rows_iter, None)
     if first is None:
         raise DataError(f"{input} has no rows", "give a file with at least one non-blank row")
-    done_parts = _prepare_work_dir(work, job_key)
-    encoder = encoder or load_encoder(model, backend, precision, normalize)
-    if chunk:
-        encoder.chunk_long = True  # type: ignore[attr-defined]
-    errors_path = output.with_name(output.name + ".errors.jsonl")
-    if not done_parts:
-        errors_path.unlink(missing_ok=True)  # a report from an earlier, finished run
-    state = _State(encoder, work, errors_path, keep_text)
-    total = count_rows(input, split)
-    start = time.perf_counter()
-    resumed = sum(p["rows"] for p in done_parts)
-    state.failed = sum(p["failed"] for p in done_parts)
-    state.skipped_bad = sum(p["skipped_bad"] for p in done_parts)
+    done_parts = _prepare_work_dir(work, key)
+    with _discard_if_nothing_committed(work):  # a failure before the first commit leaves nothing
+        encoder = encoder or load_encoder(model, backend, precision, normalize)
+        if chunk:
+            encoder.chunk_long = True  # type: ignore[attr-defined]
+        errors_path = output.with_name(output.name + ".errors.jsonl")
+        if not done_parts:
+            errors_path.unlink(missing_ok=True)  # a report from an earlier, finished run
+        state = _State(encoder, work, errors_path, keep_text)
+        total = count_rows(input, split)
+        start = time.perf_counter()
+        resumed = sum(p["rows"] for p in done_parts)
+        state.failed = sum(p["failed"] for p in done_parts)
+        state.skipped_bad = sum(p["skipped_bad"] for p in done_parts)
 
-    from rich.progress import TextColumn
+        from rich.progress import TextColumn
 
-    from llmkit.ui import progress_items
+        from llmkit.ui import progress_items
 
-    with progress_items(TextColumn("{task.fields[rate]} rows/s")) as bar:
-        task = bar.add_task("Embedding", total=total, rate="-", completed=resumed)
-        block: list[Row] = []
-        bad: list[Bad] = []
-        part_no = 0
-        for item in _chain(first, rows_iter):
-            if isinstance(item, Bad):
-                bad.append(item)
-                continue
-            block.append(item)
-            if len(block) == commit_every:
+        with progress_items(TextColumn("{task.fields[rate]} rows/s")) as bar:
+            task = bar.add_task("Embedding", total=total, rate="-", completed=resumed)
+            block: list[Row] = []
+            bad: list[Bad] = []
+            part_no = 0
+            for item in _chain(first, rows_iter):
+                if isinstance(item, Bad):
+                    bad.append(item)
+                    continue
+                block.append(item)
+                if len(block) == commit_every:
+                    part_no = state.commit(part_no, block, bad, done_parts, skip_bad, input)
+                    block, bad = [], []
+                    bar.update(task, completed=resumed + state.rows, rate=_rate(state.rows, start))
+            if block or bad:
                 part_no = state.commit(part_no, block, bad, done_parts, skip_bad, input)
-                block, bad = [], []
                 bar.update(task, completed=resumed + state.rows, rate=_rate(state.rows, start))
-        if block or bad:
-            part_no = state.commit(part_no, block, bad, done_parts, skip_bad, input)
-            bar.update(task, completed=resumed + state.rows, rate=_rate(state.rows, start))
     if resumed + state.rows == 0:
         shutil.rmtree(work, ignore_errors=True)
         raise DataError(f"{input} has no usable rows", "every row was bad or blank")
@@ -187,6 +188,36 @@ def embed_file(
         resumed,
         info,
     )
+
+
+def check_output(output: str | Path) -> Path:
+    """The output must be .parquet or .npy, somewhere writable: checked before any model loads."""
+    output = Path(output)
+    if output.suffix not in (".parquet", ".npy"):
+        raise InvalidArgument(f"output {output} must end in .parquet or .npy", "e.g. -o vectors.parquet")
+    return check_writable(output, "output")
+
+
+def work_dir(output: Path) -> Path:
+    """Committed parts live next to the output until the job finishes (and survive a kill)."""
+    return output.with_name(f".{output.name}.llmkit-job")
+
+
+def job_key(input, split: str, **options) -> dict:
+    """What makes two runs the same job (so the second resumes the first): the input's
+    fingerprint and every option that changes the rows or the vectors."""
+    return {**fingerprint(input, split), **options}
+
+
+@contextlib.contextmanager
+def _discard_if_nothing_committed(work: Path):
+    """On failure, keep the work dir only if it holds committed parts for the next run to resume."""
+    try:
+        yield
+    except BaseException:
+        if not any(work.glob("part-*.json")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _chain(first, rest):
@@ -392,11 +423,8 @@ def _parquet_options(names: list[str]) -> dict:
 def _write_parquet(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, **_parquet_options(table.column_names))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **_parquet_options(table.column_names))
 
 
 def _merge(work: Path, output: Path, info: dict) -> int:
@@ -412,26 +440,23 @@ def _merge(work: Path, output: Path, info: dict) -> int:
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
     if output.suffix == ".npy":
         return _merge_npy(parts, output, info, rows)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        with pq.ParquetWriter(tmp, schema, **_parquet_options(schema.names)) as writer:
-            for p in parts:
-                table = pq.read_table(p)
-                for name in schema.names:  # columns only some parts have
-                    if name not in table.column_names:
-                        table = table.append_column(name, pa.nulls(len(table), schema.field(name).type))
-                writer.write_table(table.select(schema.names).cast(schema))
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (
+        atomic_path(output) as tmp,
+        pq.ParquetWriter(tmp, schema, **_parquet_options(schema.names)) as writer,
+    ):
+        for p in parts:
+            table = pq.read_table(p)
+            for name in schema.names:  # columns only some parts have
+                if name not in table.column_names:
+                    table = table.append_column(name, pa.nulls(len(table), schema.field(name).type))
+            writer.write_table(table.select(schema.names).cast(schema))
     return rows
 
 
 def _merge_npy(parts: list[Path], output: Path, info: dict, rows: int) -> int:
     import pyarrow.parquet as pq
 
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}.npy")
-    try:
+    with atomic_path(output) as tmp:
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, info["dim"]))
         at = 0
         for p in parts:
@@ -441,9 +466,6 @@ def _merge_npy(parts: list[Path], output: Path, info: dict, rows: int) -> int:
             at += len(block)
         matrix.flush()
         del matrix
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     with atomic_file(output.with_name(output.name + ".json")) as fh:
         json.dump({**info, "rows": rows}, fh, indent=2)
     return rows

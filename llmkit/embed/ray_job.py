@@ -27,7 +27,7 @@ import numpy as np
 from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
 from llmkit.errors import DataError, InvalidArgument, RayError
 from llmkit.files import write_json
-from llmkit.readers import Bad, Row, fingerprint, read_rows
+from llmkit.readers import Bad, Row, read_rows
 
 
 class _EncodeActor:
@@ -110,32 +110,41 @@ def embed_ray(
     workers: int = 2,
     batch_size: int = 256,
 ):
-    from llmkit.embed.job import JobResult, _merge, _prepare_work_dir, _State, _write_parquet, text_hash
+    from llmkit.embed.job import (
+        JobResult,
+        _merge,
+        _prepare_work_dir,
+        _State,
+        _write_parquet,
+        check_output,
+        job_key,
+        text_hash,
+        work_dir,
+    )
 
-    output = Path(output)
-    if output.suffix not in (".parquet", ".npy"):
-        raise InvalidArgument(f"output {output} must end in .parquet or .npy", "e.g. -o vectors.parquet")
+    output = check_output(output)
     if workers < 1:
         raise InvalidArgument(f"--workers must be at least 1, not {workers}", "e.g. --workers 2")
     rows_iter = read_rows(input, column, id_column, split)
     first = next(rows_iter, None)
     if first is None:
         raise DataError(f"{input} has no rows", "give a file with at least one non-blank row")
-    work = output.with_name(f".{output.name}.llmkit-job")
-    key = {
-        **fingerprint(input, split),
-        "column": column,
-        "id_column": id_column,
-        "model": model,
-        "backend": backend,
-        "precision": precision,
-        "normalize": normalize,
-        "chunk": chunk,
-        "skip_bad": skip_bad,
-        "keep_text": keep_text,
-        "commit_every": commit_every,
-        "ray": True,
-    }
+    work = work_dir(output)
+    key = job_key(
+        input,
+        split,
+        column=column,
+        id_column=id_column,
+        model=model,
+        backend=backend,
+        precision=precision,
+        normalize=normalize,
+        chunk=chunk,
+        skip_bad=skip_bad,
+        keep_text=keep_text,
+        commit_every=commit_every,
+        ray=True,
+    )
     done_parts = _prepare_work_dir(work, key)
     ray = connect(address)
     # measure/choose the path once, here; the actors load exactly that path
@@ -291,11 +300,10 @@ def _write_input_shards(work: Path, rows, commit_every: int, skip_bad: bool, inp
 
 
 def _atomic_parquet(table, path: Path, pq) -> None:
-    import os
+    from llmkit.files import atomic_path
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _write_part(work: Path, shard: dict, results: list, state, write_parquet) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.embed.job import META_KEY
+from llmkit.embed.vectors import unit_rows
 from llmkit.errors import DataError, IndexMismatchError, InvalidArgument
 
 ANN_MIN_ROWS = 100_000
@@ -50,7 +51,24 @@ def load_vectors(path: Path, columns: tuple[str, ...] = ()) -> Vectors:
     if path.suffix == ".npy":
         side = path.with_name(path.name + ".json")
         meta = json.loads(side.read_text()) if side.exists() else {}
-        matrix = np.load(path, mmap_mode="r")
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise DataError(
+                    f"{path} is not a .npy file (no NumPy header): truncated, or another format",
+                    "make one with: llmkit embed INPUT -o vectors.npy",
+                )
+        try:  # never unpickle: a vectors file is a plain 2-D float array
+            matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(
+                f"{path} is not a vectors .npy file (not a plain numeric array: {str(exc).split('.')[0]})",
+                "make one with: llmkit embed INPUT -o vectors.npy",
+            ) from None
+        if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
+            raise DataError(
+                f"{path} holds a {matrix.ndim}-D {matrix.dtype} array, not a 2-D float matrix of vectors",
+                "make one with: llmkit embed INPUT -o vectors.npy",
+            )
         return Vectors(path, np.asarray(matrix, np.float32), list(range(len(matrix))), None, meta)
     import pyarrow.parquet as pq
 
@@ -107,10 +125,6 @@ def exact_topk(
     return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
 
 
-def _normalized(matrix: np.ndarray) -> np.ndarray:
-    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-
-
 def faiss_index(vectors: Vectors):
     """An HNSW (inner product) index over the normalized vectors, cached beside the file."""
     import faiss
@@ -127,7 +141,7 @@ def faiss_index(vectors: Vectors):
         info(f"Building an HNSW index over {len(vectors.matrix):,} vectors (once; cached in {cache.name})")
         index = faiss.IndexHNSWFlat(vectors.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.add(np.ascontiguousarray(_normalized(vectors.matrix)))
+        index.add(np.ascontiguousarray(unit_rows(vectors.matrix)))
         for old in vectors.path.parent.glob(f".{vectors.path.name}.hnsw*.faiss"):
             old.unlink(missing_ok=True)
         tmp = cache.with_name(cache.name + ".tmp")
@@ -137,18 +151,22 @@ def faiss_index(vectors: Vectors):
     return index
 
 
-def topk(
-    queries: np.ndarray, vectors: Vectors, k: int, method: str = "auto"
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_search_args(k: int, method: str) -> None:
     if method not in METHODS:
         raise InvalidArgument(f"unknown search method {method!r}", f"choose one of: {', '.join(METHODS)}")
     if k < 1:
         raise InvalidArgument(f"-k must be at least 1, not {k}", "e.g. -k 5")
+
+
+def topk(
+    queries: np.ndarray, vectors: Vectors, k: int, method: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    _check_search_args(k, method)
     if method == "auto":
         method = "faiss" if len(vectors.matrix) >= ANN_MIN_ROWS else "exact"
-    queries = np.ascontiguousarray(_normalized(queries.astype(np.float32)))
+    queries = np.ascontiguousarray(unit_rows(queries.astype(np.float32)))
     if method == "exact":
-        return exact_topk(queries, _normalized(vectors.matrix), k)
+        return exact_topk(queries, unit_rows(vectors.matrix), k)
     scores, ids = faiss_index(vectors).search(queries, min(k, len(vectors.matrix)))
     return scores, ids.astype(np.int64)
 
@@ -168,6 +186,7 @@ def similar(
 
     if not queries:
         raise InvalidArgument("no queries given", "pass a query, or --queries FILE with one per line")
+    _check_search_args(k, method)
     vectors = load_vectors(index_path)
     if vectors.meta.get("model", "").startswith("ollama:") and model is None:
         model = vectors.model
@@ -198,5 +217,5 @@ def similarity(
     from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
 
     vec = load_encoder(model or DEFAULT_MODEL, backend, precision).encode([a, b])
-    vec = _normalized(vec)
+    vec = unit_rows(vec)
     return float(vec[0] @ vec[1])

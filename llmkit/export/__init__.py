@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmkit.errors import ExportError
-from llmkit.files import atomic_file, write_json
+from llmkit.errors import ExportError, InvalidArgument
+from llmkit.files import atomic_file, check_writable, write_json
 from llmkit.ui import info, warn
 
 __all__ = ["export", "ExportResult"]
@@ -82,6 +82,12 @@ def export(
     quantize = mf.check_quantize(quantize, gguf)
     if ollama:
         mf.check_name(ollama)
+    if template is not None and str(template) not in ("native", "go") and not Path(template).is_file():
+        raise InvalidArgument(
+            f"--template {template}: no such file", "pass native, go, or the path of a Go template file"
+        )
+    if output is not None:
+        check_writable(Path(output), "export dir", is_dir=True)
 
     if run is not None:
         out_dir = Path(output) if output else run.path
@@ -102,7 +108,9 @@ def export(
 
         model_dir = resolve(str(source))
         name = Path(str(source)).name if Path(str(source)).is_dir() else str(source).replace("/", "-")
-        out_dir = Path(output) if output else Path("exports") / name
+        out_dir = check_writable(
+            Path(output) if output else Path("exports") / name, "export dir", is_dir=True
+        )
         result = ExportResult(out_dir=out_dir)
         num_ctx = None
 

@@ -9,7 +9,6 @@ sibling and renamed into place only when complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.errors import ExportError
+from llmkit.errors import ExportError, InvalidArgument
 from llmkit.export.archs import EXPERT, Arch, arch_of, n_experts, text_config
 from llmkit.export.quantize import KQUANTS, quantize
 from llmkit.export.vocab import Vocab, load_vocab
@@ -56,8 +55,8 @@ class GGUFResult:
 def check_type(out_type: str) -> str:
     t = out_type.lower()
     if t not in TYPES and t not in KQUANTS:
-        raise ExportError(
-            f"unknown GGUF type '{out_type}'",
+        raise InvalidArgument(
+            f"--gguf {out_type}: unknown GGUF type",
             f"choose one of {', '.join([*TYPES, *KQUANTS])}",
         )
     return t
@@ -305,19 +304,15 @@ def check_disk_space(target_dir: Path, needed: int) -> None:
 
 def atomic_write(final: Path, write: Callable[[Path], None]) -> None:
     """Run write(tmp) and rename tmp → final; on any failure nothing is left at either path."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    from llmkit.files import atomic_path
+
     try:
-        write(tmp)
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            write(tmp)
     except OSError as exc:
         raise ExportError(
             f"writing {final} failed: {exc.strerror or exc}", "check free disk space and file size limits"
         ) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_gguf(

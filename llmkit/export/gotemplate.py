@@ -486,19 +486,19 @@ def _go_checker():
         "GOTELEMETRY": "off",
         "CGO_ENABLED": "0",
     }
-    tmp = root / f"gocheck.{os.getpid()}.tmp"
+    from llmkit.files import atomic_path
+
     try:
-        subprocess.run(
-            [str(go), "build", "-o", str(tmp), "."],
-            cwd=src,
-            env=env,
-            capture_output=True,
-            timeout=300,
-            check=True,
-        )
-        tmp.rename(exe)
+        with atomic_path(exe) as tmp:
+            subprocess.run(
+                [str(go), "build", "-o", str(tmp), "."],
+                cwd=src,
+                env=env,
+                capture_output=True,
+                timeout=300,
+                check=True,
+            )
     except (OSError, subprocess.SubprocessError):
-        tmp.unlink(missing_ok=True)
         return None
     shutil.rmtree(root / "cache", ignore_errors=True)  # the binary is all we keep
     return exe

@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from llmkit.errors import ExportError
+from llmkit.errors import ExportError, InvalidArgument
 
 # Ollama's server-side quantization targets (what `ollama create --quantize` accepts).
 OLLAMA_QUANTIZE = ("q8_0", "q4_K_S", "q4_K_M")
@@ -21,13 +21,13 @@ def check_quantize(quantize: str | None, gguf_type: str) -> str | None:
         return None
     match = {q.lower(): q for q in OLLAMA_QUANTIZE}.get(quantize.lower())
     if match is None:
-        raise ExportError(
-            f"Ollama cannot quantize to '{quantize}'",
+        raise InvalidArgument(
+            f"--quantize {quantize}: Ollama cannot quantize to this type",
             f"Ollama accepts {', '.join(OLLAMA_QUANTIZE)}; for other types write them directly with --gguf",
         )
     if gguf_type not in ("f16", "bf16"):
-        raise ExportError(
-            f"Ollama only quantizes F16/BF16 GGUFs, not {gguf_type}"
+        raise InvalidArgument(
+            f"--quantize: Ollama only quantizes F16/BF16 GGUFs, not {gguf_type}"
             + (" (an all-F32 file reads as file type 'unknown')" if gguf_type == "f32" else ""),
             "export with --gguf f16 when using --quantize",
         )
@@ -36,7 +36,7 @@ def check_quantize(quantize: str | None, gguf_type: str) -> str | None:
 
 def check_name(name: str) -> str:
     if not _NAME.match(name or ""):
-        raise ExportError(
+        raise InvalidArgument(
             f"'{name}' is not a valid Ollama model name",
             "use letters, digits, '_', '-', '.', an optional namespace/ and :tag, e.g. my-model:latest",
         )
