@@ -1,6 +1,6 @@
 """Datasets → training examples (token ids + labels) → micro-batches.
 
-    read_rows      a file (.jsonl/.json/.csv/.parquet/.txt) or a Hugging Face dataset → list of dicts
+    read_rows      a file, dir or hf:NAME (llmkit.readers, shared with embed) or a Hub dataset → dicts
     detect_format  messages (OpenAI or ShareGPT), alpaca, prompt_completion or text
     tokenize_row   one row → Example(ids, labels); labels are -100 where no loss is taken
     prepare        all of the above for a recipe, with unusable rows counted per reason
@@ -19,17 +19,15 @@ examples never attend to each other, and a packed row gives the same loss as sep
 from __future__ import annotations
 
 import bisect
-import csv
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import DataError
+from llmkit.readers import FORMATS, HF_PREFIX, read_records
 
 IGNORE = -100
-FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 NEEDS = {
     "messages": ("messages",),
     "alpaca": ("instruction", "output"),
@@ -90,12 +88,14 @@ class Skip(Exception):
 # ----------------------------------------------------------------------------- reading
 
 
-def read_rows(path: str | Path, *, config: str | None = None, split: str = "train") -> list[dict]:
-    """Rows of a local dataset file, or of a Hugging Face dataset when `path` is not a file."""
+def read_rows(
+    path: str | Path, *, config: str | None = None, split: str = "train", sample_by: str = "line"
+) -> list[dict]:
+    """Rows of a local dataset (see `llmkit.readers`), or of a Hub dataset when `path` is not local."""
     p = Path(path)
-    if p.is_file():
-        return _read_file(p)
-    if p.suffix.lower() in FILE_TYPES or p.is_dir() or str(path).startswith((".", "/", "~")):
+    if str(path).startswith(HF_PREFIX) or p.exists():
+        return read_records(path, config=config, split=split, sample_by=sample_by)
+    if p.suffix.lower() in FORMATS or str(path).startswith((".", "/", "~")):
         raise DataError(
             f"dataset file not found: {p}", "check data.path (relative paths resolve against the recipe file)"
         )
@@ -104,46 +104,18 @@ def read_rows(path: str | Path, *, config: str | None = None, split: str = "trai
 
         ds = datasets.load_dataset(str(path), config, split=split)
     except Exception as exc:  # Hub unreachable, unknown name, bad split ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(
             f"cannot load Hugging Face dataset '{path}' (split {split}): {first}",
-            "data.path must be a local .jsonl/.json/.csv/.parquet/.txt file or a reachable Hub dataset",
+            f"data.path must be a local {'/'.join(FORMATS)} file, a directory or a reachable Hub dataset",
         ) from None
     return [dict(row) for row in ds]
 
 
-def _read_file(p: Path) -> list[dict]:
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            rows = []
-            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{p} line {n}: invalid JSON: {exc.msg}") from None
-            return rows
-        if suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
-            return data if isinstance(data, list) else data.get("data", [data])
-        if suffix == ".csv":
-            with open(p, newline="", encoding="utf-8") as fh:
-                return list(csv.DictReader(fh))
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(p).to_pylist()
-        if suffix == ".txt":  # one example per paragraph (blank-line separated)
-            paragraphs = p.read_text(encoding="utf-8").split("\n\n")
-            return [{"text": t.strip()} for t in paragraphs if t.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, OSError) as exc:
-        raise DataError(f"cannot read {p}: {exc}") from None
-    raise DataError(f"{p}: unsupported file type '{suffix}'", f"use one of {', '.join(FILE_TYPES)}")
-
-
 def detect_format(rows: list[dict], requested: str, where: str) -> str:
     """The row format; with an explicit format, check that its columns exist at all."""
+    if not rows:
+        raise DataError(f"{where} is empty (no rows)", "give data with at least one row")
     first = next((r for r in rows if isinstance(r, dict)), {})
     if requested == "auto":
         keys = set(first)
@@ -283,8 +255,9 @@ def tokenize_row(
 def prepare(recipe, tokenizer, *, seed: int = 42) -> Dataset:
     """Read, convert and tokenize the recipe's data; split off the eval set."""
     d = recipe.data
-    path = recipe.resolve_path(d.path) if Path(d.path).suffix.lower() in FILE_TYPES else d.path
-    rows = read_rows(path, config=d.config, split=d.split)
+    sample_by = getattr(d, "sample_by", "line")  # a recipe field once recipe.py declares it
+    path = _local(recipe, d.path)
+    rows = read_rows(path, config=d.config, split=d.split, sample_by=sample_by)
     if d.limit:
         rows = rows[: d.limit]
     where = str(path)
@@ -297,8 +270,8 @@ def prepare(recipe, tokenizer, *, seed: int = 42) -> Dataset:
     dropped: Counter = Counter()
     examples = _tokenize_all(rows, fmt, tokenizer, d, dropped)
     if d.eval_path:
-        eval_where = str(recipe.resolve_path(d.eval_path))
-        eval_rows = read_rows(eval_where)
+        eval_where = str(_local(recipe, d.eval_path))
+        eval_rows = read_rows(eval_where, sample_by=sample_by)
         eval_set = _tokenize_all(eval_rows, detect_format(eval_rows, fmt, eval_where), tokenizer, d, dropped)
         train_set = examples
     else:
@@ -318,17 +291,18 @@ def prepare(recipe, tokenizer, *, seed: int = 42) -> Dataset:
     return Dataset(train_set, eval_set, fmt, rows=len(rows), dropped=dropped)
 
 
+def _local(recipe, value: str):
+    """A recipe path resolved against the recipe file when it names a local file or dir; else as given."""
+    resolved = recipe.resolve_path(value)
+    local = not value.startswith(HF_PREFIX) and (Path(value).suffix.lower() in FORMATS or resolved.exists())
+    return resolved if local else value
+
+
 def _tokenize_all(rows, fmt, tokenizer, d, dropped: Counter) -> list[Example]:
-    out = []
-    for row in rows:
+    out, kw = [], {"max_length": d.max_length, "train_on": d.train_on, "system": d.system}
+    for row in rows:  # dicts: the readers turn a line that is not an object into an error
         try:
-            if not isinstance(row, dict):
-                raise Skip("not an object")
-            out.append(
-                tokenize_row(
-                    row, fmt, tokenizer, max_length=d.max_length, train_on=d.train_on, system=d.system
-                )
-            )
+            out.append(tokenize_row(row, fmt, tokenizer, **kw))
         except Skip as why:
             dropped[str(why)] += 1
     return out

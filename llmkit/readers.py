@@ -307,19 +307,26 @@ def _what(value) -> str:
     return kind if kind == "null" else f"{'an' if kind[0] in 'ao' else 'a'} {kind}"
 
 
+def _first_char(path: Path) -> str:
+    """The first character that is not blank (nor a UTF-8 byte-order mark); "" for a blank file."""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(65536), b""):
+            chunk = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")
+            if chunk:
+                return chr(chunk[0])
+    return ""
+
+
 def _json_source(path: Path):
     """Sniff: `[` or a whole-document object with a "data" list → one document; else JSON Lines."""
-    first = next((item for item in _lines(path) if isinstance(item, Bad) or item[1].strip()), None)
-    if first is None or isinstance(first, Bad):
-        yield []
-        yield from _jsonl_records(_lines(path))
-        return
-    number, line = first
-    start, alone = line.lstrip()[0], None
+    start, alone, number = _first_char(path), None, 0
     if start != "[":
-        with contextlib.suppress(json.JSONDecodeError):
-            alone = json.loads(line)
-        if isinstance(alone, dict) and not isinstance(alone.get("data"), list):
+        first = next((item for item in _lines(path) if isinstance(item, Bad) or item[1].strip()), None)
+        if first is not None and not isinstance(first, Bad):
+            number, line = first
+            with contextlib.suppress(json.JSONDecodeError):
+                alone = json.loads(line)
+        if not number or (isinstance(alone, dict) and not isinstance(alone.get("data"), list)):
             yield []  # JSON Lines, the common case: no whole-document read
             yield from _jsonl_records(_lines(path))
             return

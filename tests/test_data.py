@@ -114,7 +114,27 @@ def test_file_types_read_the_same_rows(tmp_path):
     for ext in ("jsonl", "json", "csv", "parquet"):
         assert data.read_rows(tmp_path / f"d.{ext}") == rows
     (tmp_path / "d.txt").write_text("first para\nline two\n\n\nsecond\n")
-    assert data.read_rows(tmp_path / "d.txt") == [{"text": "first para\nline two"}, {"text": "second"}]
+    assert data.read_rows(tmp_path / "d.txt", sample_by="paragraph") == [
+        {"text": "first para\nline two"},
+        {"text": "second"},
+    ]
+
+
+def test_txt_is_a_row_per_line_by_default_in_train_and_embed(tmp_path, llama_tok):
+    from llmkit.readers import read_rows
+
+    (tmp_path / "d.txt").write_text("first para\nline two\n\n\nsecond\n")
+    lines = ["first para", "line two", "second"]
+    assert data.read_rows(tmp_path / "d.txt") == [{"text": t} for t in lines]
+    assert [row.text for row in read_rows(tmp_path / "d.txt")] == lines
+    recipe = load(
+        {"model": {"name": "tiny-llama"}, "data": {"path": str(tmp_path / "d.txt"), "eval_fraction": 0}}
+    )
+    ds = data.prepare(recipe, llama_tok)
+    assert (ds.format, ds.rows, len(ds.train)) == ("text", 3, 3)
+    # data.sample_by (read with getattr until the recipe schema declares it) picks paragraphs
+    recipe.data = recipe.data.model_copy(update={"sample_by": "paragraph"})
+    assert data.prepare(recipe, llama_tok).rows == 2
 
 
 def test_dropped_rows_are_counted_per_reason(tmp_path, llama_tok):
@@ -156,6 +176,30 @@ def test_missing_dataset_file(tmp_path, llama_tok):
     recipe = load({"model": {"name": "tiny-llama"}, "data": {"path": str(tmp_path / "nope.jsonl")}})
     with pytest.raises(DataError, match="dataset file not found"):
         data.prepare(recipe, llama_tok)
+
+
+def test_empty_data_says_so_not_that_its_columns_are_unknown(tmp_path, llama_tok):
+    (tmp_path / "d.jsonl").write_text("\n \n")
+    recipe = load({"model": {"name": "tiny-llama"}, "data": {"path": str(tmp_path / "d.jsonl")}})
+    with pytest.raises(DataError, match=r"d\.jsonl is empty \(no rows\)") as err:
+        data.prepare(recipe, llama_tok)
+    assert err.value.hint
+    with pytest.raises(DataError, match=r"owner/set is empty \(no rows\)"):  # an empty Hub split
+        data.detect_format([], "auto", "owner/set")
+
+
+def test_a_hub_name_without_prefix_loads_with_datasets(monkeypatch, tmp_path):
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"text": ["a", "b"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert data.read_rows("owner/set", config="c", split="test") == [{"text": "a"}, {"text": "b"}]
+    assert calls == [("owner/set", "c", "test")]
 
 
 def test_conversations_need_a_chat_template(tmp_path, tiny_llama_dir):

@@ -110,3 +110,44 @@ def test_saved_dataset_and_hf_dataset_by_name_offline(capsys, tmp_path):
         capsys, "embed", f"hf:{repo.parent}", "-o", str(tmp_path / "y.parquet"), "--text-column", "text"
     )
     assert code == 1 and "no text column 'text'; available columns: sentence" in err
+
+
+def test_unreadable_inputs_fail_in_one_line_before_the_model_loads(capsys, tmp_path, monkeypatch):
+    import llmkit.embed.job as job
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before the input was checked")
+
+    monkeypatch.setattr(job, "load_encoder", no_model)
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    (tmp_path / "strings.json").write_text(json.dumps(SENTENCES[:3]))
+    (tmp_path / "latin1.json").write_bytes('[{"text": "café"}]'.encode("latin-1"))
+    cases = {
+        "bad.parquet": "bad.parquet is not a readable Parquet file (",
+        "strings.json": "strings.json holds a JSON array of strings, not of objects",
+        "latin1.json": "latin1.json line 1: not valid UTF-8 (byte 0xe9 at byte offset 14)",
+    }
+    for name, said in cases.items():
+        code, _, err = cli(capsys, "embed", str(tmp_path / name), "-o", str(tmp_path / "v.parquet"))
+        assert code == 1 and said in err, err
+        assert len(err.strip().splitlines()) == 2 and "hint:" in err  # message + hint, no traceback
+
+
+def test_json_array_input_and_its_bad_lines(capsys, tmp_path):
+    (tmp_path / "a.json").write_text(
+        json.dumps([{"text": s, "n": i} for i, s in enumerate(SENTENCES[:5])], indent=1)
+    )
+    code, stdout, err = cli(
+        capsys, "embed", str(tmp_path / "a.json"), "-o", str(tmp_path / "a.parquet"), "--json"
+    )
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "a.parquet").column("n").to_pylist() == list(range(5))
+    lines = [json.dumps({"text": s}) for s in SENTENCES[:3]]
+    (tmp_path / "l.json").write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    code, _, err = cli(capsys, "embed", str(tmp_path / "l.json"), "-o", str(tmp_path / "l.parquet"))
+    assert code == 1 and "bad rows at line(s) 2: invalid JSON" in err and "--skip-bad" in err
+    code, stdout, err = cli(
+        capsys, "embed", str(tmp_path / "l.json"), "-o", str(tmp_path / "l.parquet"), "--skip-bad", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["rows"] == 3 and json.loads(stdout)["skipped_bad"] == 1
