@@ -35,7 +35,7 @@ _SCALAR = {
 }
 _STRING, _ARRAY = 8, 9
 LONG_ARRAY = 64  # string arrays longer than this (token texts, merges) are skipped unless kept
-_REFETCH = "download or copy it again; a complete file is larger"
+_REFETCH = "download or copy it again: a download or copy that stopped early leaves a cut-off file"
 
 
 @dataclass

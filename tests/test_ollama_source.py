@@ -60,6 +60,16 @@ def test_locate_errors(ollama_double, monkeypatch):
     assert "llmkit ollama pull ghost:latest" in err.value.hint
 
 
+def test_truncated_blob_is_named_before_any_conversion(ollama_double, smollm2_gguf):
+    """A blob cut off mid-write (a full disk, a killed copy): one line naming the file, no numpy error."""
+    ollama_double.add_model("cut:latest", smollm2_gguf.read_bytes()[:5_000_000])
+    r = run_llmkit("pull", "ollama:cut", env={"OLLAMA_HOST": ollama_double.host})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip().splitlines()[0]
+    assert line.startswith("Error: ") and "is truncated or not a GGUF file (its tensors need" in line
+    assert "sha256-" in line  # the blob's own path
+
+
 def test_pull_ollama_source_not_found_from_the_cli(ollama_double):
     r = run_llmkit("pull", "ollama:ghost", env={"OLLAMA_HOST": ollama_double.host})
     assert r.returncode == 1 and "model 'ghost:latest' not found" in r.stderr

@@ -265,11 +265,13 @@ def test_gated_repo_needs_a_token_that_is_never_shown(pull, hub):
 
 def test_offline_uses_the_cache_or_says_it_is_missing(pull, hub):
     offline = {"HF_HUB_OFFLINE": "1"}
-    errors = _error_lines(pull(REPO, env=offline))
+    missing = pull(REPO, env=offline)
+    errors = _error_lines(missing)
     assert (
         errors[0]
         == f"Error: {REPO} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is set)"
     )
+    assert "Using the cached copy" not in missing.stderr  # said only when the cached copy is used
     assert not hub.requests
 
     online = pull(REPO)
@@ -279,7 +281,9 @@ def test_offline_uses_the_cache_or_says_it_is_missing(pull, hub):
     assert result.returncode == 0, result.stderr
     assert result.stdout == online.stdout and "Using the cached copy" in result.stderr
     assert not hub.requests
-    assert "not in the local cache" in _error_lines(pull(f"{REPO}@v1", env=offline))[0]
+    missing = pull(f"{REPO}@v1", env=offline)
+    assert "not in the local cache" in _error_lines(missing)[0]
+    assert "Using the cached copy" not in missing.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
@@ -371,3 +375,23 @@ def test_unreachable_hub_falls_back_to_the_cached_copy(pull, hub):
     missing = pull("llmkit-test/never-pulled", env={"HF_ENDPOINT": dead})
     assert missing.returncode == 1 and "is not in the local cache" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_reference_that_is_a_path_never_goes_to_the_hub(hub, llmkit_cli, tmp_path):
+    """`runs/NAME` and `org/name` with a local `org/` look like Hub ids; a missing local path must
+    be reported as missing, without one request to the Hub."""
+    (tmp_path / "runs" / "tiny-run").mkdir(parents=True)
+    (tmp_path / "llmkit-test").mkdir()  # a local folder named like the Hub org
+    hub.requests.clear()
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
+    for ref, message in (
+        ("runs/tiny-rn", "no such directory: runs/tiny-rn"),
+        ("./runs/tiny-rn", "no such directory: runs/tiny-rn"),
+        (REPO, f"no such directory: {REPO}"),
+    ):
+        errors = _error_lines(llmkit_cli("pull", ref, env=env, cwd=tmp_path))
+        assert errors[0] == f"Error: {message}"
+    assert not hub.requests
+    (tmp_path / "llmkit-test").rmdir()  # without the folder, the same id is the Hub's again
+    result = llmkit_cli("pull", REPO, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
