@@ -91,9 +91,10 @@ def embed(
     s = result.summary()
     if json_out:
         return _print_json(s)
+    long_texts = f"{s['chunked']} chunked" if chunk else f"{s['truncated']} truncated"
     typer.echo(
         f"{s['rows']} rows → {s['output']} ({s['model']}, {s['backend']}/{s['precision']}, dim {s['dim']}; "
-        f"{s['encoded']} encoded, {s['duplicates']} duplicates, {s['truncated']} truncated, "
+        f"{s['encoded']} encoded, {s['duplicates']} duplicates, {long_texts}, "
         f"{s['failed']} failed, {s['rows_per_s']} rows/s)"
     )
     if s.get("path_choice"):

@@ -44,7 +44,7 @@ class Encoder:
     truncated: int = field(default=0, init=False)  # texts cut at max_tokens so far
 
     chunk_long: bool = field(default=False, init=False)  # split long texts into windows and average
-    chunked: int = field(default=0, init=False)
+    chunked: int = field(default=0, init=False)  # texts split into windows (with chunk_long)
     tok = None  # a `tokenizers.Tokenizer` where the model has one (needed for chunking)
     choice: dict | None = None  # how auto/fast picked this path (calibrate.choose), else None
 

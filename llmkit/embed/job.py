@@ -40,6 +40,7 @@ class JobResult:
     rows: int
     encoded: int  # texts actually sent to the encoder (after dedup)
     truncated: int
+    chunked: int  # long texts embedded as the mean of their windows (--chunk)
     failed: int
     skipped_bad: int
     seconds: float
@@ -53,6 +54,7 @@ class JobResult:
             "encoded": self.encoded,
             "duplicates": self.rows - self.resumed_rows - self.encoded - self.failed,
             "truncated": self.truncated,
+            "chunked": self.chunked,
             "failed": self.failed,
             "skipped_bad": self.skipped_bad,
             "resumed_rows": self.resumed_rows,
@@ -182,6 +184,7 @@ def embed_file(
         total_rows,
         state.encoded,
         encoder.truncated,
+        encoder.chunked,
         state.failed,
         state.skipped_bad,
         time.perf_counter() - start,

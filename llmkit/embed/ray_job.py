@@ -41,15 +41,17 @@ class _EncodeActor:
         from llmkit.embed.job import _encode_isolating
 
         texts = [str(t) for t in batch["text"]]
-        before = self.encoder.truncated
+        before = (self.encoder.truncated, self.encoder.chunked)
         vecs, bad = _encode_isolating(self.encoder, texts)
+        zeros = [0] * (len(texts) - 1)
         return {
             "shard": batch["shard"],
             "pos": batch["pos"],
             "vector": vecs.astype(np.float32),
             "error": np.array([bad.get(i, "") for i in range(len(texts))], dtype=object),
             # this call's count on its first row, so that the driver's sum is exact
-            "truncated": np.array([self.encoder.truncated - before] + [0] * (len(texts) - 1), np.int64),
+            "truncated": np.array([self.encoder.truncated - before[0], *zeros], np.int64),
+            "chunked": np.array([self.encoder.chunked - before[1], *zeros], np.int64),
         }
 
 
@@ -165,7 +167,7 @@ def embed_ray(
     shards = _write_input_shards(work, _chain(first, rows_iter), commit_every, skip_bad, input, text_hash)
     todo = [s for s in shards if not (work / f"part-{s['no']:06d}.json").exists()]
     state = _State(probe_stub(path_backend, path_precision, model), work, errors_path, keep_text)
-    truncated = 0
+    truncated = chunked = 0
     if todo:
         import ray.data
 
@@ -195,6 +197,7 @@ def embed_ray(
         pending: dict[int, list] = {}
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             truncated += int(batch["truncated"].sum())
+            chunked += int(batch["chunked"].sum())
             for i, no in enumerate(batch["shard"].tolist()):
                 pending.setdefault(no, []).append(
                     (int(batch["pos"][i]), batch["vector"][i], str(batch["error"][i]))
@@ -216,6 +219,7 @@ def embed_ray(
         total_rows,
         state.encoded,
         truncated,
+        chunked,
         failed,
         skipped,
         time.perf_counter() - start,

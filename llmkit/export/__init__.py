@@ -294,12 +294,6 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _shows_system(go: str) -> bool:
-    from llmkit.export.templates import _renders_system
-
-    return _renders_system(go)
-
-
 def _ollama_create(result: ExportResult, name: str, chat, system, params, quantize, version) -> None:
     from llmkit.export.modelfile import ollama_command
     from llmkit.ollama import create_model

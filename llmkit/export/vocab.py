@@ -142,10 +142,6 @@ class Vocab:
     # SentencePiece only: llama.cpp prepends "▁" unless told not to (Gemma does not prepend).
     add_space_prefix: bool | None = None
 
-    def token_text(self, kind: str) -> str | None:
-        i = self.special.get(kind)
-        return self.tokens[i] if i is not None else None
-
     def add_to(self, writer) -> None:
         writer.add_tokenizer_model(self.model)
         if self.pre:
