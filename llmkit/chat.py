@@ -1,14 +1,15 @@
 """`llmkit chat`: talk to a model (or a training run: base + adapter) with transformers.
 
-Prompts are built with the model's own chat template; answers stream to stdout.
+Prompts are built with the model's own chat template; answers stream to stdout. The
+interactive loop and its commands are llmkit.chat_loop's, shared with `llmkit ollama run`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from llmkit.errors import SourceError
-from llmkit.ui import info
+from llmkit.chat_loop import chat_loop, check_prompt, one_shot
+from llmkit.errors import InvalidArgument, SourceError
 
 
 def chat(
@@ -19,9 +20,18 @@ def chat(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
 ) -> str | None:
-    """One-shot when `prompt` is given (returns the answer); interactive otherwise."""
+    """One-shot when `prompt` is given (returns the answer); interactive otherwise (llmkit.chat_loop)."""
     from llmkit.runs import load_for_inference
 
+    check_prompt(prompt)  # bad input is reported before the model loads
+    if max_new_tokens < 1:
+        raise InvalidArgument(
+            f"max_new_tokens must be at least 1, got {max_new_tokens}", "pass --max-new-tokens 1 or more"
+        )
+    if temperature < 0:
+        raise InvalidArgument(
+            f"temperature must be 0 or more, got {temperature}", "pass --temperature 0 for greedy answers"
+        )
     model, tokenizer = load_for_inference(model_ref)
     if not tokenizer.chat_template:
         raise SourceError(
@@ -34,37 +44,14 @@ def chat(
             f"{model_ref}'s chat template rejects system messages, so --system cannot be used",
             "put the instruction in your first message instead",
         )
-    history: list[dict] = [{"role": "system", "content": system}] if system else []
+
+    def reply(messages: list[dict]) -> str:
+        return generate(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature)
+
     if prompt is not None:
-        history.append({"role": "user", "content": prompt})
-        return generate(model, tokenizer, history, max_new_tokens=max_new_tokens, temperature=temperature)
-    info("Interactive chat: /bye to quit, /system TEXT to set the system prompt, /reset to clear history.")
-    while True:
-        try:
-            line = input(">>> ")
-        except (EOFError, KeyboardInterrupt):
-            sys.stdout.write("\n")
-            return None
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/bye", "/exit", "/quit"):
-            return None
-        if text == "/reset":
-            history = [m for m in history if m["role"] == "system"]
-            continue
-        if text.startswith("/system"):
-            if not takes_system:
-                info(
-                    "This model's chat template rejects system messages; put the instruction in your message."
-                )
-                continue
-            history = [m for m in history if m["role"] != "system"]
-            history.insert(0, {"role": "system", "content": text.removeprefix("/system").strip()})
-            continue
-        history.append({"role": "user", "content": text})
-        answer = generate(model, tokenizer, history, max_new_tokens=max_new_tokens, temperature=temperature)
-        history.append({"role": "assistant", "content": answer})
+        return one_shot(reply, prompt, system)
+    chat_loop(reply, name=str(model_ref), system=system, accepts_system=takes_system)
+    return None
 
 
 def _accepts_system(tokenizer) -> bool:

