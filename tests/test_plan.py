@@ -206,6 +206,7 @@ def test_advice_makes_it_fit(tmp_path):
         (["no-such-recipe"], "recipe not found: no-such-recipe"),
         (["tiny", "--memory", "lots"], "--memory lots: not a size"),
         (["tiny", "model.load_in_4bit=true"], "QLoRA needs a CUDA GPU"),
+        (["tiny", "model.name=runs/no-such-run"], "no such directory: runs/no-such-run"),
     ],
 )
 def test_bad_input_is_one_line(llmkit_cli, tmp_path, args, expect):
@@ -213,6 +214,14 @@ def test_bad_input_is_one_line(llmkit_cli, tmp_path, args, expect):
     assert r.returncode != 0
     assert r.stderr.startswith("Error: ") and expect in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_truncated_gguf_model_is_one_line(llmkit_cli, tmp_path, smollm2_gguf):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2_gguf.read_bytes()[:3_000_000])
+    r = llmkit_cli("plan", "tiny", f"model.name={cut}", f"train.output_dir={tmp_path}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"Error: {cut} is truncated or not a GGUF file (its tensors need "), r.stderr
 
 
 # ----------------------------------------------------------------------------- out of memory mid-run

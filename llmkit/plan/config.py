@@ -14,6 +14,7 @@ def model_config(recipe: Recipe):
 
     from llmkit import sources
     from llmkit.errors import SourceError
+    from llmkit.headers import read_gguf
     from llmkit.ui import quiet_transformers
 
     quiet_transformers()
@@ -30,14 +31,16 @@ def model_config(recipe: Recipe):
         gguf = Path(ref).expanduser()
         if not gguf.is_file():
             raise SourceError(f"GGUF file not found: {gguf}")
+    # a non-GGUF or truncated file fails here, before it is hashed or read by transformers
+    header = read_gguf(gguf) if gguf is not None else None
     converted = _converted_dir(gguf) if gguf is not None else None
     if converted is not None:  # converted before: its config and tokenizer load fastest
         gguf, ref = None, str(converted)
-    if gguf is not None:
-        arch = sources.gguf_architecture(gguf)  # also rejects a non-GGUF file
+    if gguf is not None and header is not None:
+        arch = header.architecture
         try:
             config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            config = sources.gguf_config_fixes(config, gguf, arch)
+            config = sources.gguf_config_fixes(config, gguf, arch, header)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         except SourceError:
             raise
