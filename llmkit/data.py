@@ -255,7 +255,7 @@ def tokenize_row(
 def prepare(recipe, tokenizer, *, seed: int = 42) -> Dataset:
     """Read, convert and tokenize the recipe's data; split off the eval set."""
     d = recipe.data
-    sample_by = getattr(d, "sample_by", "line")  # a recipe field once recipe.py declares it
+    sample_by = d.sample_by
     path = _local(recipe, d.path)
     rows = read_rows(path, config=d.config, split=d.split, sample_by=sample_by)
     if d.limit:

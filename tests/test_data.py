@@ -132,8 +132,12 @@ def test_txt_is_a_row_per_line_by_default_in_train_and_embed(tmp_path, llama_tok
     )
     ds = data.prepare(recipe, llama_tok)
     assert (ds.format, ds.rows, len(ds.train)) == ("text", 3, 3)
-    # data.sample_by (read with getattr until the recipe schema declares it) picks paragraphs
-    recipe.data = recipe.data.model_copy(update={"sample_by": "paragraph"})
+    recipe = load(
+        {
+            "model": {"name": "tiny-llama"},
+            "data": {"path": str(tmp_path / "d.txt"), "eval_fraction": 0, "sample_by": "paragraph"},
+        }
+    )
     assert data.prepare(recipe, llama_tok).rows == 2
 
 
