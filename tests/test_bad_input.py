@@ -63,7 +63,7 @@ def train_on(data: str) -> tuple[str, ...]:
 CASES = [
     # --- invalid option values: usage errors (exit 2), before anything loads
     ("gguf-type", ("export", "tiny-llama", "--gguf", "q3_k"), 2, ["--gguf q3_k", "unknown GGUF type"], 15),
-    ("ollama-quantize", ("export", "tiny-llama", "--quantize", "q9"), 2, ["--quantize q9"], 15),
+    ("ollama-quantize", ("export", "tiny-llama", "--quantize", "q9"), 2, ["Ollama cannot quantize to 'q9'"], 15),
     (
         "ollama-name",
         ("export", "tiny-llama", "--ollama", "Bad Name!"),

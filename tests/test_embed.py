@@ -220,7 +220,8 @@ def _vectors(path):
 
 def test_job_txt_to_parquet_dedups_and_records_the_encoder(tmp_path):
     from llmkit.embed import embed
-    from llmkit.embed.job import META_KEY, embed_file, text_hash
+    from llmkit.embed.job import embed_file, text_hash
+    from llmkit.embed.vectorfile import META_KEY
 
     src = tmp_path / "in.txt"
     src.write_text("hello world\nthe cat sat\n\nhello world\nanother line\nthe cat sat\n")
@@ -395,7 +396,7 @@ def test_faiss_index_recall_at_10_against_exact(tmp_path):
 
 
 def test_querying_an_index_of_another_model_or_dimension(capsys, tmp_path, topics_vectors):
-    from llmkit.embed.job import META_KEY
+    from llmkit.embed.vectorfile import META_KEY
 
     table = pq.read_table(topics_vectors)
     meta = json.loads(table.schema.metadata[META_KEY])

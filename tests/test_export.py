@@ -222,7 +222,7 @@ def test_cli_export_json_and_errors(llmkit_cli, tiny_qwen2_dir, tmp_path):
     assert data["ollama_model"] is None and data["ollama_command"].startswith("ollama create tiny-q -f ")
     assert "no Ollama server is reachable" in r.stderr
     r = llmkit_cli("export", str(tiny_qwen2_dir), "--quantize", "q6_K")
-    assert r.returncode == 1 and r.stderr.startswith("Error: Ollama cannot quantize to 'q6_K'")
+    assert r.returncode == 2 and r.stderr.startswith("Error: Ollama cannot quantize to 'q6_K'")
     assert "hint:" in r.stderr and "Traceback" not in r.stderr
 
 

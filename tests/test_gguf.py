@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.errors import ExportError
+from llmkit.errors import ExportError, InvalidArgument
 from llmkit.export.gguf import write_gguf
 from llmkit.export.verify import verify
 
@@ -284,7 +284,7 @@ def test_missing_tokenizer_and_bad_type(tiny_llama_dir, tmp_path):
     (d / "tokenizer.json").unlink()
     with pytest.raises(ExportError, match="no tokenizer.json"):
         write_gguf(d, tmp_path / "x.gguf")
-    with pytest.raises(ExportError, match="unknown GGUF type") as e:
+    with pytest.raises(InvalidArgument, match="unknown GGUF type") as e:
         write_gguf(tiny_llama_dir, tmp_path / "x.gguf", "q4_K_X")
     assert "q4_k_m" in e.value.hint and "q8_0" in e.value.hint
 

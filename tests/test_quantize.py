@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmkit.errors import ExportError
+from llmkit.errors import ExportError, InvalidArgument
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make setup`")
 
@@ -47,8 +47,9 @@ def test_unknown_type_lists_the_valid_ones_and_failed_quantization_leaves_nothin
     from llmkit.export.gguf import check_type
     from llmkit.export.quantize import quantize
 
-    with pytest.raises(ExportError) as err:
+    with pytest.raises(InvalidArgument) as err:  # an option value: exit 2
         check_type("q4_k_x")
+    assert err.value.exit_code == 2
     assert "q4_k_m" in err.value.hint and "q6_k" in err.value.hint and "f16" in err.value.hint
 
     bogus = tmp_path / "not-a-model.gguf"

@@ -100,7 +100,7 @@ def _versions() -> dict:
 
 def cache_path(model_key: str) -> Path:
     from llmkit.devices import cpu_signature
-    from llmkit.embed.encoders import _default_threads
+    from llmkit.embed.onnx import _default_threads
     from llmkit.files import home
 
     sig = json.dumps([CALIBRATION_VERSION, cpu_signature(), _versions(), _default_threads()])

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.job import META_KEY
 from llmkit.embed.search import load_vectors
+from llmkit.embed.vectorfile import META_KEY
 from llmkit.embed.vectors import unit_rows
 from llmkit.errors import DataError, InvalidArgument
 from llmkit.files import atomic_path

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, Encoder, EncoderError, load_encoder
+from llmkit.embed.vectorfile import merge_parts, write_parquet
 from llmkit.errors import DataError, InvalidArgument, LlmkitError
-from llmkit.files import atomic_file, atomic_path, check_writable, write_json
+from llmkit.files import check_writable, write_json
 from llmkit.readers import Bad, Row, check_input, count_rows, fingerprint, read_rows
 
 RESERVED = ("id", "text_hash", "vector")
-META_KEY = b"llmkit.embed"
 CACHE_ROWS = 16384  # cross-chunk dedup cache (16k × 384 floats ≈ 25 MB)
 
 
@@ -175,7 +175,7 @@ def embed_file(
     info = {**encoder.info(), "normalized": normalize, "input": str(input), "column": column or "text"}
     if encoder.choice:  # auto/fast: which path was measured fastest here, and the numbers
         info["path_choice"] = encoder.choice
-    total_rows = _merge(work, output, info)
+    total_rows = merge_parts(work, output, info)
     shutil.rmtree(work, ignore_errors=True)
     if state.failed == 0 and errors_path.exists():
         errors_path.unlink()
@@ -282,7 +282,7 @@ class _State:
         name = f"part-{part_no:06d}"
         if keep:
             table = self._table([block[i] for i in keep], [hashes[i] for i in keep], vectors[keep])
-            _write_parquet(table, self.work / f"{name}.parquet")
+            write_parquet(table, self.work / f"{name}.parquet")
         if failures:
             with open(self.errors_path, "a", encoding="utf-8") as fh:
                 for i, err in failures.items():
@@ -414,61 +414,3 @@ def _fails_everywhere(encoder: Encoder, texts: list[str], message: str) -> bool:
 def _one_line(exc: Exception | None) -> str:
     text = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
     return text.strip().splitlines()[0][:300]
-
-
-def _parquet_options(names: list[str]) -> dict:
-    """No dictionary encoding or statistics for the vector column: they cost 5x the write time
-    and buy nothing for floats."""
-    plain = [n for n in names if n != "vector"]
-    return {"use_dictionary": plain, "write_statistics": plain}
-
-
-def _write_parquet(table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, **_parquet_options(table.column_names))
-
-
-def _merge(work: Path, output: Path, info: dict) -> int:
-    """Concatenate the parts in order into the output, one part in memory at a time."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    parts = sorted(work.glob("part-*.parquet"))
-    schemas = [pq.read_schema(p) for p in parts]
-    schema = pa.unify_schemas(schemas, promote_options="permissive")
-    info = {**info, "dim": schema.field("vector").type.list_size}
-    schema = schema.with_metadata({META_KEY: json.dumps(info).encode()})
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-    if output.suffix == ".npy":
-        return _merge_npy(parts, output, info, rows)
-    with (
-        atomic_path(output) as tmp,
-        pq.ParquetWriter(tmp, schema, **_parquet_options(schema.names)) as writer,
-    ):
-        for p in parts:
-            table = pq.read_table(p)
-            for name in schema.names:  # columns only some parts have
-                if name not in table.column_names:
-                    table = table.append_column(name, pa.nulls(len(table), schema.field(name).type))
-            writer.write_table(table.select(schema.names).cast(schema))
-    return rows
-
-
-def _merge_npy(parts: list[Path], output: Path, info: dict, rows: int) -> int:
-    import pyarrow.parquet as pq
-
-    with atomic_path(output) as tmp:
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, info["dim"]))
-        at = 0
-        for p in parts:
-            vec = pq.read_table(p, columns=["vector"]).column("vector").combine_chunks()
-            block = vec.flatten().to_numpy().reshape(len(vec), info["dim"])
-            matrix[at : at + len(block)] = block
-            at += len(block)
-        matrix.flush()
-        del matrix
-    with atomic_file(output.with_name(output.name + ".json")) as fh:
-        json.dump({**info, "rows": rows}, fh, indent=2)
-    return rows

@@ -114,15 +114,14 @@ def embed_ray(
 ):
     from llmkit.embed.job import (
         JobResult,
-        _merge,
         _prepare_work_dir,
         _State,
-        _write_parquet,
         check_output,
         job_key,
         text_hash,
         work_dir,
     )
+    from llmkit.embed.vectorfile import merge_parts, write_parquet
 
     output = check_output(output)
     if workers < 1:
@@ -204,11 +203,11 @@ def embed_ray(
                 )
             for no in sorted(pending):
                 if len(pending[no]) == by_no[no]["unique"]:
-                    _write_part(work, by_no[no], pending.pop(no), state, _write_parquet)
+                    _write_part(work, by_no[no], pending.pop(no), state, write_parquet)
     if resumed + state.rows == 0:
         shutil.rmtree(work, ignore_errors=True)
         raise DataError(f"{input} has no usable rows", "every row was bad or blank")
-    total_rows = _merge(work, output, info)
+    total_rows = merge_parts(work, output, info)
     failed = sum(json.loads(p.read_text())["failed"] for p in work.glob("part-*.json"))
     skipped = sum(json.loads(p.read_text())["skipped_bad"] for p in work.glob("part-*.json"))
     shutil.rmtree(work, ignore_errors=True)

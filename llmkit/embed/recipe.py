@@ -72,15 +72,16 @@ class EmbedRecipe(RecipeBase):
     classify: ClassifySection | None = None
     cluster: ClusterSection | None = None
 
-    def input_path(self, value: str) -> Path | str:
-        """An input path resolved by the path rule; `hf:NAME` stays a name."""
-        return value if value.startswith(HF_PREFIX) else self.resolve_input(value)
+    def input_path(self, value: str) -> Path:
+        """An input path resolved by the path rule; `hf:NAME` is kept as written (the readers
+        recognise it by its text)."""
+        return Path(value) if value.startswith(HF_PREFIX) else self.resolve_input(value)
 
     def inputs(self) -> dict[str, Path]:
-        found = {"embed.input": self.input_path(self.embed.input)}
+        found = {"embed.input": self.embed.input}
         if self.classify:
-            found["classify.data"] = self.input_path(self.classify.data)
-        return {k: v for k, v in found.items() if isinstance(v, Path)}
+            found["classify.data"] = self.classify.data
+        return {k: self.input_path(v) for k, v in found.items() if not v.startswith(HF_PREFIX)}
 
 
 def load(recipe: str | Path | EmbedRecipe | dict, overrides: list[str] | tuple[str, ...] = ()) -> EmbedRecipe:

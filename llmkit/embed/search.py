@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.job import META_KEY
+from llmkit.embed.vectorfile import META_KEY
 from llmkit.embed.vectors import unit_rows
 from llmkit.errors import DataError, IndexMismatchError, InvalidArgument
 

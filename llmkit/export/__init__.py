@@ -327,7 +327,7 @@ def _ollama_create(result: ExportResult, name: str, chat, system, params, quanti
 
 
 def _adapter_only(run, base_dir: Path, out_dir: Path, gguf: str) -> ExportResult:
-    from llmkit.export.gguf import write_adapter_gguf
+    from llmkit.export.adapter import write_adapter_gguf
 
     out = write_adapter_gguf(run.adapter_dir, base_dir, out_dir / "adapter.gguf", gguf)
     info(f"Wrote {out}; use it on top of the base model with a Modelfile line: ADAPTER ./{out.name}")

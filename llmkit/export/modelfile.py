@@ -22,7 +22,7 @@ def check_quantize(quantize: str | None, gguf_type: str) -> str | None:
     match = {q.lower(): q for q in OLLAMA_QUANTIZE}.get(quantize.lower())
     if match is None:
         raise InvalidArgument(
-            f"--quantize {quantize}: Ollama cannot quantize to this type",
+            f"Ollama cannot quantize to '{quantize}' (--quantize)",
             f"Ollama accepts {', '.join(OLLAMA_QUANTIZE)}; for other types write them directly with --gguf",
         )
     if gguf_type not in ("f16", "bf16"):

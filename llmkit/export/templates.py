@@ -20,6 +20,9 @@ name or a fixed catalogue:
 The proof's Go side is pluggable: tests use the real Go toolchain (tests/gorender); at export
 time the Python evaluator in gotemplate.py runs it. Derived templates use only the constructs
 that evaluator implements, and the test suite proves it agrees with Go on them.
+
+(Over 400 lines on purpose: derive, emit and prove are one algorithm sharing its probe markers
+and parts; split apart, each piece would need the others' internals.)
 """
 
 from __future__ import annotations
