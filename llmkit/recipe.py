@@ -34,7 +34,6 @@ from llmkit.recipe_errors import render
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # a link to the top-level recipes/ in a checkout
 KINDS = {"train": RECIPES_DIR, "embed": RECIPES_DIR / "embed"}  # kind → folder of its shipped recipes
-Kind = Literal["train", "embed"]
 
 
 class RecipeBase(BaseModel):

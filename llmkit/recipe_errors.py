@@ -12,13 +12,14 @@ import types
 import typing
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from llmkit.errors import RecipeError
 
 
 def render(exc: ValidationError, schema: type[BaseModel], where: str, hint: str) -> RecipeError:
     """One RecipeError listing every problem in `exc` (raised validating `schema`)."""
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[ErrorDetails]] = {}
     for err in exc.errors():
         groups.setdefault(_key(err, schema), []).append(err)
     lines = [_describe(path, errs, schema) for path, errs in groups.items()]
@@ -27,7 +28,7 @@ def render(exc: ValidationError, schema: type[BaseModel], where: str, hint: str)
     )
 
 
-def _key(err: dict, schema: type[BaseModel]) -> str:
+def _key(err: ErrorDetails, schema: type[BaseModel]) -> str:
     """The error's place as the user writes it: field names and list indexes, no union tags."""
     model: type[BaseModel] | None = schema
     out: list[str] = []
@@ -43,7 +44,7 @@ def _key(err: dict, schema: type[BaseModel]) -> str:
     return ".".join(out)
 
 
-def _describe(path: str, errs: list[dict], schema: type[BaseModel]) -> str:
+def _describe(path: str, errs: list[ErrorDetails], schema: type[BaseModel]) -> str:
     err = errs[0]
     if err["type"] == "extra_forbidden":
         parent, _, key = path.rpartition(".")
