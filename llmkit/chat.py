@@ -26,11 +26,11 @@ def chat(
     check_prompt(prompt)  # bad input is reported before the model loads
     if max_new_tokens < 1:
         raise InvalidArgument(
-            f"max_new_tokens must be at least 1, got {max_new_tokens}", "pass --max-new-tokens 1 or more"
+            f"--max-new-tokens must be at least 1, got {max_new_tokens}", "pass --max-new-tokens 1 or more"
         )
     if temperature < 0:
         raise InvalidArgument(
-            f"temperature must be 0 or more, got {temperature}", "pass --temperature 0 for greedy answers"
+            f"--temperature must be 0 or more, got {temperature}", "pass --temperature 0 for greedy answers"
         )
     model, tokenizer = load_for_inference(model_ref)
     if not tokenizer.chat_template:

@@ -82,18 +82,31 @@ def warn(message: str) -> None:
 
 
 def quiet_transformers() -> None:
-    """Silence the libraries' own output under ours (unless debug()): transformers' weight
-    loading/writing bars ("Loading weights", "Writing model shards") and advisory logs, and
-    deprecation warnings raised inside transformers/peft that the user cannot act on.
+    """Silence what the libraries print under our output, unless debug(): transformers' weight
+    bars ("Loading weights", "Writing model shards"), datasets' split bars, advisory logs
+    (transformers, huggingface_hub, datasets) and a deprecation warning peft triggers.
 
-    huggingface_hub's download bars stay: they are the only progress a Hub download has.
+    huggingface_hub's download bars stay: they are the only progress a Hub download shows.
     """
     if debug():
         return
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # this turns huggingface_hub's bars off too ...
+    if hub_bars:
+        hub_utils.enable_progress_bars()  # ... so they come back for downloads
+    hub_utils.logging.set_verbosity_error()  # "Repo card metadata block was not found" and such
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    else:  # read when datasets is imported (only for Hub datasets: too slow to import for nothing)
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("DATASETS_VERBOSITY", "error")
     # peft asks transformers this deprecated question on every get_peft_model/from_pretrained
     warnings.filterwarnings(
         "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning

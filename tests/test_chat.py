@@ -61,3 +61,137 @@ def test_smollm2_knows_the_capital_of_france(llmkit_cli, smollm2_dir):
     )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tiny-llama", ""], "the prompt is empty"),
+        (["tiny-llama", "  \n\t"], "the prompt is empty"),
+        (["tiny-llama", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+        (["tiny-llama", "hi", "--temperature", "-1"], "--temperature must be 0 or more"),
+    ],
+)
+def test_bad_arguments_exit_2_before_the_model_loads(capsys, monkeypatch, args, message):
+    """One line + hint, exit 2, and no model is loaded (no generation is spent on bad input)."""
+    from conftest import run_cli_inprocess
+
+    import llmkit.runs
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(llmkit.runs, "load_for_inference", never)
+    code, out, err = run_cli_inprocess(capsys, "chat", *args)
+    assert code == 2 and out == ""
+    assert err.startswith(f"Error: {message}") and "  hint: " in err and len(err.splitlines()) == 2
+
+
+def test_run_dir_without_a_finished_adapter_says_so(tmp_path, llmkit_cli):
+    """A run that failed or is still training: not "a broken model dir", but what to do."""
+    from llmkit.recipe import dump, load
+    from llmkit.runs import RunLayout
+
+    run = RunLayout(tmp_path / "unfinished")
+    run.path.mkdir()
+    run.recipe.write_text(dump(load("tiny", [f"train.output_dir={run.path}"])))
+    for _ in range(2):  # no adapter/ at all, then an adapter/ still being written (no config yet)
+        result = llmkit_cli("chat", str(run.path), "hi")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert f"Error: {run.path} has no finished adapter" in result.stderr
+        assert f"llmkit train {run.recipe} --resume" in result.stderr
+        run.adapter.mkdir(exist_ok=True)
+
+
+# ----------------------------------------------------------------------------- the shared chat loop
+
+
+def _loop(lines, *, accepts_system=True, system=None):
+    """Drive chat_loop with scripted input and a reply that records what it was sent."""
+    from llmkit.chat_loop import chat_loop
+
+    sent: list[list[dict]] = []
+
+    def reply(messages):
+        sent.append([dict(m) for m in messages])
+        return f"answer {len(sent)}"
+
+    it = iter(lines)
+
+    def read(prompt):
+        try:
+            return next(it)
+        except StopIteration:
+            raise EOFError from None
+
+    written: list[str] = []
+    chat_loop(reply, name="m", system=system, accepts_system=accepts_system, read=read, write=written.append)
+    return sent, "".join(written)
+
+
+def test_chat_loop_commands(capsys):
+    sent, written = _loop(
+        ["hi", "/help", "/system Be terse.", "again", "/clear", "third", "/system", "fourth"]
+        + ["/reset", "/nope", "fifth", "/quit", "never read"]
+    )
+    user = lambda n: {"role": "user", "content": n}  # noqa: E731
+    bot = lambda n: {"role": "assistant", "content": f"answer {n}"}  # noqa: E731
+    terse = {"role": "system", "content": "Be terse."}
+    assert sent == [
+        [user("hi")],
+        [terse, user("hi"), bot(1), user("again")],  # /system keeps the conversation
+        [terse, user("third")],  # /clear keeps the system prompt
+        [user("third"), bot(3), user("fourth")],  # /system alone removes it
+        [user("fifth")],  # /reset is /clear; an unknown command is not sent to the model
+    ]
+    assert written == ""  # /quit ends without the newline Ctrl-D gets
+    err = capsys.readouterr().err
+    assert err.count("/system TEXT") == 2 and "Unknown command /nope." in err  # /help and after /nope
+    for quit_command in ("/bye", "/exit"):
+        assert _loop(["hi", quit_command, "never read"])[0] == [[user("hi")]]
+    assert _loop(["hi"]) == ([[user("hi")]], "\n")  # Ctrl-D
+
+
+def test_chat_loop_refuses_system_where_the_template_does(capsys):
+    sent, _ = _loop(["/system Be terse.", "hi", "/bye"], accepts_system=False)
+    assert sent == [[{"role": "user", "content": "hi"}]]
+    assert "rejects system messages" in capsys.readouterr().err
+
+
+def test_interactive_chat_uses_the_shared_commands(llmkit_cli):
+    result = llmkit_cli(
+        "chat", "tiny-llama", "--max-new-tokens", "2", input="hello\n/help\n/reset\n/clear\n/exit\nnever\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(">>> ") == 5 and "/clear" in result.stderr and "/help" in result.stderr
+
+
+# ----------------------------------------------------------------------------- quiet output
+
+
+def test_train_and_chat_show_our_output_only(tmp_path):
+    """No third-party bars or warnings between our lines (they come back with LLMKIT_DEBUG=1)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}  # as users have it
+    env["LLMKIT_HOME"] = str(tmp_path / "home")  # a fresh home: the tiny model is built (written) here
+
+    def llmkit(*args, **extra):
+        cmd = [sys.executable, "-m", "llmkit", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**env, **extra})
+
+    run = tmp_path / "run"
+    trained = llmkit("train", "tiny", "train.max_steps=2", f"train.output_dir={run}")
+    chatted = llmkit("chat", str(run), "hello", "--max-new-tokens", "3")
+    for result in (trained, chatted):
+        assert result.returncode == 0, result.stderr
+        for noise in ("Loading weights", "Writing model shards", "it/s]", "Warning", "warnings.warn"):
+            assert noise not in result.stderr, result.stderr
+    assert "Training tiny-llama" in trained.stderr and "Done: adapter" in trained.stderr
+    debug = llmkit("chat", str(run), "hello", "--max-new-tokens", "3", LLMKIT_DEBUG="1")
+    assert debug.returncode == 0 and "Loading weights" in debug.stderr  # the check above can fail

@@ -400,6 +400,24 @@ def test_interactive_run_keeps_history(ollama_double, f16_gguf):
     assert r.returncode == 0 and "answer 1" in r.stdout
 
 
+def test_interactive_run_has_the_chat_commands(ollama_double, f16_gguf, capsys):
+    """The same loop as `llmkit chat`: /clear (or /reset) keeps the system prompt, /help, /quit."""
+    ollama_double.add_model("m", f16_gguf)
+    ollama_double.responder = lambda model, messages, options: f"answer {len(messages)}"
+    lines = iter(["one", "/clear", "two", "/help", "/reset", "three", "/quit", "never sent"])
+    run("m", system="Be brief.", write=lambda s: None, read=lambda prompt: next(lines))
+    chats = [body["messages"] for method, path, body in ollama_double.requests if path == "/api/chat"]
+    system = {"role": "system", "content": "Be brief."}
+    assert chats == [[system, {"role": "user", "content": w}] for w in ("one", "two", "three")]
+    assert "/system TEXT" in capsys.readouterr().err
+
+
+def test_empty_prompt_is_refused_before_any_request(ollama_double):
+    r = run_llmkit("ollama", "run", "m", "  ", env=_ollama_env(ollama_double))
+    assert r.returncode == 2 and r.stderr.startswith("Error: the prompt is empty") and "hint:" in r.stderr
+    assert not [p for _, p, _ in ollama_double.requests if p == "/api/chat"]
+
+
 # ----------------------------------------------------------------------------- create, embed
 
 

@@ -72,6 +72,42 @@ def test_run_dir_layout(run_dir):
     assert len(list((run_dir / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
 
 
+def test_run_layout_is_the_contract(run_dir, tmp_path):
+    """runs.RunLayout names every file the run wrote; run.json and metrics read back through it."""
+    from llmkit.runs import RunLayout, last_checkpoint, read_info, read_metrics
+
+    run = RunLayout(run_dir)
+    assert {p.name for p in run_dir.iterdir()} == set(RunLayout.FILES)
+    parts = (run.recipe, run.info, run.adapter, run.checkpoints, run.metrics, run.tensorboard, run.loss_plot)
+    assert all(p.exists() for p in parts) and run.has_run() and run.has_adapter()
+    assert read_info(run_dir) == json.loads(run.info.read_text()) and read_info(tmp_path) == {}
+    assert read_metrics(run_dir) == [json.loads(ln) for ln in run.metrics.read_text().splitlines()]
+    kept = [run.checkpoint(STEPS - 2 * SAVE_EVERY), run.checkpoint(STEPS - SAVE_EVERY)]
+    assert run.finished_checkpoints() == kept and last_checkpoint(run_dir) == kept[-1]
+    assert kept[-1].name == f"step-{STEPS - SAVE_EVERY:06d}"
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == [p.name for p in kept]  # no staged RNG files
+    assert sorted(p.name for p in kept[-1].iterdir()) == [
+        "adapter_model.safetensors",
+        "optimizer.pt",
+        "rng-0.pt",
+        "scheduler.pt",
+        "state.json",
+    ]
+
+
+def test_names_other_modules_import_from_train_still_work():
+    from llmkit.train import (  # noqa: F401
+        LossModel,
+        Plan,
+        TrainError,
+        last_checkpoint,
+        load_model,
+        load_tokenizer,
+        lora_targets,
+        train,
+    )
+
+
 def test_adapter_loads_with_peft_and_runs(run_dir):
     import torch
     from peft import PeftModel
