@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,14 @@ classify_app = typer.Typer(
     help="Train, apply and evaluate text classifiers on embeddings.", no_args_is_help=True
 )
 app.add_typer(classify_app, name="classify")
+
+
+class SampleBy(str, Enum):  # a Typer choice: a wrong value is a usage error (exit 2)
+    line = "line"
+    paragraph = "paragraph"
+    document = "document"
+
+
 _MODEL_OPT = typer.Option("--model", "-m", help="sentence-transformers dir/HF id, or ollama:NAME.")
 _BACKEND_OPT = typer.Option(
     help="auto (measured on this CPU) | torch (exact reference) | onnx | openvino | ollama."
@@ -29,15 +38,22 @@ def embed(
     input: Annotated[
         Path,
         typer.Argument(
-            help=".txt (a line each), .jsonl, .csv, .parquet, a dir of .parquet, a saved dataset dir, "
+            help=".txt (a line each, see --sample-by), .jsonl, .json (array or JSON Lines), .csv, .parquet, "
+            "a dir of .parquet, a saved dataset dir, "
             "hf:NAME (a Hugging Face dataset) — or an embedding recipe .yaml."
         ),
     ],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="a.b=value overrides of an embedding recipe.")
+    ] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="vectors .parquet (or .npy).")] = None,
     column: Annotated[
         str | None, typer.Option("--column", "--text-column", help="Text column (default text).")
     ] = None,
     split: Annotated[str, typer.Option(help="Dataset split (saved datasets, hf:NAME).")] = "train",
+    sample_by: Annotated[
+        SampleBy, typer.Option("--sample-by", help=".txt: a row per line, per paragraph, or the whole file.")
+    ] = SampleBy.line,
     id_column: Annotated[
         str | None, typer.Option(help="Column to use as row id (default: row number).")
     ] = None,
@@ -68,7 +84,12 @@ def embed(
     if input.suffix in (".yaml", ".yml"):
         from llmkit.embed.recipe import run
 
-        return _print_json(run(input))
+        return _print_json(run(input, overrides=overrides or []))
+    if overrides:
+        raise InvalidArgument(
+            f"unexpected extra arguments {' '.join(overrides)!r}",
+            "a.b=value overrides apply to a recipe .yaml",
+        )
     if output is None:
         raise InvalidArgument("missing -o/--output", "e.g. llmkit embed texts.txt -o vectors.parquet")
     result = embed_file(
@@ -85,6 +106,7 @@ def embed(
         keep_text=keep_text,
         commit_every=commit_every,
         split=split,
+        sample_by=sample_by.value,
         ray=ray,
         workers=workers,
     )

@@ -62,7 +62,7 @@ def read_labelled(path: Path, text_column: str, label_column: str) -> tuple[list
     texts, labels = [], []
     for row in read_rows(Path(path), text_column):
         if isinstance(row, Bad):
-            raise DataError(f"{path}: line {row.line} is {row.reason}", "fix or remove that line")
+            raise row.error(path)
         if label_column not in row.extra:
             raise DataError(
                 f"{path}: no label column {label_column!r}; available columns: "
@@ -236,7 +236,7 @@ def predict(
     rows = []
     for row in read_rows(Path(input), column if Path(input).suffix != ".txt" else None, id_column):
         if isinstance(row, Bad):
-            raise DataError(f"{input}: line {row.line} is {row.reason}", "fix or remove that line")
+            raise row.error(input)
         rows.append(row)
         if len(rows) == batch:
             yield from _predict_rows(clf, encoder, rows)

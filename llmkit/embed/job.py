@@ -84,6 +84,7 @@ def embed_file(
     commit_every: int = 4096,
     encoder: Encoder | None = None,
     split: str = "train",
+    sample_by: str = "line",
     ray: str | None = None,
     workers: int = 2,
 ) -> JobResult:
@@ -109,6 +110,7 @@ def embed_file(
             keep_text=keep_text,
             commit_every=commit_every,
             split=split,
+            sample_by=sample_by,
             workers=workers,
         )
     input = Path(input) if not str(input).startswith("hf:") else input
@@ -128,8 +130,11 @@ def embed_file(
         skip_bad=skip_bad,
         keep_text=keep_text,
         commit_every=commit_every,
+        sample_by=sample_by,
     )
-    rows_iter = read_rows(input, column, id_column, split)  # checks columns before the model loads
+    rows_iter = read_rows(
+        input, column, id_column, split, sample_by
+    )  # columns checked before the model loads
     first = next(rows_iter, None)
     if first is None:
         raise DataError(f"{input} has no rows", "give a file with at least one non-blank row")
@@ -142,7 +147,7 @@ def embed_file(
         if not done_parts:
             errors_path.unlink(missing_ok=True)  # a report from an earlier, finished run
         state = _State(encoder, work, errors_path, keep_text)
-        total = count_rows(input, split)
+        total = count_rows(input, split, sample_by)
         start = time.perf_counter()
         resumed = sum(p["rows"] for p in done_parts)
         state.failed = sum(p["failed"] for p in done_parts)
@@ -272,7 +277,7 @@ class _State:
             lines = ", ".join(str(b.line) for b in bad[:10]) + (" …" if len(bad) > 10 else "")
             raise DataError(
                 f"{input}: bad rows at line(s) {lines}: {bad[0].reason}",
-                "fix the file, or pass --skip-bad to skip (and report) them",
+                f"{bad[0].hint}; or pass --skip-bad to skip (and report) them",
             )
         if part_no < len(done_parts):  # committed by an earlier run: skip these rows
             return part_no + 1

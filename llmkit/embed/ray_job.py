@@ -109,6 +109,7 @@ def embed_ray(
     keep_text: bool = True,
     commit_every: int = 4096,
     split: str = "train",
+    sample_by: str = "line",
     workers: int = 2,
     batch_size: int = 256,
 ):
@@ -126,7 +127,7 @@ def embed_ray(
     output = check_output(output)
     if workers < 1:
         raise InvalidArgument(f"--workers must be at least 1, not {workers}", "e.g. --workers 2")
-    rows_iter = read_rows(input, column, id_column, split)
+    rows_iter = read_rows(input, column, id_column, split, sample_by)
     first = next(rows_iter, None)
     if first is None:
         raise DataError(f"{input} has no rows", "give a file with at least one non-blank row")
@@ -144,6 +145,7 @@ def embed_ray(
         skip_bad=skip_bad,
         keep_text=keep_text,
         commit_every=commit_every,
+        sample_by=sample_by,
         ray=True,
     )
     done_parts = _prepare_work_dir(work, key)
