@@ -46,6 +46,24 @@ for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Content-addressed build caches under LLMKIT_HOME: tiny and converted models, assembled assets,
+# ONNX exports and path calibrations, the Go checker. Expensive to build, never changed once built.
+_SHARED_CACHES = ("models", "assets", "cache", "embed")
+
+
+@pytest.fixture(autouse=True)
+def own_llmkit_home(tmp_path_factory, monkeypatch) -> Path:
+    """Each test gets its own LLMKIT_HOME (logs, and whatever else it writes), so no test sees
+    another's state; the build caches are shared with the session through links."""
+    home = tmp_path_factory.mktemp("llmkit-home")
+    shared = Path(_ENV["LLMKIT_HOME"])
+    for name in _SHARED_CACHES:
+        (shared / name).mkdir(parents=True, exist_ok=True)
+        (home / name).symlink_to(shared / name, target_is_directory=True)
+    monkeypatch.setenv("LLMKIT_HOME", str(home))
+    return home
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 

@@ -20,6 +20,7 @@ from llmkit.errors import ExportError, InvalidArgument
 from llmkit.export.archs import EXPERT, Arch, arch_of, n_experts, text_config
 from llmkit.export.quantize import KQUANTS, quantize
 from llmkit.export.vocab import Vocab, load_vocab
+from llmkit.headers import read_safetensors
 
 # Output types: name → (GGML tensor type, general.file_type).
 TYPES = {
@@ -94,13 +95,9 @@ class Weights:
             )
         self.entries: dict[str, tuple[Path, int, dict]] = {}
         for f in files:
-            path = model_dir / f
-            with open(path, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-            header.pop("__metadata__", None)
-            for name, entry in header.items():
-                self.entries[name] = (path, 8 + n, entry)
+            h = read_safetensors(model_dir / f)
+            for name, entry in h.tensors.items():
+                self.entries[name] = (h.path, h.data_offset, entry)
 
     def names(self) -> list[str]:
         return list(self.entries)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llmkit.errors import ExportError
 from llmkit.files import atomic_dir, write_json
+from llmkit.headers import read_safetensors
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -255,16 +256,13 @@ def rewrite_safetensors(src: Path, dst: Path, transform) -> None:
         "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
         "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
     }  # fmt: skip
+    h = read_safetensors(src)
     with open(src, "rb") as fh, open(dst, "wb") as out:
-        size = int.from_bytes(fh.read(8), "little")
-        raw = fh.read(size)
-        out.write(size.to_bytes(8, "little") + raw)
-        header = json.loads(raw)
-        header.pop("__metadata__", None)
-        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+        out.write(fh.read(h.data_offset))  # the header, unchanged
+        for name, entry in sorted(h.tensors.items(), key=lambda item: item[1]["data_offsets"][0]):
             start, end = entry["data_offsets"]
             dtype, shape = dtypes[entry["dtype"]], entry["shape"]
-            fh.seek(8 + size + start)
+            fh.seek(h.data_offset + start)
             data = bytearray(fh.read(end - start))
             tensor = (
                 torch.frombuffer(data, dtype=dtype).reshape(shape)
