@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 from llmkit.errors import InvalidArgument
-from llmkit.ui import info
+from llmkit.ui import info, tell
 
 Reply = Callable[[list[dict]], str]
 
@@ -68,14 +68,14 @@ def chat_loop(
             info("Cleared the conversation.")
         elif command == "/system":
             if not accepts_system:
-                info(NO_SYSTEM)
+                tell(NO_SYSTEM)
                 continue
             history = _system(arg.strip()) + [m for m in history if m["role"] != "system"]
             info("System prompt set." if arg.strip() else "System prompt removed.")
         elif command == "/help":
-            info(HELP)
+            tell(HELP)
         elif command.startswith("/"):
-            info(f"Unknown command {command}.\n{HELP}")
+            tell(f"Unknown command {command}.\n{HELP}")
         else:
             history.append({"role": "user", "content": line})
             history.append({"role": "assistant", "content": reply(history)})

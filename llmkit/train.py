@@ -51,8 +51,9 @@ from llmkit.ui import field, info, progress_items, quiet_transformers, warn
 # while activation memory grows ~3 MB per token, so CPU passes stay at 1024 tokens.
 CPU_BATCH_TOKENS = 1024
 
-# last_checkpoint and TrainError are imported from here by modules written before llmkit.runs
-__all__ = ["train", "TrainError", "last_checkpoint", "Plan", "LossModel", "load_model", "load_tokenizer"]
+# Plan, TrainError and last_checkpoint now live elsewhere; llmkit.plan still imports them from here
+__all__ = ["train", "load_tokenizer", "load_model", "lora_targets", "LossModel", "evaluate"]
+__all__ += ["Plan", "TrainError", "last_checkpoint"]
 
 
 def train(

@@ -76,6 +76,12 @@ def info(message: str) -> None:
         err.print(message)
 
 
+def tell(message: str) -> None:
+    """An answer to something the user just asked for (/help, a refused command): shown even
+    under LLMKIT_QUIET, and never read as rich markup (it may quote what the user typed)."""
+    err.print(escape(message))
+
+
 def warn(message: str) -> None:
     # escape: messages quote user text such as "[/INST]", which rich would read as markup
     err.print(f"[yellow]Warning:[/yellow] {escape(message)}")
