@@ -311,16 +311,19 @@ def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from llmkit.ui import quiet_transformers
+    from llmkit.ui import as_our_bar, quiet_transformers
 
     quiet_transformers()
     kwargs = {"gguf_file": path.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
         config = gguf_config_fixes(AutoConfig.from_pretrained(path.parent, **kwargs), path, arch, header)
-        loaded = AutoModelForCausalLM.from_pretrained(
-            path.parent, dtype=torch.float32, config=config, **kwargs
-        )
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        with as_our_bar(gguf_utils, "Reading GGUF tensors"):
+            loaded = AutoModelForCausalLM.from_pretrained(
+                path.parent, dtype=torch.float32, config=config, **kwargs
+            )
     except SourceError:
         raise
     except Exception as exc:

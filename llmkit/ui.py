@@ -6,6 +6,7 @@ honours NO_COLOR and drops animation when stderr is not a terminal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -117,3 +118,27 @@ def quiet_transformers() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
     )
+
+
+@contextlib.contextmanager
+def as_our_bar(module, label: str):
+    """Show a library's `tqdm` loop (module.tqdm) as one of our bars: its own would print raw
+    under our output. Under debug() the library's bar stays."""
+    if debug():
+        yield
+        return
+    original = module.tqdm
+
+    def bar(iterable, *args, **kwargs):
+        items = list(iterable)
+        with progress_items() as p:
+            task = p.add_task(label, total=len(items))
+            for item in items:
+                yield item
+                p.advance(task)
+
+    module.tqdm = bar
+    try:
+        yield
+    finally:
+        module.tqdm = original

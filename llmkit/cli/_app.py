@@ -37,6 +37,8 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug or os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
+    if _state["debug"]:  # the library reads it too: third-party output comes back under --debug
+        os.environ["LLMKIT_DEBUG"] = "1"
 
 
 def _exit_interrupted(signum, frame) -> None:

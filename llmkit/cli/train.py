@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -35,7 +34,9 @@ def train(
 
     run_dir = run_train(loaded, resume=resume, overwrite=overwrite)
     if json_out:
-        return _print_json(json.loads((run_dir / "run.json").read_text()))
+        from llmkit.runs import read_info
+
+        return _print_json(read_info(run_dir))
     typer.echo(str(run_dir))
 
 

@@ -58,7 +58,7 @@ def export(
     """
     from llmkit.export import modelfile as mf
     from llmkit.export.gguf import check_type
-    from llmkit.runs import is_run_dir, open_run
+    from llmkit.runs import RunLayout, is_run_dir, open_run
 
     run = None
     if is_run_dir(source):
@@ -73,7 +73,7 @@ def export(
                 opts.template if opts.template in ("native", "go") else run.recipe.resolve_path(opts.template)
             )
         parameters = {**opts.parameters, **(parameters or {})}
-    elif (Path(source) / "recipe.yaml").is_file():
+    elif RunLayout(source).recipe.is_file():
         raise ExportError(
             f"{source} is a run directory without an adapter/ (training did not finish?)",
             "train first: llmkit train RECIPE, or resume the run",

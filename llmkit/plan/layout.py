@@ -14,7 +14,7 @@ def _prepare_data(recipe: Recipe, tokenizer):
 def _layout(examples, recipe: Recipe, budget: int) -> dict:
     """The run's steps and passes, exactly as train.py lays them out (one process)."""
     from llmkit import data as datalib
-    from llmkit.train import Plan
+    from llmkit.steps import Plan
 
     p = Plan(examples, recipe, 1)
     best = (0, 0, 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 from llmkit.errors import LlmkitError
@@ -29,13 +28,14 @@ def oom_guard(recipe: Recipe, out: Path, budget: int):
 def _oom_error(recipe: Recipe, out: Path, budget: int, exc: Exception) -> LlmkitError:
     import torch
 
+    from llmkit.errors import TrainError
     from llmkit.plan import plan
-    from llmkit.train import TrainError, last_checkpoint
+    from llmkit.runs import last_checkpoint, read_metrics
 
     step = 0
     with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-        step = json.loads(lines[-1])["step"] if lines else 0
+        rows = read_metrics(out)
+        step = rows[-1]["step"] if rows else 0
     seen, total, device = "", None, None
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated()

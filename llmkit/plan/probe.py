@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from llmkit.errors import PlanError
 from llmkit.recipe import Recipe, load
+from llmkit.runs import read_info, read_metrics
 
 
 def run_probe(recipe: Recipe, overrides, layout, steps: int = 10) -> dict:
@@ -57,8 +57,7 @@ def run_probe(recipe: Recipe, overrides, layout, steps: int = 10) -> dict:
             raise PlanError(
                 f"--probe: the training run failed: {last}", "run `llmkit train` to see the full error"
             )
-        rows = [json.loads(ln) for ln in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-        run = json.loads((Path(tmp) / "run" / "run.json").read_text())
+        rows, run = read_metrics(Path(tmp) / "run"), read_info(Path(tmp) / "run")
     return probe_rate(rows) | {
         "wall_s": round(time.perf_counter() - start, 1),
         "precision": run["precision"],
