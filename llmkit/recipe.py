@@ -348,10 +348,10 @@ def dump(recipe: RecipeBase) -> str:
 
 def copy(name: str, dest: Path, *, force: bool = False) -> Path:
     """Copy a recipe of either kind to `dest` (a file or a folder) to edit it."""
-    from llmkit.files import atomic_file
+    from llmkit.files import atomic_file, check_writable
 
     src = find(name)
-    dest = Path(dest)
+    dest = check_writable(Path(dest), "recipe copy")
     if dest.is_dir():
         dest = dest / src.name
     if dest.exists() and not force:

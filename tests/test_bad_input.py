@@ -112,7 +112,7 @@ CASES = [
     ("recipes-copy-under-file", ("recipes", "copy", "tiny", "afile/tiny.yaml"), 1, ["afile"], 15),
     # --- data that cannot be used: named with its place and a fix
     ("corrupt-parquet", train_on("corrupt.parquet"), 1, ["corrupt.parquet", "Parquet"], 60),
-    ("json-not-objects", train_on("numbers.json"), 1, ["numbers.json", "not a list of objects"], 60),
+    ("json-not-objects", train_on("numbers.json"), 1, ["numbers.json", "not of objects"], 60),
     ("jsonl-bad-line", train_on("badline.jsonl"), 1, ["badline.jsonl", "line 2"], 60),
     ("not-utf8", train_on("latin1.jsonl"), 1, ["latin1.jsonl", "UTF-8"], 60),
     ("empty-data", train_on("empty.jsonl"), 1, ["empty.jsonl", "is empty"], 60),

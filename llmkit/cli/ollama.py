@@ -124,7 +124,7 @@ def ollama_run(
     for item in option or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise InvalidArgument(f"--option expects KEY=VALUE, got {item!r}")
+            raise InvalidArgument(f"--option expects KEY=VALUE, got {item!r}", "e.g. -o temperature=0.2")
         try:
             options[key] = json.loads(value)
         except ValueError:
