@@ -90,7 +90,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual mode
+        # mkstemp makes 0600: give the finished file the usual mode (keeping execute bits a writer set)
+        os.chmod(tmp, (os.stat(tmp).st_mode | 0o666) & 0o777 & ~_umask())
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

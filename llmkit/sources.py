@@ -57,9 +57,7 @@ def resolve(
     prefer_hub: bool = False,
 ) -> Path:
     """Return a local HF model directory for `ref`, downloading or converting it if needed."""
-    ref = ref.strip()
-    if not ref:
-        raise InvalidArgument("the model reference is empty", f"pass {_REFERENCE_KINDS}")
+    ref = check_reference(ref)
     if ref.startswith("ollama:"):
         from llmkit.ollama import locate_model_gguf
 
@@ -75,18 +73,9 @@ def resolve(
         ref = BUILTIN[ref]["hub"]
     path = Path(ref).expanduser()
     if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise SourceError(f"GGUF file not found: {path}")
         return convert_gguf(path)
     if path.is_dir():
         return check_model_dir(path)
-    if path.exists():
-        raise SourceError(
-            f"{path} is a file, not a model directory",
-            "pass the directory that holds config.json, the weights and the tokenizer, or a .gguf file",
-        )
-    if looks_local(ref):
-        raise SourceError(f"no such directory: {path}", _missing_dir_hint(path))
     if "@" in ref:
         ref, _, rev = ref.partition("@")
         if revision and rev != revision:
@@ -99,6 +88,33 @@ def resolve(
             ref, revision=revision, include=include, exclude=exclude, allow_pickle=allow_pickle, token=token
         )
         return check_model_dir(where)
+    raise AssertionError(f"check_reference let {ref!r} through")  # it names every kind it lets pass
+
+
+def check_reference(ref: str) -> str:
+    """The reference, stripped, if it can name a model; else the one-line error, at once: no
+    network, no heavy imports (train and plan call it before torch loads)."""
+    ref = ref.strip()
+    if not ref:
+        raise InvalidArgument("the model reference is empty", f"pass {_REFERENCE_KINDS}")
+    if ref.startswith("ollama:") or ref in TINY_NAMES or ref in BUILTIN:
+        return ref
+    path = Path(ref).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise SourceError(f"GGUF file not found: {path}")
+        return ref
+    if path.is_dir():
+        return ref
+    if path.exists():
+        raise SourceError(
+            f"{path} is a file, not a model directory",
+            "pass the directory that holds config.json, the weights and the tokenizer, or a .gguf file",
+        )
+    if looks_local(ref):
+        raise SourceError(f"no such directory: {path}", _missing_dir_hint(path))
+    if hub.REPO_ID.match(ref.partition("@")[0]):
+        return ref
     raise SourceError(
         f"unknown model '{ref}': not a local directory, .gguf file, Hub repo id or built-in name",
         f"built-in names: {', '.join([*BUILTIN, *TINY_NAMES])}; Hub ids look like org/name[@revision]",

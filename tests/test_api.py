@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_import_llmkit_is_light():
     code = "import sys, llmkit; print([m for m in ('torch', 'transformers') if m in sys.modules])"
@@ -12,6 +14,7 @@ def test_import_llmkit_is_light():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_api_functions_stay_callable_after_submodule_imports(tmp_path):
     import llmkit
     import llmkit.embed.encoders  # noqa: F401  (rebinds llmkit.embed to the package)

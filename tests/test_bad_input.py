@@ -63,7 +63,13 @@ def train_on(data: str) -> tuple[str, ...]:
 CASES = [
     # --- invalid option values: usage errors (exit 2), before anything loads
     ("gguf-type", ("export", "tiny-llama", "--gguf", "q3_k"), 2, ["--gguf q3_k", "unknown GGUF type"], 15),
-    ("ollama-quantize", ("export", "tiny-llama", "--quantize", "q9"), 2, ["Ollama cannot quantize to 'q9'"], 15),
+    (
+        "ollama-quantize",
+        ("export", "tiny-llama", "--quantize", "q9"),
+        2,
+        ["Ollama cannot quantize to 'q9'"],
+        15,
+    ),
     (
         "ollama-name",
         ("export", "tiny-llama", "--ollama", "Bad Name!"),
@@ -125,6 +131,14 @@ CASES = [
     ),
     # --- model references that are not what they look like
     ("missing-run-dir", ("chat", "runs/nope", "hi"), 1, ["runs/nope"], 15),
+    ("train-missing-model", ("train", TINY, "model.name=runs/nope"), 1, ["no such directory: runs/nope"], 10),
+    (
+        "plan-unknown-model",
+        ("plan", TINY, "model.name=no-such-model"),
+        1,
+        ["unknown model 'no-such-model'"],
+        10,
+    ),
     ("dir-without-config", ("pull", "notamodel"), 1, ["notamodel", "config.json"], 15),
     ("truncated-gguf", ("pull", "truncated.gguf"), 1, ["truncated.gguf", "truncated"], 30),
     ("run-without-adapter", ("chat", "runs/unfinished", "hi"), 1, ["runs/unfinished", "adapter"], 30),

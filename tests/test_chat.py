@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.mark.slow
 def test_one_shot_with_tiny_model(llmkit_cli):
     result = llmkit_cli("chat", "tiny-qwen2", "Hello", "--max-new-tokens", "5")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_interactive_keeps_going_until_bye(llmkit_cli):
     result = llmkit_cli(
         "chat",
@@ -23,6 +25,7 @@ def test_interactive_keeps_going_until_bye(llmkit_cli):
     assert result.stdout.count(">>> ") == 4  # hello, /system, again, /bye; "never read" is not read
 
 
+@pytest.mark.slow
 def test_model_without_chat_template_is_a_clear_error(tiny_llama_dir, tmp_path, llmkit_cli):
     import shutil
 
@@ -34,6 +37,7 @@ def test_model_without_chat_template_is_a_clear_error(tiny_llama_dir, tmp_path, 
     assert "has no chat template" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_system_prompt_on_a_template_that_rejects_it_is_a_clear_error(tiny_llama_dir, tmp_path, llmkit_cli):
     """Gemma 2-style templates raise on a system turn: --system says so; /system is refused politely."""
     import shutil
@@ -90,6 +94,7 @@ def test_bad_arguments_exit_2_before_the_model_loads(capsys, monkeypatch, args, 
     assert err.startswith(f"Error: {message}") and "  hint: " in err and len(err.splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_run_dir_without_a_finished_adapter_says_so(tmp_path, llmkit_cli):
     """A run that failed or is still training: not "a broken model dir", but what to do."""
     from llmkit.recipe import dump, load
@@ -161,6 +166,7 @@ def test_chat_loop_refuses_system_where_the_template_does(capsys):
     assert "rejects system messages" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_interactive_chat_uses_the_shared_commands(llmkit_cli):
     result = llmkit_cli(
         "chat", "tiny-llama", "--max-new-tokens", "2", input="hello\n/help\n/reset\n/clear\n/exit\nnever\n"
@@ -172,6 +178,7 @@ def test_interactive_chat_uses_the_shared_commands(llmkit_cli):
 # ----------------------------------------------------------------------------- quiet output
 
 
+@pytest.mark.slow
 def test_train_and_chat_show_our_output_only(tmp_path):
     """No third-party bars or warnings between our lines (they come back with LLMKIT_DEBUG=1)."""
     import os

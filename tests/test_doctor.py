@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
+
+@pytest.mark.slow
 def test_doctor_json_reports_hardware_and_tools(llmkit_cli):
     secret = "hf_SECRETtokenVALUE123"
     result = llmkit_cli("doctor", "--json", env={"HF_TOKEN": secret})
@@ -32,6 +35,7 @@ def test_doctor_json_reports_hardware_and_tools(llmkit_cli):
     assert secret not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_doctor_table_shows_running_server(llmkit_cli, ollama_double):
     result = llmkit_cli("doctor")
     assert result.returncode == 0, result.stderr

@@ -85,6 +85,7 @@ def _calibration_table():
     return calibrate.cached(_model_key())
 
 
+@pytest.mark.slow
 def test_auto_is_the_fastest_exact_path_measured_on_this_cpu(reference):
     from llmkit.devices import cpu_name
     from llmkit.embed import calibrate
@@ -117,6 +118,7 @@ def _model_key():
     return model_key(resolve_model_dir("all-minilm-l6-v2")[1])
 
 
+@pytest.mark.slow
 def test_fast_keeps_its_contract_on_this_cpu_and_int8_is_its_alias(reference):
     """The contract of `fast` (mean ≥ 0.999, min ≥ 0.99) holds on any CPU: the path verifies
     itself at calibration and falls back to the exact path where int8 kernels lose too much."""
@@ -360,6 +362,7 @@ def topics_vectors(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_similar_exact_topk_and_similarity(capsys, topics_vectors):
     code, stdout, err = cli(
         capsys, "similar", "my laptop battery dies fast", "--index", str(topics_vectors), "-k", "3", "--json"

@@ -161,6 +161,7 @@ def test_cluster_auto_k_labels_written_back_plot_and_nearest(capsys, labelled_ve
     assert code == 1 and "too few for 500 clusters" in err
 
 
+@pytest.mark.slow
 def test_cluster_auto_finds_the_topics_a_person_sees(capsys, labelled_vectors, tmp_path):
     """Known k: the labelled set has 4 topics (ARI against its labels), the demo's 40 questions
     too (10 each: cooking, tech, sports, weather); the old rule chose k = 2 on them."""
@@ -207,7 +208,11 @@ def test_shipped_embedding_recipes_validate_and_bad_ones_list_every_error(tmp_pa
     with pytest.raises(RecipeError) as exc:
         load(bad)
     msg = exc.value.message
-    assert "encoder.backend" in msg and "embed.output: required key is missing" in msg and "extra: unknown key" in msg
+    assert (
+        "encoder.backend" in msg
+        and "embed.output: required key is missing" in msg
+        and "extra: unknown key" in msg
+    )
 
 
 def test_recipe_runs_embed_classify_cluster(capsys, tmp_path):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from conftest import run_cli_inprocess as cli
 
 SENTENCES = [f"sentence {i} about {['cats', 'rain', 'football', 'laptops'][i % 4]}" for i in range(30)]
@@ -51,6 +52,7 @@ def test_parquet_directory_streams_every_file_in_name_order(capsys, tmp_path):
     assert code == 1 and "a directory with no .parquet files" in err
 
 
+@pytest.mark.slow
 def test_saved_dataset_and_hf_dataset_by_name_offline(capsys, tmp_path):
     import datasets
 
@@ -133,6 +135,7 @@ def test_unreadable_inputs_fail_in_one_line_before_the_model_loads(capsys, tmp_p
         assert len(err.strip().splitlines()) == 2 and "hint:" in err  # message + hint, no traceback
 
 
+@pytest.mark.slow
 def test_json_array_input_and_its_bad_lines(capsys, tmp_path):
     (tmp_path / "a.json").write_text(
         json.dumps([{"text": s, "n": i} for i, s in enumerate(SENTENCES[:5])], indent=1)

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pyarrow.parquet as pq
+import pytest
 
 
 def _spawn(*args: str) -> subprocess.Popen:
@@ -22,6 +23,7 @@ def _spawn(*args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_sigkilled_job_resumes_with_one_row_per_input_row_in_order(tmp_path):
     src = tmp_path / "in.txt"
     lines = [f"sentence {i} about {['cats', 'rain', 'football', 'laptops'][i % 4]}" for i in range(1500)]
@@ -73,6 +75,7 @@ def _peak_rss_kb(src, out) -> int:
     return int(done.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_with_the_number_of_rows(tmp_path):
     # 500 distinct phrases repeated: the encoder sees each once, so this measures the streaming
     # pipeline (reading, hashing, parts, merge) rather than the model's speed.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from conftest import run_cli_inprocess
 from ollama_double import embed_text
 
@@ -33,6 +34,7 @@ def _embedding_gguf(path: Path, dim: int) -> Path:
 cli = run_cli_inprocess
 
 
+@pytest.mark.slow
 def test_ollama_encoder_job_search_and_errors(capsys, ollama_double, tmp_path):
     ollama_double.add_model("nomic-embed-text", _embedding_gguf(tmp_path / "e.gguf", 64))
     src = tmp_path / "in.txt"

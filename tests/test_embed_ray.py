@@ -95,6 +95,7 @@ def _same_as_local(ray_out: Path, src: Path, tmp_path: Path) -> None:
     assert local.rows == len(rt)
 
 
+@pytest.mark.slow
 def test_ray_job_matches_the_local_job_row_by_row(cluster, tmp_path):
     src = tmp_path / "in.txt"
     lines = [f"sentence {i} about {['cats', 'rain', 'football', 'laptops'][i % 4]}" for i in range(300)]

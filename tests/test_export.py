@@ -214,6 +214,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_llama_dir, llama_run):
     assert not (tmp_path / "o" / "model.gguf").exists()
 
 
+@pytest.mark.slow
 def test_cli_export_json_and_errors(llmkit_cli, tiny_qwen2_dir, tmp_path):
     r = llmkit_cli("export", str(tiny_qwen2_dir), "-o", str(tmp_path / "e"), "--ollama", "tiny-q", "--json")
     assert r.returncode == 0, r.stderr
@@ -244,6 +245,7 @@ def test_ollama_create_with_template_stop_and_quantize(ollama_double, exported, 
     assert m["config"]["file_type"] == "Q4_K_M" and m["config"]["model_family"] == "llama"
 
 
+@pytest.mark.slow
 def test_ollama_rejection_is_a_one_line_error(ollama_double, tiny_qwen2_dir, tmp_path):
     from llmkit.export import export
 

@@ -289,6 +289,7 @@ def test_missing_tokenizer_and_bad_type(tiny_llama_dir, tmp_path):
     assert "q4_k_m" in e.value.hint and "q8_0" in e.value.hint
 
 
+@pytest.mark.slow
 def test_failed_write_leaves_nothing(tiny_llama_dir, tmp_path):
     """A file-size limit hit mid-write (like a full disk): an error, and no file at the final path."""
     script = textwrap.dedent(f"""
@@ -307,6 +308,7 @@ def test_failed_write_leaves_nothing(tiny_llama_dir, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_streaming_memory_is_bounded_by_a_tensor(tmp_path):
     """Peak RSS while writing grows by far less than the model: tensors are streamed one at a time."""
     build = textwrap.dedent(f"""

@@ -200,6 +200,7 @@ def _fake_ollama(bin_dir: Path, body: str) -> Path:
     return bin_dir
 
 
+@pytest.mark.slow
 def test_serve_starts_the_binary_and_waits_until_healthy(tmp_path):
     bin_dir = _fake_ollama(
         tmp_path / "bin",
@@ -277,6 +278,7 @@ def test_error_inside_a_200_stream_is_one_line(ollama_double):
     assert "ollama.com/library" in err.value.hint
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_pull_exits_130_and_the_pull_resumes(ollama_double):
     size = 2_000_000
     # ~10 s of download: wide enough that a loaded CI machine cannot finish it before the Ctrl-C
@@ -311,6 +313,7 @@ def test_ctrl_c_during_pull_exits_130_and_the_pull_resumes(ollama_double):
 # ----------------------------------------------------------------------------- list, show, rm, ps
 
 
+@pytest.mark.slow
 def test_list_show_ps_rm(ollama_double, f16_gguf):
     ollama_double.add_model(
         "mine:v1",
@@ -336,6 +339,7 @@ def test_list_show_ps_rm(ollama_double, f16_gguf):
     assert list_models() == []
 
 
+@pytest.mark.slow
 def test_unknown_model_gives_the_server_message_and_the_list_hint(ollama_double):
     for args in (["show", "ghost"], ["rm", "ghost"], ["run", "ghost", "hi"]):
         r = run_llmkit("ollama", *args, env=_ollama_env(ollama_double))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_run_tiny_recipe_into_ollama(llmkit_cli, ollama_double, tmp_path):
     run_dir = tmp_path / "run"
     result = llmkit_cli(

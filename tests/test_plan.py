@@ -86,6 +86,7 @@ def test_parameter_counts_match_the_real_lora_model(name, tmp_path):
 # ----------------------------------------------------------------------------- memory
 
 
+@pytest.mark.slow
 def test_tiny_peak_memory_within_20_percent(tmp_path):
     from llmkit.plan import plan
 
@@ -113,6 +114,7 @@ def test_smollm2_peak_memory_within_20_percent(tmp_path):
     assert within(predicted, measured, 0.20), (predicted, measured)
 
 
+@pytest.mark.slow
 def test_probe_time_within_25_percent_of_the_real_run(tmp_path, llmkit_cli, monkeypatch):
     """Probe and real run (`llmkit train`, a process like the probe's) alternate, back to back,
     on the same batches (same recipe, same seed). Each side's time is the sum over steps of that
@@ -154,6 +156,7 @@ def test_probe_time_within_25_percent_of_the_real_run(tmp_path, llmkit_cli, monk
 # ----------------------------------------------------------------------------- verdicts and errors
 
 
+@pytest.mark.slow
 def test_cli_json_and_table(llmkit_cli, tmp_path):
     r = llmkit_cli("plan", "tiny", f"train.output_dir={tmp_path}", "--json")
     assert r.returncode == 0, r.stderr
@@ -169,6 +172,7 @@ def test_cli_json_and_table(llmkit_cli, tmp_path):
         assert word in r.stdout
 
 
+@pytest.mark.slow
 def test_cannot_fit_says_by_how_much_and_exits_nonzero(llmkit_cli, tmp_path):
     r = llmkit_cli("plan", "tiny", f"train.output_dir={tmp_path}", "--memory", "100MB")
     assert r.returncode == 1
@@ -179,6 +183,7 @@ def test_cannot_fit_says_by_how_much_and_exits_nonzero(llmkit_cli, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_advice_makes_it_fit(tmp_path):
     """A budget between the weights and the full peak: each suggested setting, re-planned, fits."""
     from llmkit.plan import DoesNotFit, check, plan
@@ -216,6 +221,7 @@ def test_bad_input_is_one_line(llmkit_cli, tmp_path, args, expect):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_truncated_gguf_model_is_one_line(llmkit_cli, tmp_path, smollm2_gguf):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(smollm2_gguf.read_bytes()[:3_000_000])

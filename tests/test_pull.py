@@ -149,6 +149,7 @@ def test_pull_fetches_safe_files_that_load(pull, hub, tiny_llama_dir):
     assert f"{REPO}@main" in table.stdout and human_size(row["size"]) in table.stdout
 
 
+@pytest.mark.slow
 def test_revision_as_suffix_option_or_commit(pull, hub):
     commit = hub.repos[REPO].refs["v1"]
     for args in ([f"{REPO}@v1"], [REPO, "--revision", "v1"], [f"{REPO}@{commit}"]):
@@ -193,6 +194,7 @@ def test_patterns_pickle_include_exclude(pull, hub):
     assert not hub.seen(contains="consolidated") and not _file_requests(hub, "generation_config.json")
 
 
+@pytest.mark.slow
 def test_pickle_only_repo_needs_allow_pickle(pull, hub):
     errors = _error_lines(pull(PICKLE_ONLY))
     assert errors[0] == f"Error: {PICKLE_ONLY} only has pickle weights (.bin), which can run code when loaded"
@@ -217,6 +219,7 @@ def test_unknown_model_is_one_line_with_a_hint(pull, hub, token):
         assert token not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_gated_repo_needs_a_token_that_is_never_shown(pull, hub):
     outputs = []
 
@@ -263,6 +266,7 @@ def test_gated_repo_needs_a_token_that_is_never_shown(pull, hub):
             assert secret not in output
 
 
+@pytest.mark.slow
 def test_offline_uses_the_cache_or_says_it_is_missing(pull, hub):
     offline = {"HF_HUB_OFFLINE": "1"}
     missing = pull(REPO, env=offline)
@@ -287,6 +291,7 @@ def test_offline_uses_the_cache_or_says_it_is_missing(pull, hub):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+@pytest.mark.slow
 def test_interrupted_download_resumes_with_a_range_request(pull, hub, sig):
     weights = hub.file(WIDE, "model.safetensors")
     assert len(weights.data) > 11 * 2**20
@@ -364,6 +369,7 @@ def test_double_speaks_the_hub_protocol(hub, tmp_path):
         api.list_repo_files(REPO, revision="nope")
 
 
+@pytest.mark.slow
 def test_unreachable_hub_falls_back_to_the_cached_copy(pull, hub):
     online = pull(REPO)
     assert online.returncode == 0, online.stderr
@@ -377,6 +383,7 @@ def test_unreachable_hub_falls_back_to_the_cached_copy(pull, hub):
     assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.slow
 def test_a_reference_that_is_a_path_never_goes_to_the_hub(hub, llmkit_cli, tmp_path):
     """`runs/NAME` and `org/name` with a local `org/` look like Hub ids; a missing local path must
     be reported as missing, without one request to the Hub."""

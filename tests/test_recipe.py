@@ -177,6 +177,7 @@ def test_cli_validate_show_copy(llmkit_cli, tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_cli_lists_shows_validates_and_copies_both_kinds(llmkit_cli, tmp_path):
     listed = llmkit_cli("recipes", "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -303,6 +304,7 @@ def _four_bit_possible() -> bool:
 
 
 @pytest.mark.parametrize("shipped", TRAIN, ids=[r.name for r in TRAIN])
+@pytest.mark.slow
 def test_every_shipped_training_recipe_trains_shrunk(shipped, tmp_path, monkeypatch):
     """The recipe as shipped (data, LoRA, template, packing, checkpointing…) on the tiny model
     of its family for 2 steps: a recipe that no longer trains fails here, not in a user's hands."""

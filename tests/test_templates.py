@@ -148,6 +148,7 @@ def _derive_and_prove(tok, jinja, go_render):
 # ----------------------------------------------------------------------------- derivation, by feature
 
 
+@pytest.mark.slow
 def test_chatml_with_default_system(plain_tok, go_render):
     chat = _derive_and_prove(plain_tok, CHATML_DEFAULT_SYSTEM, go_render)
     assert chat.default_system == "You are a helpful assistant."
@@ -255,6 +256,7 @@ def test_template_failing_on_plain_chat_is_refused(plain_tok):
 # ----------------------------------------------------------------------------- --template FILE
 
 
+@pytest.mark.slow
 def test_template_file_syntax_error_has_the_line_number(plain_tok, tmp_path, go_render):
     bad = "{{- range .Messages }}\n{{ .Content }}\n{{ end }}{{ end }}\n"
     go_error = go_render.parse_error(bad)

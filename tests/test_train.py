@@ -131,6 +131,7 @@ def test_adapter_loads_with_peft_and_runs(run_dir):
         assert torch.allclose(model(ids).logits, model2(ids).logits)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(run_dir, tmp_path):
     """SIGKILL mid-run, then --resume: the final adapter equals the uninterrupted run's."""
     out = tmp_path / "killed"
@@ -231,6 +232,7 @@ def test_recipe_errors_listed_at_once(llmkit_cli):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_missing_dataset_via_cli(llmkit_cli, tmp_path):
     r = llmkit_cli("train", "tiny", f"data.path={tmp_path}/missing.jsonl", f"train.output_dir={tmp_path}/o")
     assert r.returncode == 1 and "Error: dataset file not found" in r.stderr and "hint:" in r.stderr
@@ -384,6 +386,7 @@ def hub_datasets(tmp_path):
         yield hub
 
 
+@pytest.mark.slow
 def test_trains_on_a_hub_dataset_by_name(hub_datasets, llmkit_cli, tmp_path):
     """data.path = a Hub dataset id: loaded through `datasets` (here from the Hub double), split chosen."""
     out = tmp_path / "run"

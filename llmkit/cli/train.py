@@ -28,8 +28,10 @@ def train(
     Multi-GPU: accelerate launch --config_file recipes/accelerate/ddp.yaml -m llmkit.train RECIPE
     """
     from llmkit.recipe import load
+    from llmkit.sources import check_reference
 
     loaded = load(recipe, overrides or [])  # recipe errors show before torch is imported
+    check_reference(loaded.model.name)  # and so does a mistyped model
     from llmkit.train import train as run_train
 
     run_dir = run_train(loaded, resume=resume, overwrite=overwrite)
@@ -84,8 +86,10 @@ def run_recipe(
 ) -> None:
     """Pull → train → export (→ Ollama model if the recipe names one), in one command."""
     from llmkit.recipe import load
+    from llmkit.sources import check_reference
 
     loaded = load(recipe, overrides or [])  # recipe errors show before anything heavy starts
+    check_reference(loaded.model.name)
     from llmkit.pipeline import run
 
     result = run(loaded, resume=resume, overwrite=overwrite, verify=verify)

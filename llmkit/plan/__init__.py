@@ -94,8 +94,10 @@ def plan(
 ) -> PlanResult:
     """Predict parameters, peak memory, disk and time of `llmkit train RECIPE` without loading weights."""
     from llmkit import devices
+    from llmkit.sources import check_reference
 
     loaded = load(recipe, list(overrides))
+    check_reference(loaded.model.name)  # before devices.detect() imports torch
     t = loaded.train
     hw = devices.detect()
     device = device or hw.device
