@@ -98,6 +98,9 @@ def plan(
 
     loaded = load(recipe, list(overrides))
     check_reference(loaded.model.name)  # before devices.detect() imports torch
+    if device not in (None, "cpu", "cuda", "mps"):
+        raise InvalidArgument(f"--device {device}: unknown device", "use cpu, cuda or mps")
+    requested = _parse_size(memory) if memory is not None else None  # a bad --memory: also before
     t = loaded.train
     hw = devices.detect()
     device = device or hw.device
@@ -117,7 +120,7 @@ def plan(
             f"model.load_in_4bit: QLoRA needs a CUDA GPU with bitsandbytes, not {device.upper()}",
             "plan with --device cuda, or set model.load_in_4bit=false",
         )
-    available = _parse_size(memory) if memory is not None else _device_memory(device, here)
+    available = requested if requested is not None else _device_memory(device, here)
 
     config, tokenizer = model_config(loaded)
     arch = _text_config(config)
