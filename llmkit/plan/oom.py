@@ -43,15 +43,14 @@ def _oom_error(recipe: Recipe, out: Path, budget: int, exc: Exception) -> Llmkit
         seen, device = f"{human(peak)} allocated at peak of {human(total)}; ", "cuda"
         torch.cuda.empty_cache()
     figures, advice = "", []
-    try:
+    # the plan is a help here; never hide the out-of-memory error behind a failure of its own
+    with contextlib.suppress(Exception):
         p = plan(recipe, device=device, memory=total, measure=False)  # no GPU work now
         figures = (
             f"plan: weights {human(p.memory.weights)} + activations {human(p.memory.activations)} "
             f"({p.largest_pass_tokens:,} tokens/pass) + loss {human(p.memory.loss)} = {human(p.memory.peak)}"
         )
         advice = p.advice
-    except Exception:  # the plan is a help here; never hide the out-of-memory error behind it
-        pass
     if not advice:
         half = max(128, (budget or 8192) // 2)
         advice = [f"train.max_batch_tokens={half}"]

@@ -71,17 +71,15 @@ def run_probe(recipe: Recipe, overrides, layout, steps: int = 10) -> dict:
 
 # The probe's training process: `python -m llmkit.train RECIPE`, then its peak RSS (VmHWM) to a file.
 _PROBE_MAIN = """
-import re, runpy, sys
+import contextlib, re, runpy, sys
 out = sys.argv[1]
 sys.argv = ["llmkit.train", *sys.argv[2:]]
 try:
     runpy.run_module("llmkit.train", run_name="__main__")
 finally:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # no /proc (macOS): the parent uses ru_maxrss
         status = open("/proc/self/status").read()
         open(out, "w").write(str(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024))
-    except (OSError, AttributeError):
-        pass
 """
 
 
