@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "embed_ray.json"
 BIN = Path(sys.executable).parent
+LOAD_BEFORE = round(os.getloadavg()[0], 2)
 
 
 def _port() -> int:
@@ -136,7 +137,7 @@ def main() -> None:
             "cpu": cpu_name(),
             "kernel_flags": cpu_kernel_flags(),
             "cores": os.cpu_count(),
-            "shared": "other jobs ran on this machine at the same time: read the ratios, not the rates",
+            "load_average_before": LOAD_BEFORE,  # 1-minute load when the bench started: others' work
         },
         "runs": results,
     }

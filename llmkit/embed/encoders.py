@@ -131,7 +131,7 @@ class TorchEncoder(Encoder):
             )
         self.st = SentenceTransformer(str(path), device="cpu")  # a Path raises TypeError in ST 6.2
         super().__init__(
-            model_id, self.st.get_sentence_embedding_dimension(), "torch", precision, self.st.max_seq_length
+            model_id, _dimension(self.st), "torch", precision, self.st.max_seq_length
         )
         self.normalize, self.batch_size = normalize, batch_size
         self.tokenizer = self.st.tokenizer
@@ -156,6 +156,12 @@ class TorchEncoder(Encoder):
                 show_progress_bar=False,
             )
         return np.asarray(vecs, dtype=np.float32)
+
+
+def _dimension(st) -> int:
+    """sentence-transformers renamed get_sentence_embedding_dimension (a FutureWarning since 5.x)."""
+    get = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+    return get()
 
 
 def _count_long(tokenizer, texts: list[str], limit: int | None) -> int:
