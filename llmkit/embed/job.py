@@ -92,34 +92,8 @@ def embed_file(
 
     `ray`: a Ray cluster address ("auto", "local", "HOST:PORT"): the same job on an actor pool
     of `workers` encoders (ray_job.py)."""
-    if ray:
-        from llmkit.embed.ray_job import embed_ray
-
-        return embed_ray(
-            input,
-            output,
-            address=ray,
-            column=column,
-            id_column=id_column,
-            model=model,
-            backend=backend,
-            precision=precision,
-            normalize=normalize,
-            chunk=chunk,
-            skip_bad=skip_bad,
-            keep_text=keep_text,
-            commit_every=commit_every,
-            split=split,
-            sample_by=sample_by,
-            workers=workers,
-        )
-    input = Path(input) if not str(input).startswith("hf:") else input
-    output = check_output(output)
-    check_input(input)
-    work = work_dir(output)
-    key = job_key(
-        input,
-        split,
+    # what the job's output depends on: passed to the Ray job, and the key a rerun resumes by
+    options = dict(
         column=column,
         id_column=id_column,
         model=model,
@@ -132,9 +106,17 @@ def embed_file(
         commit_every=commit_every,
         sample_by=sample_by,
     )
-    rows_iter = read_rows(
-        input, column, id_column, split, sample_by
-    )  # columns checked before the model loads
+    if ray:
+        from llmkit.embed.ray_job import embed_ray
+
+        return embed_ray(input, output, address=ray, split=split, workers=workers, **options)
+    input = Path(input) if not str(input).startswith("hf:") else input
+    output = check_output(output)
+    check_input(input)
+    work = work_dir(output)
+    key = job_key(input, split, **options)
+    # the first row is read now: a missing column or an unreadable file fails before the model loads
+    rows_iter = read_rows(input, column, id_column, split, sample_by)
     first = next(rows_iter, None)
     if first is None:
         raise DataError(f"{input} has no rows", "give a file with at least one non-blank row")

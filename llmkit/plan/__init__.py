@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmkit.errors import DoesNotFit, InvalidArgument
+from llmkit.files import human_size
 from llmkit.plan.advice import advise
 from llmkit.plan.config import _text_config, model_config
 from llmkit.plan.layout import _layout, _prepare_data
@@ -38,7 +39,6 @@ from llmkit.plan.memory import (
     _parse_size,
     activation_bytes_per_token,
     disk_model,
-    human,
     loss_bytes_per_label,
     memory_model,
 )
@@ -71,7 +71,6 @@ __all__ = [
     "device_flops",
     "disk_model",
     "flops_per_token",
-    "human",
     "loss_bytes_per_label",
     "memory_model",
     "model_config",
@@ -211,8 +210,8 @@ def check(result: PlanResult) -> None:
     }
     biggest = max(parts, key=parts.get)
     raise DoesNotFit(
-        f"{result.recipe} needs {human(m.total)} on {result.device} but {human(result.memory_available)} "
-        f"is available: {human(result.short_by)} short, mostly {biggest} ({human(parts[biggest])})",
+        f"{result.recipe} needs {human_size(m.total)} on {result.device} but {human_size(result.memory_available)} "
+        f"is available: {human_size(result.short_by)} short, mostly {biggest} ({human_size(parts[biggest])})",
         "; ".join(result.advice) or "use a smaller model or a device with more memory",
         result,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from llmkit.files import human_size
 from llmkit.plan.layout import _layout
-from llmkit.plan.memory import ALLOCATOR_SLACK, CPU_WORKING_SET, CUDA_CONTEXT, human
+from llmkit.plan.memory import ALLOCATOR_SLACK, CPU_WORKING_SET, CUDA_CONTEXT
 from llmkit.plan.result import PlanResult
 
 
@@ -28,22 +29,24 @@ def advise(result: PlanResult, counts, tc, recipe, layout, examples, device, act
             q = counts["layer_linear"]
             nf4 = int(q * 4.13 / 8 + (counts["total"] - q) * 4)
             if nf4 + m.lora + CUDA_CONTEXT < result.memory_available:
-                out.append(f"model.load_in_4bit=true (weights {human(m.weights)} → {human(nf4)})")
-        out.append(f"the weights alone ({human(m.weights)}) do not fit in {human(room)}: use a smaller model")
+                out.append(f"model.load_in_4bit=true (weights {human_size(m.weights)} → {human_size(nf4)})")
+        out.append(
+            f"the weights alone ({human_size(m.weights)}) do not fit in {human_size(room)}: use a smaller model"
+        )
         return out
     if not result.gradient_checkpointing:
         ck = peak_with(
             result.activation_bytes_per_token_ckpt, result.largest_pass_tokens, result.largest_pass_labels
         )
         if ck <= room:
-            out.append(f"train.gradient_checkpointing=true (peak {human(m.peak)} → {human(ck)})")
+            out.append(f"train.gradient_checkpointing=true (peak {human_size(m.peak)} → {human_size(ck)})")
     for budget in (4096, 2048, 1024, 512, 256, 128):
         if result.max_batch_tokens and budget >= result.max_batch_tokens:
             continue
         lay = _layout(examples, recipe, budget)
         pk = peak_with(result.activation_bytes_per_token, lay["pass_tokens"], lay["pass_labels"])
         if pk <= room:
-            out.append(f"train.max_batch_tokens={budget} (peak {human(m.peak)} → {human(pk)})")
+            out.append(f"train.max_batch_tokens={budget} (peak {human_size(m.peak)} → {human_size(pk)})")
             break
     if device == "cuda" and not recipe.model.load_in_4bit:
         q = counts["layer_linear"]
@@ -57,7 +60,9 @@ def advise(result: PlanResult, counts, tc, recipe, layout, examples, device, act
             )
             <= room
         ):
-            out.append(f"model.load_in_4bit=true (weights {human(m.weights)} → {human(nf4)})")
+            out.append(f"model.load_in_4bit=true (weights {human_size(m.weights)} → {human_size(nf4)})")
     if recipe.lora.r > 8 and m.lora > 0.1 * m.peak:
-        out.append(f"lora.r={recipe.lora.r // 2} (LoRA + optimizer {human(m.lora)} → {human(m.lora // 2)})")
+        out.append(
+            f"lora.r={recipe.lora.r // 2} (LoRA + optimizer {human_size(m.lora)} → {human_size(m.lora // 2)})"
+        )
     return out

@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 
 from llmkit.errors import LlmkitError
-from llmkit.plan.memory import human
+from llmkit.files import human_size
 from llmkit.recipe import Recipe
 
 
@@ -40,15 +40,15 @@ def _oom_error(recipe: Recipe, out: Path, budget: int, exc: Exception) -> Llmkit
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated()
         total = torch.cuda.get_device_properties(0).total_memory
-        seen, device = f"{human(peak)} allocated at peak of {human(total)}; ", "cuda"
+        seen, device = f"{human_size(peak)} allocated at peak of {human_size(total)}; ", "cuda"
         torch.cuda.empty_cache()
     figures, advice = "", []
     # the plan is a help here; never hide the out-of-memory error behind a failure of its own
     with contextlib.suppress(Exception):
         p = plan(recipe, device=device, memory=total, measure=False)  # no GPU work now
         figures = (
-            f"plan: weights {human(p.memory.weights)} + activations {human(p.memory.activations)} "
-            f"({p.largest_pass_tokens:,} tokens/pass) + loss {human(p.memory.loss)} = {human(p.memory.peak)}"
+            f"plan: weights {human_size(p.memory.weights)} + activations {human_size(p.memory.activations)} "
+            f"({p.largest_pass_tokens:,} tokens/pass) + loss {human_size(p.memory.loss)} = {human_size(p.memory.peak)}"
         )
         advice = p.advice
     if not advice:

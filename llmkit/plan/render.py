@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmkit.plan.memory import human
+from llmkit.files import human_size
 from llmkit.plan.result import PlanResult
 
 
@@ -29,35 +29,41 @@ def render(r: PlanResult) -> None:
     share = r.params_trainable / max(1, r.params_total)
     row("trainable (LoRA)", f"{r.params_trainable:,}", f"{share:.2%}; " + ", ".join(r.lora_modules))
     section("memory at peak")
-    row("weights", human(m.weights), r.weights_dtype)
-    row("LoRA + grads + AdamW", human(m.lora), "4 x fp32 per trainable parameter")
+    row("weights", human_size(m.weights), r.weights_dtype)
+    row("LoRA + grads + AdamW", human_size(m.lora), "4 x fp32 per trainable parameter")
     ck = "on" if r.gradient_checkpointing else "off"
     row(
         "activations",
-        human(m.activations),
-        f"{human(r.activation_bytes_per_token)}/token x {r.largest_pass_tokens:,} tokens (largest pass; "
-        f"checkpointing {ck}: {human(r.activation_bytes_per_token_no_ckpt)}/token off, "
-        f"{human(r.activation_bytes_per_token_ckpt)}/token on)",
+        human_size(m.activations),
+        f"{human_size(r.activation_bytes_per_token)}/token x {r.largest_pass_tokens:,} tokens (largest pass; "
+        f"checkpointing {ck}: {human_size(r.activation_bytes_per_token_no_ckpt)}/token off, "
+        f"{human_size(r.activation_bytes_per_token_ckpt)}/token on)",
     )
     row(
         "loss buffers",
-        human(m.loss),
-        f"{human(r.loss_bytes_per_label)}/label token x {r.largest_pass_labels:,}",
+        human_size(m.loss),
+        f"{human_size(r.loss_bytes_per_label)}/label token x {r.largest_pass_labels:,}",
     )
-    row("overhead", human(m.overhead), "allocator slack + run working set")
+    row("overhead", human_size(m.overhead), "allocator slack + run working set")
     row(
         "[bold]training peak[/bold]",
-        f"[bold]{human(m.peak)}[/bold]",
+        f"[bold]{human_size(m.peak)}[/bold]",
         f"max_batch_tokens={r.max_batch_tokens or 'no limit'}",
     )
-    row("runtime", human(m.runtime), "CUDA context" if r.device == "cuda" else "the process before training")
-    verdict = "[green]fits[/green]" if r.fits else f"[red]short by {human(r.short_by)}[/red]"
-    row("[bold]total / available[/bold]", f"{human(m.total)} / {human(r.memory_available)}", verdict)
+    row(
+        "runtime",
+        human_size(m.runtime),
+        "CUDA context" if r.device == "cuda" else "the process before training",
+    )
+    verdict = "[green]fits[/green]" if r.fits else f"[red]short by {human_size(r.short_by)}[/red]"
+    row(
+        "[bold]total / available[/bold]", f"{human_size(m.total)} / {human_size(r.memory_available)}", verdict
+    )
     section("disk")
-    row("adapter", human(r.disk["adapter"]), "")
-    row("checkpoints", human(r.disk["checkpoints"]), "adapter + optimizer, x keep_checkpoints")
-    row("merged model", human(r.disk["merged"]), "")
-    row("GGUF", human(r.disk["gguf"]), "")
+    row("adapter", human_size(r.disk["adapter"]), "")
+    row("checkpoints", human_size(r.disk["checkpoints"]), "adapter + optimizer, x keep_checkpoints")
+    row("merged model", human_size(r.disk["merged"]), "")
+    row("GGUF", human_size(r.disk["gguf"]), "")
     section("time")
     row(
         "tokens per epoch",
