@@ -1,6 +1,6 @@
 """Embedding throughput on CPU: llmkit's paths vs sentence-transformers `encode` defaults.
 
-    python bench/embed_throughput.py [--n 4000] [--rounds 2]
+    python bench/embed_throughput.py [--n 4000] [--rounds 2] [--isa avx2]
 
 Every path embeds the same mixed-length sentences with all-MiniLM-L6-v2 in its own subprocess
 (so peak RSS is its own), after a short warm-up; model load time is reported apart. The paths
@@ -10,6 +10,11 @@ with the figures: they differ by CPU (see docs/embed.md). Cosine is measured aga
 sentence-transformers vectors. Also: classification accuracy on our
 labelled set, embeddings + logistic regression vs a TF-IDF + logistic regression baseline.
 Writes bench/results/embed_throughput.json and prints a table with the ratios.
+
+`--isa avx2` measures an AVX2 CPU on a newer one: oneDNN (torch, OpenVINO), MKL and ATen are
+limited to AVX2 in every worker, baseline included (written to embed_throughput_avx2.json).
+ONNX Runtime's kernels cannot be limited, so its paths, and auto/fast which may choose them,
+are left out of such a run rather than reported at the wrong speed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "embed_throughput.json"
+ISA_ENV = {  # what makes torch's and OpenVINO's kernels those of an AVX2 CPU
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+}
 PATHS = {
     "sentence-transformers encode (defaults)": {"kind": "st"},
     "llmkit auto (measured: exact)": {"kind": "llmkit", "backend": "auto", "precision": "auto"},
@@ -132,8 +140,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4000, help="sentences to embed")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (best kept)")
+    parser.add_argument("--isa", choices=sorted(ISA_ENV), help="limit the kernels to this ISA")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
+    results = RESULTS
+    if args.isa:
+        os.environ.update(ISA_ENV[args.isa])  # before llmkit reads the flags; workers inherit it
+        results = RESULTS.with_name(f"{RESULTS.stem}_{args.isa}.json")
     if args.worker:
         print(json.dumps(worker(PATHS[args.worker], *rest)))
         return
@@ -149,20 +162,20 @@ def main() -> None:
     env = {**os.environ, "LLMKIT_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.setdefault("LLMKIT_HOME", str(ROOT / ".llmkit-home"))
     # exports and the path measurement happen before timing anything (once; cached in LLMKIT_HOME)
+    prepare = "l(backend='onnx', precision='fp32')" + (
+        "" if args.isa else "; l(backend='onnx', precision='int8'); l(); l(precision='fast')"
+    )
     subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from llmkit.embed.encoders import load_encoder as l; "
-            "l(backend='onnx', precision='fp32'); l(backend='onnx', precision='int8'); l(); l(precision='fast')",
-        ],
+        [sys.executable, "-c", f"from llmkit.embed.encoders import load_encoder as l; {prepare}"],
         env=env,
         check=True,
     )
     rows: dict = {}
     runnable = []
     for name, spec in PATHS.items():
-        if spec.get("needs_bf16") and not cpu_native_bf16():
+        if args.isa and spec.get("backend") in ("onnx", "auto"):
+            rows[name] = {"skipped": f"ONNX Runtime cannot be limited to {args.isa}: left out of this run"}
+        elif spec.get("needs_bf16") and not cpu_native_bf16():
             rows[name] = {"skipped": "no native bf16 on this CPU (AMX-BF16/AVX512-BF16): it would be slower"}
         elif spec.get("needs") and importlib.util.find_spec(spec["needs"]) is None:
             rows[name] = {"skipped": f"{spec['needs']} is not installed (optional extra)"}
@@ -208,15 +221,15 @@ def main() -> None:
             "kernel_flags": cpu_kernel_flags(),
             "cores": os.cpu_count(),
             "native_bf16": cpu_native_bf16(),
-            "shared": "other jobs ran on this machine at the same time: read the ratios, not the rates",
             "python": platform.python_version(),
             "load_avg_at_start": os.getloadavg()[0],
+            "isa_limit": ISA_ENV.get(args.isa),
         },
         "paths": rows,
         "classification": classification(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nCPU: {cpu_name()}; kernel flags: {' '.join(cpu_kernel_flags())}")
     print(f"{'path':<42} {'ran':<14} {'sent/s':>8} {'ratio':>6} {'cos mean':>9} {'cos min':>8} {'RSS MB':>7}")
     for name, r in rows.items():
@@ -230,7 +243,7 @@ def main() -> None:
     c = result["classification"]
     print(
         f"\nclassification ({c['protocol']}): embeddings+LR {c['embeddings_logreg_accuracy']}, "
-        f"TF-IDF+LR {c['tfidf_logreg_accuracy']}\nwrote {RESULTS}"
+        f"TF-IDF+LR {c['tfidf_logreg_accuracy']}\nwrote {results}"
     )
 
 

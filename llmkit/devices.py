@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import platform
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -32,14 +33,53 @@ class Hardware:
     cpu_bf16: str  # which bf16 instructions the CPU has: amx_bf16, avx512_bf16 or none
 
 
-@lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    """CPU feature flags (Linux /proc/cpuinfo; empty elsewhere), less those that oneDNN's
+    ONEDNN_MAX_CPU_ISA keeps torch's and OpenVINO's kernels from using."""
+    return _cpu_flags() - isa_excluded_flags()
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:  # no /proc: not Linux
         for line in fh:
             if line.startswith("flags"):
                 return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+# oneDNN's ISA levels, lowest first, with the x86 flags each one adds. ONEDNN_MAX_CPU_ISA=AVX2
+# makes an AVX-512/AMX machine compute like an AVX2 one (how we measure "an AVX2 CPU" on one).
+_ISA_LEVELS = (
+    ("SSE41", ()),
+    ("AVX", ()),
+    ("AVX2", ("avx2", "fma")),
+    ("AVX2_VNNI", ("avx_vnni",)),
+    ("AVX2_VNNI_2", ()),
+    ("AVX512_CORE", ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")),
+    ("AVX512_CORE_VNNI", ("avx512_vnni",)),
+    ("AVX512_CORE_BF16", ("avx512_bf16",)),
+    ("AVX512_CORE_FP16", ("avx512_fp16",)),
+    ("AVX512_CORE_AMX", ("amx_tile", "amx_bf16", "amx_int8")),
+    ("AVX512_CORE_AMX_FP16", ("amx_fp16",)),
+)
+
+
+def isa_limit() -> str | None:
+    """ONEDNN_MAX_CPU_ISA when it names a level below everything (ALL/DEFAULT/unset: None)."""
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return value if value in dict(_ISA_LEVELS) else None
+
+
+def isa_excluded_flags() -> frozenset[str]:
+    limit = isa_limit()
+    if limit is None:
+        return frozenset()
+    names = [name for name, _ in _ISA_LEVELS]
+    above = {f for _, flags in _ISA_LEVELS[names.index(limit) + 1 :] for f in flags}
+    if not limit.startswith("AVX512"):  # below AVX-512: none of its many extension flags
+        above |= {f for f in _cpu_flags() if f.startswith(("avx512", "amx"))}
+    return frozenset(above)
 
 
 def cpu_bf16_kind() -> str:
@@ -81,7 +121,8 @@ def cpu_kernel_flags() -> list[str]:
 
 def cpu_signature() -> str:
     """CPU model + machine + kernel flags: a key for choices measured on this CPU."""
-    return f"{cpu_name()} | {platform.machine()} | {' '.join(cpu_kernel_flags()) or 'no-flags'}"
+    limit = f" | ONEDNN_MAX_CPU_ISA={isa_limit()}" if isa_limit() else ""
+    return f"{cpu_name()} | {platform.machine()} | {' '.join(cpu_kernel_flags()) or 'no-flags'}{limit}"
 
 
 def cpu_name() -> str:

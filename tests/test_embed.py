@@ -176,6 +176,22 @@ def test_cpu_signature_names_the_cpu_and_its_kernel_flags():
     assert all(f in cpu_signature() for f in cpu_kernel_flags())
 
 
+def test_an_isa_limit_is_a_different_cpu_for_every_choice(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes torch's and OpenVINO's kernels those of an AVX2 CPU: the
+    flags, the bf16 decision, the embed candidates and the calibration key must follow."""
+    from llmkit.devices import cpu_flags, cpu_native_bf16, cpu_signature
+    from llmkit.embed.calibrate import candidates
+
+    full = cpu_signature()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not any(f.startswith(("avx512", "amx")) for f in cpu_flags())
+    assert not cpu_native_bf16()
+    assert not any(precision == "bf16" for _, precision in candidates())
+    assert cpu_signature() != full and cpu_signature().endswith("ONEDNN_MAX_CPU_ISA=AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert cpu_signature() == full
+
+
 def test_python_api_embed_and_chunking():
     import llmkit
 
