@@ -8,6 +8,7 @@ Inputs, following Hugging Face `datasets`' conventions:
     .csv        a header row, then one record per row
     .parquet    one record per row; also a directory of .parquet files (name order, as one table)
     a `save_to_disk` dataset dir (memory-mapped), and hf:NAME (through `datasets`, streamed)
+    any of the files and .parquet dirs above in an object store (s3://, gs://, …; remote.py)
 
 Records stream one at a time, so memory does not depend on the file size; the exceptions are a
 .json that is one document (an array or a "data" object: parsed whole, as `datasets` does) and
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.errors import DataError
+from llmkit.remote import as_input, hint_for
 
 FORMATS = (".txt", ".json", ".jsonl", ".csv", ".parquet")
 SAMPLE_BY = ("line", "paragraph", "document")
@@ -69,7 +71,7 @@ def input_kind(path: Path | str) -> str:
     """file | parquet-dir | hf-disk (save_to_disk dir) | hf (a dataset by name)."""
     if str(path).startswith(HF_PREFIX):
         return "hf"
-    path = Path(path)
+    path = as_input(path)
     if path.is_dir():
         if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             return "hf-disk"
@@ -91,7 +93,7 @@ def fingerprint(path: Path | str, split: str) -> dict:
     kind = input_kind(path)
     if kind == "hf":
         return {"input": str(path), "split": split}
-    path = Path(path)
+    path = as_input(path)
     if kind == "file":
         st = path.stat()
         return {"input": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -104,9 +106,11 @@ def check_input(path: Path | str) -> str:
     kind = input_kind(path)
     if kind != "file":
         return kind
-    path = Path(path)
+    path = as_input(path)
     if not path.is_file():
-        raise DataError(f"input file {path} not found", "check the path")
+        raise DataError(
+            f"input file {path} not found", "check the path" if isinstance(path, Path) else hint_for(path)
+        )
     fmt = input_format(path)
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty (no rows)", "give a file with at least one row")
@@ -117,14 +121,14 @@ def count_rows(path: Path | str, split: str = "train", sample_by: str = "line") 
     """Cheap row count for the progress bar (None where it would need a full parse)."""
     kind = input_kind(path)
     if kind == "parquet-dir":
-        return sum(_parquet(f).metadata.num_rows for f in parquet_files(Path(path)))
+        return sum(_parquet(f).metadata.num_rows for f in parquet_files(as_input(path)))
     if kind == "hf-disk":
-        return len(_load_from_disk(Path(path), split))
-    fmt = input_format(Path(path)) if kind == "file" else None
+        return len(_load_from_disk(as_input(path), split))
+    fmt = input_format(as_input(path)) if kind == "file" else None
     if fmt == ".parquet":
-        return _parquet(Path(path)).metadata.num_rows
+        return _parquet(as_input(path)).metadata.num_rows
     if fmt in (".jsonl", ".txt") and sample_by == "line":
-        with open(path, "rb") as fh:
+        with as_input(path).open("rb") as fh:
             return sum(1 for line in fh if line.strip())
     return None
 
@@ -178,7 +182,7 @@ def _open(path, kind: str, split: str, sample_by: str, config: str | None = None
     if sample_by not in SAMPLE_BY:
         raise DataError(f"sample_by must be one of {', '.join(SAMPLE_BY)}, not {sample_by!r}", "e.g. line")
     if kind == "parquet-dir":
-        source = _parquet_dir_source(Path(path))
+        source = _parquet_dir_source(as_input(path))
     elif kind in ("hf", "hf-disk"):
         source = _hf_source(path, kind, split, config)
     else:
@@ -189,7 +193,7 @@ def _open(path, kind: str, split: str, sample_by: str, config: str | None = None
             ".csv": _csv_source,
             ".parquet": _parquet_source,
         }[kind]
-        source = make(Path(path))
+        source = make(as_input(path))
     return next(source), source
 
 
@@ -222,7 +226,7 @@ def _rows(path, records, column: str, id_column: str | None, checked: bool) -> I
 def _lines(path: Path) -> Iterator[tuple[int, str] | Bad]:
     """(line number, text without its line end), or Bad for a line that is not UTF-8."""
     offset = 0
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         for number, raw in enumerate(fh, 1):
             try:
                 text = raw.decode("utf-8")
@@ -309,7 +313,7 @@ def _what(value) -> str:
 
 def _first_char(path: Path) -> str:
     """The first character that is not blank (nor a UTF-8 byte-order mark); "" for a blank file."""
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(65536), b""):
             chunk = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")
             if chunk:
@@ -406,7 +410,7 @@ def _parquet(path: Path):
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path if isinstance(path, Path) else path.open())
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError, with the cause in the text
         raise _not_parquet(path, exc) from None
 
@@ -469,7 +473,7 @@ def _hf_source(path, kind: str, split: str, config: str | None):
             "reading a Hugging Face dataset needs the datasets package", "pip install datasets"
         ) from exc
     if kind == "hf-disk":
-        ds = _load_from_disk(Path(path), split)
+        ds = _load_from_disk(as_input(path), split)
         names = ds.column_names
     else:
         name = str(path)[len(HF_PREFIX) :]

@@ -36,11 +36,12 @@ _PRECISION_OPT = typer.Option(
 @app.command()
 def embed(
     input: Annotated[
-        Path,
+        str,
         typer.Argument(
             help=".txt (a line each, see --sample-by), .jsonl, .json (array or JSON Lines), .csv, .parquet, "
             "a dir of .parquet, a saved dataset dir, "
-            "hf:NAME (a Hugging Face dataset) — or an embedding recipe .yaml."
+            "hf:NAME (a Hugging Face dataset), any of those files or dirs at s3:// gs:// hdfs:// abfs:// "
+            "— or an embedding recipe .yaml."
         ),
     ],
     overrides: Annotated[
@@ -81,10 +82,10 @@ def embed(
     """Embed a file of texts into vectors (streaming, deduplicated, resumable)."""
     from llmkit.embed.job import embed_file
 
-    if input.suffix in (".yaml", ".yml"):
+    if Path(input).suffix in (".yaml", ".yml"):
         from llmkit.embed.recipe import run
 
-        return _print_json(run(input, overrides=overrides or []))
+        return _print_json(run(Path(input), overrides=overrides or []))
     if overrides:
         raise InvalidArgument(
             f"unexpected extra arguments {' '.join(overrides)!r}",

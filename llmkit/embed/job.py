@@ -29,6 +29,7 @@ from llmkit.embed.vectorfile import merge_parts, write_parquet
 from llmkit.errors import DataError, InvalidArgument, LlmkitError
 from llmkit.files import check_writable, write_json
 from llmkit.readers import Bad, Row, check_input, count_rows, fingerprint, read_rows
+from llmkit.remote import as_input
 
 RESERVED = ("id", "text_hash", "vector")
 CACHE_ROWS = 16384  # cross-chunk dedup cache (16k × 384 floats ≈ 25 MB)
@@ -69,7 +70,7 @@ def text_hash(text: str) -> str:
 
 
 def embed_file(
-    input: Path,
+    input: Path | str,
     output: Path,
     *,
     column: str | None = None,
@@ -110,7 +111,7 @@ def embed_file(
         from llmkit.embed.ray_job import embed_ray
 
         return embed_ray(input, output, address=ray, split=split, workers=workers, **options)
-    input = Path(input) if not str(input).startswith("hf:") else input
+    input = as_input(input)
     output = check_output(output)
     check_input(input)
     work = work_dir(output)
