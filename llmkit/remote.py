@@ -164,10 +164,11 @@ def _one_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def hint_for(uri: str) -> str:
+def hint_for(uri) -> str:
+    """What to check when an object-store input cannot be read (a URI or a RemotePath)."""
     return (
         "check the bucket and key, and the store's credentials in the environment "
         "(e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible stores)"
-        if uri.lower().startswith("s3://")
+        if str(uri).lower().startswith("s3://")
         else "check the path and the store's credentials in the environment"
     )
