@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -81,10 +82,11 @@ def _vectors(path):
     return table, vec.flatten().to_numpy().reshape(len(vec), vec.type.list_size)
 
 
-def _same_as_local(ray_out: Path, src: Path, tmp_path: Path) -> None:
+def _same_as_local(ray_out: Path, src: Path, tmp_path: Path, **options):
+    """The local job's result; `ray_out` holds the same rows in the same order, the same vectors."""
     from llmkit.embed.job import embed_file
 
-    local = embed_file(src, tmp_path / "local.parquet")
+    local = embed_file(src, tmp_path / "local.parquet", **options)
     lt, lv = _vectors(tmp_path / "local.parquet")
     rt, rv = _vectors(ray_out)
     assert rt.column("id").to_pylist() == lt.column("id").to_pylist()
@@ -93,6 +95,7 @@ def _same_as_local(ray_out: Path, src: Path, tmp_path: Path) -> None:
     cos = (rv * lv).sum(1)
     assert cos.min() >= 0.99999, cos.min()
     assert local.rows == len(rt)
+    return local
 
 
 @pytest.mark.slow
@@ -108,7 +111,7 @@ def test_ray_job_matches_the_local_job_row_by_row(cluster, tmp_path):
     assert job.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout)
     assert summary["rows"] == 300 and summary["ray"] == {"address": cluster, "workers": 2}
-    assert summary["encoded"] == 299  # the in-shard duplicate is encoded once
+    assert summary["encoded"] == 298  # both duplicates (in a shard, across shards) encoded once
     assert not list(tmp_path.glob(".r.parquet*"))  # work dir removed
     _same_as_local(out, src, tmp_path)
 
@@ -128,11 +131,9 @@ def test_bad_ray_address_is_a_one_line_error(tmp_path):
 @pytest.mark.slow
 def test_ray_job_killed_half_way_resumes_from_its_shards(cluster, tmp_path):
     src = tmp_path / "in.txt"
-    src.write_text(
-        "".join(
-            f"row {i}: {['a cat sleeps', 'it rains', 'goal!', 'RAM'][i % 4]} {i * 7}\n" for i in range(2000)
-        )
-    )
+    lines = [f"row {i}: {['a cat sleeps', 'it rains', 'goal!', 'RAM'][i % 4]} {i * 7}" for i in range(2000)]
+    lines += lines[:800]  # shards 20-27 repeat shards 0-7: their vectors come from those parts
+    src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "r.parquet"
     args = (str(src), "-o", str(out), "--ray", cluster, "--workers", "2", "--commit-every", "100")
     job = _embed(*args)
@@ -141,7 +142,7 @@ def test_ray_job_killed_half_way_resumes_from_its_shards(cluster, tmp_path):
     while len(list(work.glob("part-*.json"))) < 4:
         assert job.poll() is None, job.communicate()[1][-3000:]
         assert time.time() < deadline
-        time.sleep(0.5)
+        time.sleep(0.1)  # Ray Data returns the shards in bursts: look often
     job.kill()  # SIGKILL the driver half-way
     job.wait()
     written = len(list(work.glob("part-*.json")))
@@ -150,5 +151,93 @@ def test_ray_job_killed_half_way_resumes_from_its_shards(cluster, tmp_path):
     stdout, stderr = job.communicate(timeout=600)
     assert job.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout)
-    assert summary["rows"] == 2000 and summary["resumed_rows"] >= 400, summary
+    assert summary["rows"] == 2800 and summary["resumed_rows"] == 100 * written, summary
+    # the repeats of parts 0-3, written by the killed run, were read back from those parts, not
+    # encoded again: each of the 2,000 distinct texts was encoded once over the two runs
+    assert summary["encoded"] + summary["resumed_rows"] == 2000, summary
+    assert summary["duplicates"] == 800, summary
     _same_as_local(out, src, tmp_path)
+
+
+@pytest.mark.slow
+def test_ray_job_dedups_across_shards_like_the_local_job(cluster, tmp_path):
+    topics = ["cats", "rain", "football", "laptops", "tea"]
+    texts = [f"a sentence about {topics[i % 5]}, number {i}" for i in range(23)]
+    picks = [
+        *(0, 1, 2, 1, 3, 4, 5, 6),  # shard 0 (with --commit-every 8): a duplicate within the shard
+        *(7, 8, 0, 9, 10, 2, 11, 12),  # shard 1: two texts of shard 0
+        *(0, 1, 2, 3, 4, 5, 6, 7),  # shard 2: only texts of shards 0 and 1, so nothing to encode
+        *(13, 14, 13, 8, 15, 16, 0, 17),
+        *(18, 3, 19, 12, 20, 21, 22, 9),
+    ]
+    lines = [json.dumps({"text": texts[i], "n": n}) for n, i in enumerate(picks)]
+    lines.insert(5, "{not json")  # a bad row inside shard 0
+    lines.append("[1, 2]")  # and one alone in a last shard of bad rows only
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "r.parquet"
+    job = _embed(str(src), "-o", str(out), "--ray", cluster, "--commit-every", "8", "--skip-bad")
+    stdout, stderr = job.communicate(timeout=600)
+    assert job.returncode == 0, stderr[-3000:]
+    ray_summary = json.loads(stdout)
+    local = _same_as_local(out, src, tmp_path, commit_every=8, skip_bad=True).summary()
+    keys = ("rows", "encoded", "duplicates", "failed", "skipped_bad")
+    assert {k: ray_summary[k] for k in keys} == {k: local[k] for k in keys}
+    assert (local["rows"], local["encoded"], local["skipped_bad"]) == (40, 23, 2)
+    assert pq.read_table(out).column("n").to_pylist() == list(range(40))
+    assert not (tmp_path / "r.parquet.errors.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_ray_driver_fails_a_text_in_later_shards_as_the_local_job_does(tmp_path):
+    """No cluster: the driver's cut and parts, fed by the actor class called in this process, its
+    real encoder failing on one text (an injected fault, as in test_embed.py). Shard 1 takes the
+    failure from shard 0 through the driver's cache; shard 2, written by a fresh call (as after a
+    resume), from part 0's meta."""
+    from llmkit.embed.encoders import DEFAULT_MODEL
+    from llmkit.embed.job import _State, embed_file, text_hash
+    from llmkit.embed.ray_job import _EncodeActor, _write_input_shards, _write_parts, probe_stub
+    from llmkit.embed.vectorfile import merge_parts, write_parquet
+    from llmkit.readers import read_rows
+
+    actor = _EncodeActor(DEFAULT_MODEL, "auto", "auto", True, False)
+    real = actor.encoder._encode
+
+    def flaky(texts):
+        if "POISON" in texts:
+            raise RuntimeError("server said 500")
+        return real(texts)
+
+    actor.encoder._encode = flaky
+    src = tmp_path / "in.txt"
+    src.write_text("a\nPOISON\nb\nc\nPOISON\nd\na\ne\nf\nPOISON\ng\nPOISON\n")
+    local = embed_file(src, tmp_path / "local.parquet", commit_every=4, encoder=actor.encoder)
+    local_errors = (tmp_path / "local.parquet.errors.jsonl").read_text()
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shards = _write_input_shards(work, read_rows(src, None, None, "train", "line"), 4, False, src, text_hash)
+    assert shards[1]["refs"] == {text_hash("POISON"): 0, text_hash("a"): 0}
+    assert shards[2]["refs"] == {text_hash("POISON"): 0}
+    errors_path = tmp_path / "r.parquet.errors.jsonl"
+    state = _State(probe_stub("", "", DEFAULT_MODEL), work, errors_path, True)
+
+    def actor_rows(todo):  # what _encode_on_ray yields, from the actor in this process
+        for s in todo:
+            if s["unique"]:
+                batch = pq.read_table(work / f"input-{s['no']:06d}.parquet").to_pydict()
+                out = actor({k: np.array(v) for k, v in batch.items()})
+                yield from zip(
+                    out["shard"].tolist(), out["pos"].tolist(), out["vector"], out["error"], strict=True
+                )
+
+    _write_parts(work, shards[:2], actor_rows(shards[:2]), state, write_parquet)
+    _write_parts(work, shards[2:], actor_rows(shards[2:]), state, write_parquet)
+    assert errors_path.read_text() == local_errors and local_errors.count("server said 500") == 4
+    assert state.encoded == local.encoded == 7
+    assert sum(json.loads(p.read_text())["failed"] for p in work.glob("part-*.json")) == local.failed == 4
+    assert merge_parts(work, tmp_path / "r.parquet", {}) == local.rows == 8
+    lt, lv = _vectors(tmp_path / "local.parquet")
+    rt, rv = _vectors(tmp_path / "r.parquet")
+    assert rt.column("id").to_pylist() == lt.column("id").to_pylist() == [0, 2, 3, 5, 6, 7, 8, 10]
+    assert (rv * lv).sum(1).min() >= 0.99999

@@ -6,13 +6,17 @@
     llmkit embed corpus.jsonl -o vectors.parquet --ray local         # start one in this process
 
 How: the driver streams the input through the same readers as the local job and cuts it into
-input shards of `commit_every` rows (Parquet, in the job's work dir; each shard's texts
-deduplicated). Ray Data reads the shards that have no output yet and `map_batches` them through
-an actor pool (`workers` actors, each loads the encoder once, one CPU each). Order is preserved,
-so the driver writes output part k as soon as shard k's rows are back (temp + rename), exactly like
-the local job's parts, and merges them at the end. A killed job, rerun with the same arguments,
-skips the shards whose parts are written. The path (auto/fast) is measured once on the driver and
-the actors use that exact path, so every row comes from the same kernels.
+input shards of `commit_every` rows (Parquet, in the job's work dir). It dedups as the local job
+does: exactly within a shard, and across shards through the same bounded LRU of hashes, replayed
+row by row while cutting; a text still in it is not sent again, and the shard's meta records
+which earlier shard's part holds its vector (`refs`). Ray Data `map_batches` the texts of the
+pending shards through an actor pool (`workers` actors, each loads the encoder once, one CPU
+each). Order is preserved, so the driver writes output part k as soon as shard k's texts are back
+(temp + rename), exactly like the local job's parts, taking the referenced vectors from its own
+copy of that LRU (at most CACHE_ROWS vectors) or, when a resumed run lacks them, from the earlier
+part's file; it merges the parts at the end. A killed job, rerun with the same arguments, skips
+the shards whose parts are written. The path (auto/fast) is measured once on the driver and the
+actors use that exact path, so every row comes from the same kernels.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import OrderedDict
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
+from llmkit.embed.job import CACHE_ROWS
 from llmkit.errors import DataError, InvalidArgument, RayError
 from llmkit.files import write_json
 from llmkit.readers import Bad, Row, read_rows
@@ -149,7 +156,7 @@ def embed_ray(
         ray=True,
     )
     done_parts = _prepare_work_dir(work, key)
-    ray = connect(address)
+    connect(address)
     # measure/choose the path once, here; the actors load exactly that path
     probe = load_encoder(model, backend, precision, normalize)
     info = {**probe.info(), "normalized": normalize, "input": str(input), "column": column or "text"}
@@ -168,44 +175,19 @@ def embed_ray(
     shards = _write_input_shards(work, _chain(first, rows_iter), commit_every, skip_bad, input, text_hash)
     todo = [s for s in shards if not (work / f"part-{s['no']:06d}.json").exists()]
     state = _State(probe_stub(path_backend, path_precision, model), work, errors_path, keep_text)
-    truncated = chunked = 0
-    if todo:
-        import ray.data
-
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # rows come back in input order
-        ctx.enable_progress_bars = False
-        import pyarrow.parquet as pq
-
-        # the pending shards go to the object store as blocks (spilled to disk when large); no
-        # read tasks: with one CPU per actor a CPU-holding read task could wait for ever
-        ds = ray.data.from_arrow([pq.read_table(work / f"input-{s['no']:06d}.parquet") for s in todo])
-        ds = ds.map_batches(
-            _EncodeActor,
-            fn_constructor_kwargs={
-                "model": model,
-                "backend": path_backend,
-                "precision": path_precision,
-                "normalize": normalize,
-                "chunk": chunk,
-            },
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=1,
-        )
-        by_no = {s["no"]: s for s in todo}
-        pending: dict[int, list] = {}
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            truncated += int(batch["truncated"].sum())
-            chunked += int(batch["chunked"].sum())
-            for i, no in enumerate(batch["shard"].tolist()):
-                pending.setdefault(no, []).append(
-                    (int(batch["pos"][i]), batch["vector"][i], str(batch["error"][i]))
-                )
-            for no in sorted(pending):
-                if len(pending[no]) == by_no[no]["unique"]:
-                    _write_part(work, by_no[no], pending.pop(no), state, write_parquet)
+    # 2. the actors encode the texts the pending shards send; 3. the driver writes their parts in order
+    counts = {"truncated": 0, "chunked": 0}
+    actor_kwargs = {
+        "model": model,
+        "backend": path_backend,
+        "precision": path_precision,
+        "normalize": normalize,
+        "chunk": chunk,
+    }
+    encoded = _encode_on_ray(
+        work, [s for s in todo if s["unique"]], actor_kwargs, workers, batch_size, counts
+    )
+    _write_parts(work, todo, encoded, state, write_parquet)
     if resumed + state.rows == 0:
         shutil.rmtree(work, ignore_errors=True)
         raise DataError(f"{input} has no usable rows", "every row was bad or blank")
@@ -219,8 +201,8 @@ def embed_ray(
         output,
         total_rows,
         state.encoded,
-        truncated,
-        chunked,
+        counts["truncated"],
+        counts["chunked"],
         failed,
         skipped,
         time.perf_counter() - start,
@@ -245,17 +227,87 @@ def _chain(first, rest):
     yield from rest
 
 
-def _write_input_shards(work: Path, rows, commit_every: int, skip_bad: bool, input, text_hash) -> list[dict]:
-    """Shard k = rows [k·n, (k+1)·n) of the input, texts deduplicated (pos → unique text)."""
-    import pyarrow as pa
+def _encode_on_ray(work: Path, shards: list[dict], actor_kwargs: dict, workers: int, batch_size: int, counts):
+    """(shard, pos, vector, error) for each text the shards send, in order, from the actor pool;
+    adds the actors' truncated/chunked counts to `counts`."""
+    if not shards:
+        return
     import pyarrow.parquet as pq
+    import ray.data
 
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # rows come back in input order
+    ctx.enable_progress_bars = False
+    # the pending shards go to the object store as blocks (spilled to disk when large); no
+    # read tasks: with one CPU per actor a CPU-holding read task could wait for ever
+    ds = ray.data.from_arrow([pq.read_table(work / f"input-{s['no']:06d}.parquet") for s in shards])
+    ds = ds.map_batches(
+        _EncodeActor,
+        fn_constructor_kwargs=actor_kwargs,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1,
+    )
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        counts["truncated"] += int(batch["truncated"].sum())
+        counts["chunked"] += int(batch["chunked"].sum())
+        for i, no in enumerate(batch["shard"].tolist()):
+            # a copy: a view would keep the whole batch alive in the driver's cache
+            yield no, int(batch["pos"][i]), batch["vector"][i].copy(), str(batch["error"][i])
+
+
+def _write_parts(work: Path, shards: list[dict], encoded, state, write_parquet) -> None:
+    """Write the parts of `shards` in order, each from the next `unique` rows of `encoded` (none
+    for a shard made only of texts from earlier shards) and the vectors it refers to."""
+    cache: OrderedDict[str, tuple] = OrderedDict()  # hash → (vector, error): the cut's LRU, replayed
+    for shard in shards:
+        results = list(islice(encoded, shard["unique"]))
+        if len(results) != shard["unique"] or any(r[0] != shard["no"] for r in results):
+            raise _out_of_order(shard["no"])
+        _write_part(work, shard, [r[1:] for r in results], cache, state, write_parquet)
+    if next(encoded, None) is not None:  # also lets the Ray Data iteration finish
+        raise _out_of_order(shards[-1]["no"])
+
+
+def _out_of_order(no: int) -> RayError:
+    return RayError(
+        f"Ray Data returned the texts of shard {no} incomplete or out of order",
+        "rerun the same command: it resumes from the parts written so far",
+    )
+
+
+def _replay_cache(cache: OrderedDict, hashes: list[str], refs: dict, value) -> None:
+    """The moves of the local job's cache (`_State._vectors`), row by row: a text taken from an
+    earlier shard is touched if still there; one sent by this shard is remembered, the oldest
+    evicted. (Unlike the local job, a text that failed is remembered too: the cut cannot know.)"""
+    for h in hashes:
+        if h in refs:
+            if h in cache:
+                cache.move_to_end(h)
+        else:
+            _remember(cache, h, value(h))
+
+
+def _remember(cache: OrderedDict, h: str, value) -> None:
+    cache[h] = value  # an entry already there keeps its place, as in `_State._remember`
+    if len(cache) > CACHE_ROWS:
+        cache.popitem(last=False)
+
+
+def _write_input_shards(work: Path, rows, commit_every: int, skip_bad: bool, input, text_hash) -> list[dict]:
+    """Shard k = rows [k·n, (k+1)·n) of the input: `unique` texts to send (pos → text) and `refs`,
+    hash → earlier shard, for the texts that shard sent (their vectors are in its part)."""
     shards, block, bad, no = [], [], [], 0
+    sent: OrderedDict[str, int] = OrderedDict()  # hash → the shard that sent it
 
     def flush():
         nonlocal block, bad, no
+        hashes = [text_hash(r.text) for r in block]
+        refs = {h: sent[h] for h in hashes if h in sent}  # taken before this shard's texts evict any
+        _replay_cache(sent, hashes, refs, lambda h: no)
         meta_path = work / f"input-{no:06d}.json"
-        if meta_path.exists():  # cut by an earlier run (same arguments: same rows)
+        if meta_path.exists():  # cut by an earlier run (same arguments: same rows, same refs)
             shards.append(json.loads(meta_path.read_text()))
         else:
             if bad and not skip_bad:
@@ -264,32 +316,7 @@ def _write_input_shards(work: Path, rows, commit_every: int, skip_bad: bool, inp
                     f"{input}: bad rows at line(s) {lines}: {bad[0].reason}",
                     "fix the file, or pass --skip-bad to skip (and report) them",
                 )
-            hashes = [text_hash(r.text) for r in block]
-            unique: dict[str, int] = {}
-            for h in hashes:
-                unique.setdefault(h, len(unique))
-            texts = [""] * len(unique)
-            for h, r in zip(hashes, block, strict=True):
-                texts[unique[h]] = r.text
-            rows_table = pa.table(
-                {
-                    "row": [json.dumps([r.index, r.line, r.text, r.id, r.extra], default=str) for r in block],
-                    "hash": hashes,
-                }
-            )
-            _atomic_parquet(rows_table, work / f"rows-{no:06d}.parquet", pq)
-            texts_table = pa.table(
-                {"text": texts, "shard": [no] * len(texts), "pos": list(range(len(texts)))}
-            )
-            _atomic_parquet(texts_table, work / f"input-{no:06d}.parquet", pq)
-            meta = {
-                "no": no,
-                "rows": len(block),
-                "unique": len(texts),
-                "bad": [[b.line, b.reason] for b in bad],
-            }
-            write_json(meta_path, meta)
-            shards.append(meta)
+            shards.append(_cut_shard(work, no, block, bad, hashes, refs))
         block, bad, no = [], [], no + 1
 
     for item in rows:
@@ -301,7 +328,42 @@ def _write_input_shards(work: Path, rows, commit_every: int, skip_bad: bool, inp
             flush()
     if block or bad:
         flush()
-    return [s for s in shards if s["unique"]]
+    return shards
+
+
+def _cut_shard(work: Path, no: int, block: list[Row], bad: list[Bad], hashes: list[str], refs: dict) -> dict:
+    """Write shard `no`'s rows and the texts it sends; return its meta (also written)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = {h: r.text for h, r in zip(hashes, block, strict=True) if h not in refs}  # first-seen order
+    rows_table = pa.table(
+        {
+            "row": pa.array(
+                [json.dumps([r.index, r.line, r.text, r.id, r.extra], default=str) for r in block],
+                pa.string(),
+            ),
+            "hash": pa.array(hashes, pa.string()),
+        }
+    )
+    _atomic_parquet(rows_table, work / f"rows-{no:06d}.parquet", pq)
+    texts_table = pa.table(
+        {
+            "text": pa.array(list(texts.values()), pa.string()),
+            "shard": pa.array([no] * len(texts), pa.int64()),
+            "pos": pa.array(range(len(texts)), pa.int64()),
+        }
+    )
+    _atomic_parquet(texts_table, work / f"input-{no:06d}.parquet", pq)
+    meta = {
+        "no": no,
+        "rows": len(block),
+        "unique": len(texts),
+        "refs": refs,
+        "bad": [[b.line, b.reason] for b in bad],
+    }
+    write_json(work / f"input-{no:06d}.json", meta)
+    return meta
 
 
 def _atomic_parquet(table, path: Path, pq) -> None:
@@ -311,39 +373,36 @@ def _atomic_parquet(table, path: Path, pq) -> None:
         pq.write_table(table, tmp)
 
 
-def _write_part(work: Path, shard: dict, results: list, state, write_parquet) -> None:
-    """Output part k from shard k's vectors: the same table the local job writes."""
+def _write_part(work: Path, shard: dict, results: list, cache: OrderedDict, state, write_parquet) -> None:
+    """Output part k from the vectors shard k sent and those it refers to: the same table, error
+    lines and counts the local job writes."""
     import pyarrow.parquet as pq
 
     no = shard["no"]
-    results.sort(key=lambda r: r[0])
     rows_table = pq.read_table(work / f"rows-{no:06d}.parquet")
     hashes = rows_table.column("hash").to_pylist()
     rows = [Row(*json.loads(x)) for x in rows_table.column("row").to_pylist()]
-    order = {}
-    for h in hashes:
-        order.setdefault(h, len(order))
-    vectors = np.stack([r[1] for r in results]).astype(np.float32)
-    errors = [r[2] for r in results]
-    keep = [i for i, h in enumerate(hashes) if not errors[order[h]]]
+    refs = shard.get("refs", {})  # metas cut before cross-shard dedup have none
+    outcome = _referenced(work, refs, cache)  # looked up before this shard's texts evict any
+    sent = [h for h in dict.fromkeys(hashes) if h not in refs]  # in pos order, as cut
+    results.sort(key=lambda r: r[0])
+    for h, (_, vec, err) in zip(sent, results, strict=True):
+        outcome[h] = (None if err else vec, err)
+    _replay_cache(cache, hashes, refs, outcome.__getitem__)
+    keep = [i for i, h in enumerate(hashes) if not outcome[h][1]]
     name = f"part-{no:06d}"
     if keep:
-        idx = [order[hashes[i]] for i in keep]
-        table = state._table([rows[i] for i in keep], [hashes[i] for i in keep], vectors[idx])
+        vectors = np.stack([outcome[hashes[i]][0] for i in keep]).astype(np.float32)
+        table = state._table([rows[i] for i in keep], [hashes[i] for i in keep], vectors)
         write_parquet(table, work / f"{name}.parquet")
-    failures = [i for i in range(len(rows)) if i not in set(keep)]
+    failures = [i for i, h in enumerate(hashes) if outcome[h][1]]
     if failures:
         with open(state.errors_path, "a", encoding="utf-8") as fh:
             for i in failures:
-                fh.write(
-                    json.dumps(
-                        {"id": rows[i].id, "line": rows[i].line, "error": errors[order[hashes[i]]]},
-                        default=str,
-                    )
-                    + "\n"
-                )
+                line = {"id": rows[i].id, "line": rows[i].line, "error": outcome[hashes[i]][1]}
+                fh.write(json.dumps(line, default=str) + "\n")
     state.rows += len(keep)
-    state.encoded += sum(1 for e in errors if not e)
+    state.encoded += sum(1 for _, _, err in results if not err)
     write_json(
         work / f"{name}.json",
         {
@@ -351,7 +410,46 @@ def _write_part(work: Path, shard: dict, results: list, state, write_parquet) ->
             "failed": len(failures),
             "skipped_bad": len(shard["bad"]),
             "has_rows": bool(keep),
+            # for later shards that refer to these texts after a resume
+            "errors": {h: outcome[h][1] for h in sent if outcome[h][1]},
         },
     )
     for suffix in ("input", "rows"):  # the shard is done: its input copy is no longer needed
         (work / f"{suffix}-{no:06d}.parquet").unlink(missing_ok=True)
+
+
+def _referenced(work: Path, refs: dict, cache: OrderedDict) -> dict:
+    """hash → (vector, error) of the texts a shard takes from earlier shards: from the driver's
+    cache, else (a resumed run: the killed run wrote that part) from the earlier part's files,
+    cached from then on."""
+    found = {h: cache[h] for h in refs if h in cache}
+    missing: dict[int, set] = {}
+    for h, no in refs.items():
+        if h not in found:
+            missing.setdefault(no, set()).add(h)
+    for no, wanted in sorted(missing.items()):
+        for h, value in _read_part(work, no, wanted).items():
+            found[h] = value
+            _remember(cache, h, value)
+    return found
+
+
+def _read_part(work: Path, no: int, wanted: set) -> dict:
+    """(vector, error) of the `wanted` texts that shard `no` sent, from its written part."""
+    import pyarrow.parquet as pq
+
+    errors = json.loads((work / f"part-{no:06d}.json").read_text())["errors"]
+    found = {h: (None, errors[h]) for h in wanted if h in errors}
+    if len(found) < len(wanted):
+        table = pq.read_table(work / f"part-{no:06d}.parquet", columns=["text_hash", "vector"])
+        vec = table.column("vector").combine_chunks()
+        vectors = vec.flatten().to_numpy().reshape(len(vec), vec.type.list_size)
+        for h, v in zip(table.column("text_hash").to_pylist(), vectors, strict=True):
+            if h in wanted and h not in found:
+                found[h] = (v.copy(), "")
+    if len(found) < len(wanted):
+        raise DataError(
+            f"{work}: part {no} lacks {len(wanted) - len(found)} vector(s) that later shards refer to",
+            f"delete {work} and rerun (the job starts over)",
+        )
+    return found
