@@ -359,6 +359,7 @@ def test_failing_batch_is_retried_then_the_bad_row_isolated(tmp_path):
     src.write_text("".join(f"row {i}\n" for i in range(10)) + "POISON\n" + "row 99\n")
     result = embed_file(src, tmp_path / "v.parquet", encoder=encoder)
     assert result.rows == 11 and result.failed == 1
+    assert result.summary()["duplicates"] == 0 and result.encoded == 11
     assert calls[:3] == [12, 12, 12]  # tried three times, then bisected
     table = pq.read_table(tmp_path / "v.parquet")
     assert "POISON" not in table.column("text").to_pylist() and table.column("id").to_pylist()[-1] == 11

@@ -53,7 +53,7 @@ class JobResult:
             "output": str(self.output),
             "rows": self.rows,
             "encoded": self.encoded,
-            "duplicates": self.rows - self.resumed_rows - self.encoded - self.failed,
+            "duplicates": self.rows - self.resumed_rows - self.encoded,  # rows excludes failures
             "truncated": self.truncated,
             "chunked": self.chunked,
             "failed": self.failed,
