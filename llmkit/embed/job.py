@@ -181,6 +181,20 @@ def embed_file(
     )
 
 
+def bad_rows_error(input, bad: list[Bad]) -> DataError:
+    lines = ", ".join(str(b.line) for b in bad[:10]) + (" …" if len(bad) > 10 else "")
+    return DataError(
+        f"{input}: bad rows at line(s) {lines}: {bad[0].reason}",
+        f"{bad[0].hint}; or pass --skip-bad to skip (and report) them",
+    )
+
+
+def warn_skipped(lines: list[int]) -> None:
+    from llmkit.ui import warn
+
+    warn(f"skipped {len(lines)} bad row(s) at line(s) {', '.join(str(n) for n in lines[:10])}")
+
+
 def check_output(output: str | Path) -> Path:
     """The output must be .parquet or .npy, somewhere writable: checked before any model loads."""
     output = Path(output)
@@ -257,11 +271,7 @@ class _State:
 
     def commit(self, part_no, block, bad, done_parts, skip_bad, input) -> int:
         if bad and not skip_bad:
-            lines = ", ".join(str(b.line) for b in bad[:10]) + (" …" if len(bad) > 10 else "")
-            raise DataError(
-                f"{input}: bad rows at line(s) {lines}: {bad[0].reason}",
-                f"{bad[0].hint}; or pass --skip-bad to skip (and report) them",
-            )
+            raise bad_rows_error(input, bad)
         if part_no < len(done_parts):  # committed by an earlier run: skip these rows
             return part_no + 1
         hashes = [text_hash(r.text) for r in block]
@@ -279,9 +289,7 @@ class _State:
                         + "\n"
                     )
         if bad:
-            from llmkit.ui import warn
-
-            warn(f"skipped {len(bad)} bad row(s) at line(s) {', '.join(str(b.line) for b in bad[:10])}")
+            warn_skipped([b.line for b in bad])
         self.rows += len(keep)
         self.failed += len(failures)
         self.skipped_bad += len(bad)

@@ -311,11 +311,9 @@ def _write_input_shards(work: Path, rows, commit_every: int, skip_bad: bool, inp
             shards.append(json.loads(meta_path.read_text()))
         else:
             if bad and not skip_bad:
-                lines = ", ".join(str(b.line) for b in bad[:10]) + (" …" if len(bad) > 10 else "")
-                raise DataError(
-                    f"{input}: bad rows at line(s) {lines}: {bad[0].reason}",
-                    "fix the file, or pass --skip-bad to skip (and report) them",
-                )
+                from llmkit.embed.job import bad_rows_error
+
+                raise bad_rows_error(input, bad)
             shards.append(_cut_shard(work, no, block, bad, hashes, refs))
         block, bad, no = [], [], no + 1
 
@@ -401,6 +399,10 @@ def _write_part(work: Path, shard: dict, results: list, cache: OrderedDict, stat
             for i in failures:
                 line = {"id": rows[i].id, "line": rows[i].line, "error": outcome[hashes[i]][1]}
                 fh.write(json.dumps(line, default=str) + "\n")
+    if shard["bad"]:
+        from llmkit.embed.job import warn_skipped
+
+        warn_skipped([line for line, _ in shard["bad"]])
     state.rows += len(keep)
     state.encoded += sum(1 for _, _, err in results if not err)
     write_json(
