@@ -74,6 +74,11 @@ def input_kind(path: Path | str) -> str:
     path = as_input(path)
     if path.is_dir():
         if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            if not isinstance(path, Path):
+                raise DataError(
+                    f"{path} is a saved dataset in an object store, which is not read directly",
+                    "read its .parquet files instead (Dataset.to_parquet), or load it by name as hf:NAME",
+                )
             return "hf-disk"
         if parquet_files(path):
             return "parquet-dir"
@@ -127,7 +132,8 @@ def count_rows(path: Path | str, split: str = "train", sample_by: str = "line") 
     fmt = input_format(as_input(path)) if kind == "file" else None
     if fmt == ".parquet":
         return _parquet(as_input(path)).metadata.num_rows
-    if fmt in (".jsonl", ".txt") and sample_by == "line":
+    if fmt in (".jsonl", ".txt") and sample_by == "line" and isinstance(as_input(path), Path):
+        # local only: counting a remote file would download it twice
         with as_input(path).open("rb") as fh:
             return sum(1 for line in fh if line.strip())
     return None

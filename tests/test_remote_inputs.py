@@ -111,7 +111,8 @@ def test_every_format_reads_the_same_rows_from_s3(s3, tmp_path, name):
     uri = s3(local, f"in/{name}")
     id_column = None if name in ("t.txt", "t.json") else "id"
     assert _rows(uri, id_column=id_column) == _rows(local, id_column=id_column)
-    assert count_rows(uri) == count_rows(local)
+    # Parquet row counts come from the footer; text files are not downloaded twice to count
+    assert count_rows(uri) == (count_rows(local) if name == "t.parquet" else None)
 
 
 def test_a_folder_of_parquet_files_in_s3_reads_in_name_order(s3, tmp_path):
@@ -143,6 +144,11 @@ def test_missing_objects_and_buckets_are_one_line_errors(s3, tmp_path):
     s3(note, "docs/README.md")
     with pytest.raises(DataError, match=r"s3://corpus/docs is a directory with no \.parquet files"):
         list(read_rows(f"s3://{BUCKET}/docs"))
+    state = tmp_path / "state.json"
+    state.write_text("{}")
+    s3(state, "saved/state.json")
+    with pytest.raises(DataError, match=r"s3://corpus/saved is a saved dataset in an object store"):
+        list(read_rows(f"s3://{BUCKET}/saved"))
     with pytest.raises(DataError, match=r"s3://no-such-bucket/t\.jsonl"):
         list(read_rows("s3://no-such-bucket/t.jsonl"))
 
