@@ -32,7 +32,7 @@ import numpy as np
 
 from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
 from llmkit.embed.job import CACHE_ROWS
-from llmkit.errors import DataError, InvalidArgument, RayError
+from llmkit.errors import DataError, EncoderError, InvalidArgument, RayError
 from llmkit.files import write_json
 from llmkit.readers import Bad, Row, read_rows
 
@@ -190,6 +190,11 @@ def embed_ray(
     _write_parts(work, todo, encoded, state, write_parquet)
     if resumed + state.rows == 0:
         shutil.rmtree(work, ignore_errors=True)
+        if errors_path.exists():  # as the local job says it: the encoder, not the data
+            first = json.loads(errors_path.read_text(encoding="utf-8").splitlines()[0])["error"]
+            raise EncoderError(
+                f"every text failed to encode: {first}", "check the encoder (model name, server) and retry"
+            )
         raise DataError(f"{input} has no usable rows", "every row was bad or blank")
     total_rows = merge_parts(work, output, info)
     failed = sum(json.loads(p.read_text())["failed"] for p in work.glob("part-*.json"))
