@@ -146,7 +146,7 @@ def test_ray_job_killed_half_way_resumes_from_its_shards(cluster, tmp_path):
     job.kill()  # SIGKILL the driver half-way
     job.wait()
     written = len(list(work.glob("part-*.json")))
-    assert 4 <= written < 20 and not out.exists()
+    assert 4 <= written < 28 and not out.exists()  # 28 shards; 20-27 follow 19 at once (no encoding)
     job = _embed(*args)
     stdout, stderr = job.communicate(timeout=600)
     assert job.returncode == 0, stderr[-3000:]
