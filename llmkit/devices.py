@@ -138,6 +138,32 @@ def _cpu_name() -> str:
 
 
 @lru_cache(maxsize=1)
+def accelerator() -> str | None:
+    """The GPU torch can use here: "cuda", "mps", or None. Without a GPU driver (NVIDIA, ROCm) or
+    Apple silicon, None at once: importing torch to ask would cost every CPU-only command ~2 s."""
+    apple = platform.system() == "Darwin" and platform.machine() == "arm64"
+    if not (apple or os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/kfd")):
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return None
+
+
+def accelerator_name() -> str | None:
+    """The GPU's model (a key for choices measured on it), or None without one."""
+    kind = accelerator()
+    if kind == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return "Apple MPS" if kind == "mps" else None
+
+
+@lru_cache(maxsize=1)
 def detect() -> Hardware:
     import torch
 

@@ -227,6 +227,40 @@ def test_bad_precision_and_backend_are_one_line_errors(capsys, tmp_path):
     assert code == 2 and "unknown backend 'gpu9'" in err
 
 
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_a_gpu_backend_runs_on_its_gpu_or_says_there_is_none(capsys, tmp_path, device):
+    """On the GPU it names: the exact contract against the CPU reference (fp32 and fp16). On a
+    machine without one: a one-line error naming what is missing, before any work."""
+    from llmkit.devices import accelerator
+    from llmkit.embed.encoders import load_encoder
+
+    (tmp_path / "a.txt").write_text("hello\n")
+    if accelerator() == device:
+        ref = load_encoder(backend="torch", precision="fp32").encode(TEXTS)
+        for precision in ("fp32", "fp16"):
+            enc = load_encoder(backend=device, precision=precision)
+            assert enc.backend == device
+            assert (enc.encode(TEXTS) * ref).sum(1).min() >= 0.9999
+        return
+    code, _, err = cli(
+        capsys, "embed", str(tmp_path / "a.txt"), "-o", str(tmp_path / "v.parquet"), "--backend", device
+    )
+    assert code == 1 and err.startswith(f"Error: --backend {device}: no ") and "GPU is available here" in err
+    assert not (tmp_path / "v.parquet").exists()
+
+
+def test_fp16_is_a_gpu_precision(capsys, tmp_path):
+    from llmkit.devices import accelerator
+
+    (tmp_path / "a.txt").write_text("hello\n")
+    args = ("embed", str(tmp_path / "a.txt"), "-o", str(tmp_path / "v.parquet"), "--precision", "fp16")
+    code, _, err = cli(capsys, *args, "--backend", "torch")
+    assert code == 2 and err.startswith("Error: --precision fp16 is not available with --backend torch")
+    if accelerator() is None:
+        code, _, err = cli(capsys, *args)
+        assert code == 2 and "--precision fp16 needs a GPU (CUDA or Apple MPS)" in err
+
+
 # ----------------------------------------------------------------------------- the batch job
 
 

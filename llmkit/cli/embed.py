@@ -26,10 +26,11 @@ class SampleBy(str, Enum):  # a Typer choice: a wrong value is a usage error (ex
 
 _MODEL_OPT = typer.Option("--model", "-m", help="sentence-transformers dir/HF id, or ollama:NAME.")
 _BACKEND_OPT = typer.Option(
-    help="auto (measured on this CPU) | torch (exact reference) | onnx | openvino | ollama."
+    help="auto (measured on this machine, GPU included) | torch (CPU, exact reference) | cuda | mps | onnx "
+    "| openvino | ollama."
 )
 _PRECISION_OPT = typer.Option(
-    help="auto (fastest exact path, cos ≥ 0.9999) | fast (cos mean ≥ 0.999, min ≥ 0.99; int8 = alias) | fp32 | bf16."
+    help="auto (fastest exact path, cos ≥ 0.9999) | fast (cos mean ≥ 0.999, min ≥ 0.99; int8 = alias) | fp32 | bf16 | fp16 (GPU)."
 )
 
 

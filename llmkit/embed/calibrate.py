@@ -1,4 +1,4 @@
-"""Choose an encoder path by measurement on this CPU: once per model and CPU, then cached.
+"""Choose an encoder path by measurement on this machine: once per model, CPU and GPU, then cached.
 
 Which path is fastest, and which lossy path keeps its quality, depends on the CPU (AVX2 vs
 AVX-512 VNNI vs AMX change both the speed and the rounding of int8/bf16 kernels). So at first
@@ -85,6 +85,11 @@ def candidates() -> list[tuple[str, str]]:
         out.append(("openvino", "fp32"))
         if native_bf16:
             out.append(("openvino", "bf16"))
+    from llmkit.devices import accelerator
+
+    gpu = accelerator()
+    if gpu:  # sentence-transformers on the GPU, measured against the same CPU fp32 reference
+        out += [(gpu, "fp32"), (gpu, "fp16")]
     return out
 
 
@@ -99,11 +104,13 @@ def _versions() -> dict:
 
 
 def cache_path(model_key: str) -> Path:
-    from llmkit.devices import cpu_signature
+    from llmkit.devices import accelerator_name, cpu_signature
     from llmkit.embed.onnx import _default_threads
     from llmkit.files import home
 
-    sig = json.dumps([CALIBRATION_VERSION, cpu_signature(), _versions(), _default_threads()])
+    sig = json.dumps(
+        [CALIBRATION_VERSION, cpu_signature(), accelerator_name(), _versions(), _default_threads()]
+    )
     digest = hashlib.sha256(sig.encode()).hexdigest()[:12]
     return home() / "embed" / "calibration" / f"{model_key}-{digest}.json"
 

@@ -1,14 +1,15 @@
 """Encoders: a list of texts in, a float32 matrix out (one row per text).
 
-* `TorchEncoder`: sentence-transformers itself, fp32 — the exact reference (bf16 on request).
+* `TorchEncoder`: sentence-transformers itself, fp32 on the CPU — the exact reference (bf16 on
+  request); on a CUDA or Apple MPS GPU (`--backend cuda|mps`) in fp32 or fp16.
 * `OnnxEncoder` (onnx.py): the same model exported once with torch.onnx and run by ONNX Runtime,
   with length-sorted batches (fp32: same vectors; int8: per-channel dynamic quantization).
 * `OpenVinoEncoder` (onnx.py): that export compiled by OpenVINO (optional extra), fp32 or bf16.
 * `OllamaEncoder`: a model served by Ollama, through `llmkit.ollama.embed`.
 
 `load_encoder(model, backend, precision)` picks one. Precision "auto" (exact) and "fast" are
-contracts, not kernels: `calibrate.py` measures every path on this CPU at first use and picks the
-fastest that keeps the contract (see docs/embed.md).
+contracts, not kernels: `calibrate.py` measures every path on this machine (its CPU, and its GPU
+where there is one) at first use and picks the fastest that keeps the contract (docs/embed.md).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from llmkit.errors import EncoderError, InvalidArgument
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-BACKENDS = ("auto", "torch", "onnx", "openvino", "ollama")
+BACKENDS = ("auto", "torch", "cuda", "mps", "onnx", "openvino", "ollama")
 # auto/fast are contracts chosen by measurement; int8 with --backend auto is an alias of fast
-PRECISIONS = ("auto", "fast", "fp32", "int8", "bf16")
+PRECISIONS = ("auto", "fast", "fp32", "int8", "bf16", "fp16")
+GPU_BACKENDS = ("cuda", "mps")  # sentence-transformers on that torch device
+_TORCH_PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16"), "mps": ("fp32", "fp16")}
 
 
 @dataclass
@@ -117,22 +120,32 @@ def resolve_model_dir(model: str) -> tuple[str, Path]:
 
 
 class TorchEncoder(Encoder):
-    """sentence-transformers `encode` with its own batching: the exact fp32 reference."""
+    """sentence-transformers `encode` with its own batching: on the CPU in fp32, the exact
+    reference; on a GPU (`device` cuda or mps) under autocast for fp16/bf16."""
 
     def __init__(
-        self, model_id: str, path: Path, precision: str = "fp32", normalize: bool = True, batch_size: int = 32
+        self,
+        model_id: str,
+        path: Path,
+        precision: str = "fp32",
+        normalize: bool = True,
+        batch_size: int = 32,
+        device: str = "cpu",
     ):
         from sentence_transformers import SentenceTransformer
 
-        if precision not in ("fp32", "bf16"):
+        backend = "torch" if device == "cpu" else device
+        if precision not in _TORCH_PRECISIONS[device]:
             raise InvalidArgument(
-                f"--precision {precision} is not available with --backend torch",
-                "use fp32 or bf16 (int8 needs --backend onnx)",
+                f"--precision {precision} is not available with --backend {backend}",
+                f"use {' or '.join(_TORCH_PRECISIONS[device])}"
+                + (" (int8 needs --backend onnx)" if precision == "int8" else ""),
             )
-        self.st = SentenceTransformer(str(path), device="cpu")  # a Path raises TypeError in ST 6.2
-        super().__init__(
-            model_id, _dimension(self.st), "torch", precision, self.st.max_seq_length
-        )
+        if device != "cpu":
+            check_gpu(device)
+        self.device = device
+        self.st = SentenceTransformer(str(path), device=device)  # a Path raises TypeError in ST 6.2
+        super().__init__(model_id, _dimension(self.st), backend, precision, self.st.max_seq_length)
         self.normalize, self.batch_size = normalize, batch_size
         self.tokenizer = self.st.tokenizer
         if (path / "tokenizer.json").exists():
@@ -147,7 +160,8 @@ class TorchEncoder(Encoder):
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         self.truncated += _count_long(self.tokenizer, texts, self.max_tokens)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        with torch.autocast(self.device, dtype=dtype, enabled=self.precision != "fp32"):
             vecs = self.st.encode(
                 texts,
                 batch_size=self.batch_size,
@@ -156,6 +170,17 @@ class TorchEncoder(Encoder):
                 show_progress_bar=False,
             )
         return np.asarray(vecs, dtype=np.float32)
+
+
+def check_gpu(device: str) -> None:
+    """A one-line error where the GPU backend asked for is not here."""
+    from llmkit.devices import accelerator
+
+    if accelerator() != device:
+        raise EncoderError(
+            f"--backend {device}: no {'CUDA' if device == 'cuda' else 'Apple MPS'} GPU is available here",
+            "use --backend auto (measures what this machine has) or a CPU backend: onnx, openvino, torch",
+        )
 
 
 def _dimension(st) -> int:
@@ -243,7 +268,7 @@ def load_encoder(
         else:
             return _calibrated(model_id, path, "exact" if precision == "auto" else "fast", normalize)
     if backend == "auto":
-        backend = "torch" if precision == "bf16" else "onnx"
+        backend = _backend_for(precision)
     if backend == "torch" and precision == "bf16":
         from llmkit.devices import cpu_native_bf16
 
@@ -254,9 +279,25 @@ def load_encoder(
     return _build(model_id, path, backend, precision, normalize)
 
 
+def _backend_for(precision: str) -> str:
+    """The backend a named precision runs on when none is named."""
+    if precision == "fp16":  # a GPU precision: emulated on a CPU, slower than fp32
+        from llmkit.devices import accelerator
+
+        if accelerator() is None:
+            raise InvalidArgument(
+                "--precision fp16 needs a GPU (CUDA or Apple MPS) and there is none here",
+                "use --precision auto, fp32 or bf16",
+            )
+        return accelerator()
+    return "torch" if precision == "bf16" else "onnx"
+
+
 def _build(model_id: str, path: Path, backend: str, precision: str, normalize: bool) -> Encoder:
     from llmkit.embed.onnx import OnnxEncoder, OpenVinoEncoder
 
+    if backend in GPU_BACKENDS:
+        return TorchEncoder(model_id, path, precision, normalize, device=backend)
     cls = {"torch": TorchEncoder, "onnx": OnnxEncoder, "openvino": OpenVinoEncoder}[backend]
     return cls(model_id, path, precision, normalize)
 

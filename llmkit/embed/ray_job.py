@@ -253,6 +253,7 @@ def _encode_on_ray(work: Path, shards: list[dict], actor_kwargs: dict, workers: 
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
+        **({"num_gpus": 1} if actor_kwargs["backend"] == "cuda" else {}),  # a GPU path: on GPU nodes
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         counts["truncated"] += int(batch["truncated"].sum())
