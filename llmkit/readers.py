@@ -71,7 +71,7 @@ def input_kind(path: Path | str) -> str:
     """file | parquet-dir | hf-disk (save_to_disk dir) | hf (a dataset by name)."""
     if str(path).startswith(HF_PREFIX):
         return "hf"
-    path = as_input(path)
+    path = as_input(path)  # a no-op for inputs already converted by the callers below
     if path.is_dir():
         if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             if not isinstance(path, Path):
@@ -95,10 +95,10 @@ def parquet_files(path: Path) -> list[Path]:
 
 def fingerprint(path: Path | str, split: str) -> dict:
     """What identifies the input for resuming: a changed input starts the job afresh."""
+    path = as_input(path)
     kind = input_kind(path)
     if kind == "hf":
         return {"input": str(path), "split": split}
-    path = as_input(path)
     if kind == "file":
         st = path.stat()
         return {"input": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -108,10 +108,10 @@ def fingerprint(path: Path | str, split: str) -> dict:
 
 
 def check_input(path: Path | str) -> str:
+    path = as_input(path)
     kind = input_kind(path)
     if kind != "file":
         return kind
-    path = as_input(path)
     if not path.is_file():
         raise DataError(
             f"input file {path} not found", "check the path" if isinstance(path, Path) else hint_for(path)
@@ -124,17 +124,18 @@ def check_input(path: Path | str) -> str:
 
 def count_rows(path: Path | str, split: str = "train", sample_by: str = "line") -> int | None:
     """Cheap row count for the progress bar (None where it would need a full parse)."""
+    path = as_input(path)
     kind = input_kind(path)
     if kind == "parquet-dir":
-        return sum(_parquet(f).metadata.num_rows for f in parquet_files(as_input(path)))
+        return sum(_parquet(f).metadata.num_rows for f in parquet_files(path))
     if kind == "hf-disk":
-        return len(_load_from_disk(as_input(path), split))
-    fmt = input_format(as_input(path)) if kind == "file" else None
+        return len(_load_from_disk(path, split))
+    fmt = input_format(path) if kind == "file" else None
     if fmt == ".parquet":
-        return _parquet(as_input(path)).metadata.num_rows
-    if fmt in (".jsonl", ".txt") and sample_by == "line" and isinstance(as_input(path), Path):
+        return _parquet(path).metadata.num_rows
+    if fmt in (".jsonl", ".txt") and sample_by == "line" and isinstance(path, Path):
         # local only: counting a remote file would download it twice
-        with as_input(path).open("rb") as fh:
+        with path.open("rb") as fh:
             return sum(1 for line in fh if line.strip())
     return None
 
@@ -151,6 +152,7 @@ def read_rows(
     Missing columns, unreadable files and a .json that holds no objects raise here, before the
     caller loads a model.
     """
+    path = as_input(path)
     kind = check_input(path)
     if kind == ".txt" and column not in (None, "text"):
         raise DataError(
@@ -167,6 +169,7 @@ def read_records(
     path: Path | str, *, split: str = "train", config: str | None = None, sample_by: str = "line"
 ) -> list[dict]:
     """Training data: every record as a dict (all columns); a bad line or no rows is an error."""
+    path = as_input(path)
     _, records = _open(path, check_input(path), split, sample_by, config)
     out = []
     for item in records:
@@ -188,7 +191,7 @@ def _open(path, kind: str, split: str, sample_by: str, config: str | None = None
     if sample_by not in SAMPLE_BY:
         raise DataError(f"sample_by must be one of {', '.join(SAMPLE_BY)}, not {sample_by!r}", "e.g. line")
     if kind == "parquet-dir":
-        source = _parquet_dir_source(as_input(path))
+        source = _parquet_dir_source(path)
     elif kind in ("hf", "hf-disk"):
         source = _hf_source(path, kind, split, config)
     else:
@@ -199,7 +202,7 @@ def _open(path, kind: str, split: str, sample_by: str, config: str | None = None
             ".csv": _csv_source,
             ".parquet": _parquet_source,
         }[kind]
-        source = make(as_input(path))
+        source = make(path)
     return next(source), source
 
 
@@ -479,7 +482,7 @@ def _hf_source(path, kind: str, split: str, config: str | None):
             "reading a Hugging Face dataset needs the datasets package", "pip install datasets"
         ) from exc
     if kind == "hf-disk":
-        ds = _load_from_disk(as_input(path), split)
+        ds = _load_from_disk(path, split)
         names = ds.column_names
     else:
         name = str(path)[len(HF_PREFIX) :]

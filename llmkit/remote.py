@@ -54,12 +54,6 @@ class RemotePath:
     def __repr__(self) -> str:
         return f"RemotePath({self.uri!r})"
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, RemotePath) and other.uri == self.uri
-
-    def __hash__(self) -> int:
-        return hash(self.uri)
-
     def __lt__(self, other: RemotePath) -> bool:  # sorted() of a folder's files
         return self.uri < other.uri
 

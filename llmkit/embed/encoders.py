@@ -132,8 +132,6 @@ class TorchEncoder(Encoder):
         batch_size: int = 32,
         device: str = "cpu",
     ):
-        from sentence_transformers import SentenceTransformer
-
         backend = "torch" if device == "cpu" else device
         if precision not in _TORCH_PRECISIONS[device]:
             raise InvalidArgument(
@@ -142,7 +140,9 @@ class TorchEncoder(Encoder):
                 + (" (int8 needs --backend onnx)" if precision == "int8" else ""),
             )
         if device != "cpu":
-            check_gpu(device)
+            check_gpu(device)  # before the seconds of importing sentence-transformers
+        from sentence_transformers import SentenceTransformer
+
         self.device = device
         self.st = SentenceTransformer(str(path), device=device)  # a Path raises TypeError in ST 6.2
         super().__init__(model_id, _dimension(self.st), backend, precision, self.st.max_seq_length)

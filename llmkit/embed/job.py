@@ -107,11 +107,11 @@ def embed_file(
         commit_every=commit_every,
         sample_by=sample_by,
     )
+    input = as_input(input)  # once: an object-store URI is opened (and its region found) once
     if ray:
         from llmkit.embed.ray_job import embed_ray
 
         return embed_ray(input, output, address=ray, split=split, workers=workers, **options)
-    input = as_input(input)
     output = check_output(output)
     check_input(input)
     work = work_dir(output)
