@@ -84,7 +84,7 @@ finally:
 
 
 def probe_rate(rows: list[dict]) -> dict:
-    """tokens/s and seconds per step over the logged steps, the first (warm-up) one left out."""
+    """tokens/s, seconds per step, tokens and loss of each logged step, the first (warm-up) one left out."""
     steps = [r for r in rows if "tokens_per_s" in r]
     tokens = [b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}, *steps], steps, strict=False)]
     secs = [n / r["tokens_per_s"] for n, r in zip(tokens, steps, strict=True)]
@@ -95,4 +95,6 @@ def probe_rate(rows: list[dict]) -> dict:
         "tokens_per_s": n / s,
         "seconds_per_step": s / len(secs[use]),
         "step_seconds": [round(x, 5) for x in secs[use]],  # per step, to see (or filter) disturbed ones
+        "step_tokens": tokens[use],  # what was timed: the run's own batches
+        "losses": [r["loss"] for r in steps[use]],
     }
