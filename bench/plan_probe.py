@@ -45,7 +45,9 @@ def main() -> None:
     from llmkit.devices import cpu_name
     from llmkit.plan import plan, probe_rate
 
-    print(f"CPU: {cpu_name()}; recipe {args.recipe}; {args.rounds} rounds; {args.threads} thread(s)", flush=True)
+    print(
+        f"CPU: {cpu_name()}; recipe {args.recipe}; {args.rounds} rounds; {args.threads} thread(s)", flush=True
+    )
     probes, reals = [], []
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-probe-") as tmp:
         for k in range(args.rounds):

@@ -126,7 +126,9 @@ def test_probe_times_the_real_runs_own_first_steps(tmp_path, llmkit_cli):
     overrides = ["train.eval_every=0", "train.save_every=0", "data.eval_fraction=0", "train.max_steps=11"]
     probe = plan("tiny", [*overrides, f"train.output_dir={tmp_path / 'p'}"], probe=True).probe
     out = tmp_path / "run"
-    r = llmkit_cli("train", "tiny", *overrides, f"train.output_dir={out}", "--json", env={"LLMKIT_QUIET": "1"})
+    r = llmkit_cli(
+        "train", "tiny", *overrides, f"train.output_dir={out}", "--json", env={"LLMKIT_QUIET": "1"}
+    )
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     real = probe_rate([json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()])
