@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/export.py
 	$(PY) bench/export_memory.py
+	$(PY) bench/plan_probe.py
 
 lint: setup
 	$(PY) -m ruff check llmkit tests bench
