@@ -40,6 +40,7 @@ test-slow: setup
 bench: setup
 	$(PY) bench/train_throughput.py
 	$(PY) bench/embed_throughput.py
+	$(PY) bench/embed_batch_tokens.py
 	$(PY) bench/export.py
 	$(PY) bench/export_memory.py
 	$(PY) bench/plan_probe.py
