@@ -238,14 +238,18 @@ def _encode_on_ray(work: Path, shards: list[dict], actor_kwargs: dict, workers: 
     if not shards:
         return
     import pyarrow.parquet as pq
+    import ray
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # rows come back in input order
     ctx.enable_progress_bars = False
-    # the pending shards go to the object store as blocks (spilled to disk when large); no
-    # read tasks: with one CPU per actor a CPU-holding read task could wait for ever
-    ds = ray.data.from_arrow([pq.read_table(work / f"input-{s['no']:06d}.parquet") for s in shards])
+    # the pending shards go to the object store as blocks, one at a time, so the driver holds one
+    # shard, not the corpus (the store spills to disk when full); no read tasks: with one CPU per
+    # actor a CPU-holding read task could wait for ever
+    ds = ray.data.from_arrow_refs(
+        [ray.put(pq.read_table(work / f"input-{s['no']:06d}.parquet")) for s in shards]
+    )
     ds = ds.map_batches(
         _EncodeActor,
         fn_constructor_kwargs=actor_kwargs,
