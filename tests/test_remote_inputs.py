@@ -11,17 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import _free_port
 
 from llmkit.errors import DataError
 from llmkit.readers import count_rows, fingerprint, read_rows
 
 BUCKET = "corpus"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from conftest import _free_port
 
 from llmkit import devices
 from llmkit.errors import LlmkitError, RecipeError
@@ -21,14 +22,6 @@ OVERRIDES = [
     "train.eval_every=6",
     "train.batch_size=2",
 ]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _adapter(path):
