@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from llmkit import devices
 from llmkit._callable import make_module_callable
 from llmkit.checkpoints import load_checkpoint, save_adapter, save_checkpoint
 from llmkit.errors import LlmkitError, TrainError
+from llmkit.lora import lora_targets
 from llmkit.plan import oom_guard
 from llmkit.recipe import Recipe, load
 from llmkit.runs import (
@@ -291,29 +291,6 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
-
-
-def lora_targets(model, target_modules) -> dict:
-    """LoraConfig targets. On Mixture-of-Experts models `all-linear` means attention, shared
-    experts and every routed expert (stacked 3-D weights, so PEFT `target_parameters`), never the
-    router: PEFT's own all-linear would adapt the router, which destabilises expert choice."""
-    experts = sorted(
-        {
-            n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1]
-            for n, p in model.named_parameters()
-            if ".experts." in n and p.ndim == 3
-        }
-    )
-    if target_modules != "all-linear" or not experts:
-        return {"target_modules": target_modules}
-    linear = {
-        re.sub(r"^.*?\.layers\.\d+\.", "", name)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and ".layers." in name
-    }
-    routers = {n for n in linear if n.endswith((".gate", "shared_expert_gate"))}
-    keep = "|".join(re.escape(n) for n in sorted(linear - routers))
-    return {"target_modules": rf".*\.layers\.\d+\.({keep})$", "target_parameters": experts}
 
 
 class LossModel(torch.nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 
+from llmkit.lora import lora_targets
 from llmkit.plan.config import _text_config
 from llmkit.recipe import Recipe
 
@@ -14,8 +15,6 @@ def count_parameters(config, recipe: Recipe) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-
-    from llmkit.train import lora_targets
 
     with torch.device("meta"), warnings_off():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
