@@ -67,7 +67,7 @@ def run_one(name: str, n_train: int, n_eval: int, threads: int) -> dict:
 
     from llmkit import data as datalib
     from llmkit.sources import resolve
-    from llmkit.train import LossModel
+    from llmkit.methods.model import LossModel
 
     base = resolve("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(base)

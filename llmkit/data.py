@@ -50,8 +50,19 @@ ALPACA_PROMPT_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\
 
 @dataclass
 class Example:
+    """Token ids and labels of one training example.
+
+    `parts` lists the lengths of sequences laid end to end in it (a preference pair: chosen,
+    then rejected); positions restart at each, so they never attend to each other. `units` is
+    what the loss is normalised by: label tokens for SFT, pairs or prompts for the other methods.
+    """
+
     ids: list[int]
     labels: list[int]
+    parts: tuple[int, ...] = ()
+    unit: int | None = None  # None: the label tokens are the units
+    row: dict | None = None  # the source row, where a method reads its fields (GRPO rewards)
+    size: int | None = None  # tokens it takes in a pass, when more than its ids (a GRPO prompt's answers)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,6 +70,18 @@ class Example:
     @property
     def n_labels(self) -> int:
         return sum(1 for x in self.labels[1:] if x != IGNORE)
+
+    @property
+    def units(self) -> int:
+        return self.n_labels if self.unit is None else self.unit
+
+    @property
+    def cost(self) -> int:
+        return self.size or len(self.ids)
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return self.parts or (len(self.ids),)
 
 
 @dataclass
@@ -361,7 +384,7 @@ def split_by_tokens(examples: list[Example], rows: list[list[int]], budget: int)
     pieces: list[list[list[int]]] = []
     widest = 0
     for row in rows:
-        width = sum(len(examples[i]) for i in row)
+        width = sum(examples[i].cost for i in row)
         if pieces and max(widest, width) * (len(pieces[-1]) + 1) <= budget:
             pieces[-1].append(row)
             widest = max(widest, width)
@@ -371,11 +394,13 @@ def split_by_tokens(examples: list[Example], rows: list[list[int]], budget: int)
     return pieces
 
 
-def collate(examples: list[Example], rows: list[list[int]], pad_id: int):
+def collate(examples: list[Example], rows: list[list[int]], pad_id: int, *, segments: bool = False):
     """Rows of examples → input_ids, position_ids, labels tensors of shape [rows, longest row].
 
-    Position ids restart at 0 for each example (that is what keeps packed examples apart);
-    the padding at the end of a row continues the last example's positions and is never a label.
+    Position ids restart at 0 for each sequence (that is what keeps packed examples apart);
+    the padding at the end of a row continues the last sequence's positions and is never a label.
+    With `segments`, also the index of the sequence each token belongs to, counted over the
+    micro-batch in row order (-1 on padding): the preference and reward losses sum per sequence.
     """
     import torch
 
@@ -383,6 +408,8 @@ def collate(examples: list[Example], rows: list[list[int]], pad_id: int):
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
+    n_seq = 0
     for r, row in enumerate(rows):
         pos = 0
         for i in row:
@@ -390,9 +417,14 @@ def collate(examples: list[Example], rows: list[list[int]], pad_id: int):
             n = len(ex)
             input_ids[r, pos : pos + n] = torch.tensor(ex.ids)
             labels[r, pos : pos + n] = torch.tensor(ex.labels)
-            position_ids[r, pos : pos + n] = torch.arange(n)
-            pos += n
+            for part in ex.lengths:
+                position_ids[r, pos : pos + part] = torch.arange(part)
+                seg[r, pos : pos + part] = n_seq
+                pos, n_seq = pos + part, n_seq + 1
         if pos < width:  # padding: continue counting so it forms no new segment
             start = int(position_ids[r, pos - 1]) + 1
             position_ids[r, pos:] = torch.arange(start, start + width - pos)
-    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+    batch = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+    if segments:
+        batch["segments"] = seg
+    return batch

@@ -46,6 +46,8 @@ def _key(err: ErrorDetails, schema: type[BaseModel]) -> str:
 
 def _describe(path: str, errs: list[ErrorDetails], schema: type[BaseModel]) -> str:
     err = errs[0]
+    if not path:  # a check across sections: its message names the keys
+        return err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         parent, _, key = path.rpartition(".")
         model = _model_at(parent.split(".") if parent else [], schema)

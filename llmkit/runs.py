@@ -142,6 +142,8 @@ def write_info(
     eval_loss: float | None,
     started: float,
     train_seconds: float,
+    method: str = "sft",
+    evaluation: dict | None = None,
 ) -> dict:
     """Write run.json (the run's record; written last, so its presence means the run finished)."""
     info = {
@@ -158,6 +160,8 @@ def write_info(
         "data": data,
         "train_loss": train_loss,
         "eval_loss": eval_loss,
+        "method": method,
+        "evaluation": evaluation or {},  # the last held-out figures (eval_loss, preference accuracy, rewards)
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
         "train_seconds": round(train_seconds, 2),  # the loop only (this session): no loading/saving

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 class Plan:
     """The steps of a run: its micro-batches (rows of example indices) per step and process."""
 
-    def __init__(self, examples, recipe: Recipe, world: int):
+    def __init__(self, examples, recipe: Recipe, world: int, *, packing: bool | None = None):
         t, d = recipe.train, recipe.data
+        packing = d.packing if packing is None else packing  # GRPO: a row is one prompt
         self.examples, self.world = examples, world
         self.per_step = t.grad_accum * world
         lengths = [len(e) for e in examples]
@@ -30,7 +31,7 @@ class Plan:
                 lengths,
                 batch_size=t.batch_size,
                 max_length=d.max_length,
-                packing=d.packing,
+                packing=packing,
                 seed=t.seed + epoch,
                 per_step=self.per_step,
             )
@@ -61,6 +62,10 @@ class Plan:
 
     def label_tokens(self, step: int) -> int:
         return sum(self.examples[i].n_labels for mb in self._all(step) for row in mb for i in row)
+
+    def units(self, step: int) -> int:
+        """What this step's loss is normalised by, over all processes: label tokens, pairs or prompts."""
+        return sum(self.examples[i].units for mb in self._all(step) for row in mb for i in row)
 
     def tokens(self, step: int) -> int:
         return sum(len(self.examples[i]) for mb in self._all(step) for row in mb for i in row)

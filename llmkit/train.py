@@ -1,14 +1,15 @@
-"""LoRA / QLoRA fine-tuning: one loop, top to bottom.
+"""LoRA / QLoRA fine-tuning: one loop, top to bottom, for every method (sft, dpo, orpo, grpo).
 
     llmkit train RECIPE [a.b=value ...] [--resume] [--overwrite]
     python -m llmkit.train RECIPE ...            accelerate launch -m llmkit.train RECIPE ...
     llmkit.train(recipe)
 
-Each optimizer step: for every micro-batch, forward pass → loss → backward pass; then one
-optimizer step. The loss is the summed cross-entropy over the step's answer tokens divided by
-their number, so gradient accumulation and several processes give the same update as one big
-batch. The output layer runs only where a label exists: with a 49k vocabulary and answers-only
-loss that skips a large share of the work.
+Each optimizer step: for every micro-batch, build the batch → forward pass → loss → backward
+pass; then one optimizer step. The method (llmkit.methods) decides how a batch is built (GRPO
+samples and scores answers there) and what the loss is; the loop is the same for all. A loss is
+summed over the step's units (answer tokens for SFT, pairs for DPO/ORPO, prompts for GRPO) and
+divided by their number, so gradient accumulation and several processes give the same update
+as one big batch.
 
 What the run writes (recipe.yaml, run.json, adapter/, checkpoints/, metrics) and where is
 llmkit.runs' contract; saving and restoring checkpoints is llmkit.checkpoints.
@@ -24,14 +25,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from llmkit import data as datalib
-from llmkit import devices
+from llmkit import devices, methods
 from llmkit._callable import make_module_callable
 from llmkit.checkpoints import load_checkpoint, save_adapter, save_checkpoint
 from llmkit.errors import LlmkitError, TrainError
 from llmkit.lora import lora_targets
+from llmkit.methods.model import Context, LossModel
 from llmkit.plan import oom_guard
 from llmkit.recipe import Recipe, load
 from llmkit.runs import (
@@ -39,21 +40,19 @@ from llmkit.runs import (
     RunLayout,
     check_run_dir,
     clear_run_dir,
-    last_checkpoint,
     plot_loss,
     write_info,
     write_recipe,
 )
 from llmkit.steps import Plan
+from llmkit.turns import end_of_turn
 from llmkit.ui import field, info, progress_items, quiet_transformers, warn
 
 # Measured on 2 cores with SmolLM2-135M: tokens/s is flat from 512 to 4096 tokens per pass,
 # while activation memory grows ~3 MB per token, so CPU passes stay at 1024 tokens.
 CPU_BATCH_TOKENS = 1024
 
-# Plan, TrainError and last_checkpoint now live elsewhere; llmkit.plan still imports them from here
-__all__ = ["train", "load_tokenizer", "load_model", "lora_targets", "LossModel", "evaluate"]
-__all__ += ["Plan", "TrainError", "last_checkpoint"]
+__all__ = ["train", "load_tokenizer", "load_model", "tokens_per_pass"]
 
 
 def train(
@@ -94,11 +93,16 @@ def train(
     set_seed(t.seed)
     started = time.time()
 
+    method = methods.get(t.method)
     tokenizer, base_dir = load_tokenizer(recipe)
-    dataset = datalib.prepare(recipe, tokenizer, seed=t.seed)  # data errors show before the model loads
+    dataset = method.prepare(recipe, tokenizer, t.seed)  # data errors show before the model loads
     model = load_model(recipe, base_dir, precision, accelerator)
-    plan = Plan(dataset.train, recipe, accelerator.num_processes)
+    plan = Plan(dataset.train, recipe, accelerator.num_processes, packing=method.packing)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    ends = list(
+        end_of_turn(tokenizer, model.generation_config).ids
+    )  # GRPO's answers end where a served turn does
+    ctx = Context(recipe, tokenizer, model, pad_id, accelerator, budget, end_ids=ends)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
@@ -108,7 +112,7 @@ def train(
         num_warmup_steps=math.ceil(t.warmup_ratio * plan.total_steps),
         num_training_steps=plan.total_steps,
     )
-    loss_model, optimizer = accelerator.prepare(LossModel(model), optimizer)
+    loss_model, optimizer = accelerator.prepare(LossModel(model, method, ctx), optimizer)
 
     start_step, tokens_seen = 0, 0
     if resume:
@@ -117,7 +121,7 @@ def train(
     if main:
         write_recipe(run, recipe)
         info(
-            f"Training {recipe.model.name} on {hw.device} ({precision}, {accelerator.num_processes} process(es)): "
+            f"Training {recipe.model.name} ({t.method}) on {hw.device} ({precision}, {accelerator.num_processes} process(es)): "
             f"{len(dataset.train)} examples, {plan.total_steps} steps → {run.path}"
         )
         if dataset.dropped:
@@ -127,7 +131,7 @@ def train(
     def to_device(batch):
         return {k: v.to(accelerator.device) for k, v in batch.items()}
 
-    eval_loss, loop_start = None, time.perf_counter()
+    evaluation, loop_start = {}, time.perf_counter()
     bar = progress_items(field("loss"), field("tps", "tok/s"))
     bar.disable = bar.disable or not main  # one bar, from the main process
     with bar, oom_guard(recipe, run.path, budget):  # CUDA OOM → the plan's figures + what to change
@@ -139,14 +143,14 @@ def train(
                 for rows in plan.micro_batches(step, accelerator.process_index)
                 for piece in datalib.split_by_tokens(dataset.train, rows, budget)
             ]
-            n_labels = plan.label_tokens(step)  # over all processes and micro-batches of this step
+            n_units = plan.units(step)  # over all processes and micro-batches of this step
             step_start, step_loss = time.perf_counter(), 0.0
             for k, rows in enumerate(micro_batches):
-                batch = to_device(datalib.collate(dataset.train, rows, pad_id))
+                batch = to_device(method.build(dataset.train, rows, ctx))  # 1. batch (GRPO: sample, score)
                 last = k == len(micro_batches) - 1
                 with accelerator.no_sync(loss_model) if not last else contextlib.nullcontext():
-                    loss_sum = loss_model(**batch)  # 1. forward pass + 2. loss (summed over answer tokens)
-                    loss = loss_sum / n_labels * accelerator.num_processes  # DDP averages gradients
+                    loss_sum = loss_model(**batch)  # 2. forward pass + loss (summed over units)
+                    loss = loss_sum / n_units * accelerator.num_processes  # DDP averages gradients
                     accelerator.backward(loss)  # 3. backward pass
                 step_loss += loss_sum.detach().float()
             if t.max_grad_norm > 0:
@@ -158,7 +162,8 @@ def train(
             done = step + 1
             step_tokens = plan.tokens(step)
             tokens_seen += step_tokens
-            train_loss = accelerator.reduce(step_loss.reshape(1), "sum").item() / n_labels
+            train_loss = accelerator.reduce(step_loss.reshape(1), "sum").item() / n_units
+            figures = ctx.pop_stats()  # the method's own: preference accuracy, rewards, ...
             tps = step_tokens / (time.perf_counter() - step_start)
             bar.update(task, completed=done, loss=f"{train_loss:.4f}", tps=f"{tps:,.0f}")
             if done % t.log_every == 0 or done == plan.total_steps:
@@ -169,10 +174,11 @@ def train(
                     tokens=tokens_seen,
                     tokens_per_s=round(tps, 1),
                     epoch=round(plan.epoch_of(step), 3),
+                    **figures,
                 )
             if dataset.eval and ((t.eval_every and done % t.eval_every == 0) or done == plan.total_steps):
-                eval_loss = evaluate(loss_model, dataset.eval, recipe, accelerator, pad_id, budget)
-                log.write(done, eval_loss=eval_loss)
+                evaluation = method.evaluate(accelerator.unwrap_model(loss_model), dataset.eval, ctx)
+                log.write(done, **evaluation)
             if (t.save_every and done % t.save_every == 0) and done < plan.total_steps:
                 save_checkpoint(
                     run, done, tokens_seen, accelerator, loss_model, optimizer, scheduler, t.keep_checkpoints
@@ -196,7 +202,9 @@ def train(
             tokens_seen=tokens_seen,
             data=dataset.report(),
             train_loss=log.last_loss,
-            eval_loss=eval_loss,
+            eval_loss=evaluation.get("eval_loss"),
+            evaluation=evaluation,
+            method=t.method,
             started=started,
             train_seconds=train_seconds,
         )
@@ -291,62 +299,6 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
-
-
-class LossModel(torch.nn.Module):
-    """Wraps the PEFT model so one forward call returns the summed loss over label tokens.
-
-    Everything runs inside this module's forward, so DDP, FSDP and DeepSpeed see a normal
-    forward pass. Position ids restart per packed example; no attention mask is passed,
-    which lets transformers derive the block-diagonal (packed) causal mask from them.
-    """
-
-    def __init__(self, peft_model):
-        super().__init__()
-        self.model = peft_model
-        lm = peft_model.get_base_model()
-        cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
-        # Models that post-process logits (softcapping, scaling) take the plain path.
-        special = any(
-            getattr(cfg, a, None) not in (None, 1, 1.0)
-            for a in ("final_logit_softcapping", "logit_scale", "logits_scaling")
-        )
-        self.fast = not special and lm.get_output_embeddings() is not None
-
-    def forward(self, input_ids, position_ids, labels):
-        lm = self.model.get_base_model()
-        targets = labels[:, 1:]
-        keep = targets != datalib.IGNORE
-        if self.fast:
-            hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)[0]
-            logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # output layer on label positions only
-        else:
-            logits = lm(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1][keep]
-        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-
-
-def evaluate(loss_model, examples, recipe, accelerator, pad_id, budget: int = 0) -> float:
-    """Mean loss per answer token over the eval set (split across processes)."""
-
-    d = recipe.data
-    planned = datalib.plan_epoch(
-        [len(e) for e in examples],
-        batch_size=recipe.train.batch_size,
-        max_length=d.max_length,
-        packing=d.packing,
-        seed=0,
-        per_step=max(1, len(examples)),  # eval order does not matter: sort everything for the least padding
-    )
-    batches = [piece for rows in planned for piece in datalib.split_by_tokens(examples, rows, budget)]
-    loss_model.eval()
-    total = torch.zeros(2, device=accelerator.device)
-    with torch.no_grad():
-        for rows in batches[accelerator.process_index :: accelerator.num_processes]:
-            batch = {k: v.to(accelerator.device) for k, v in datalib.collate(examples, rows, pad_id).items()}
-            total[0] += loss_model(**batch).float()
-            total[1] += int((batch["labels"][:, 1:] != datalib.IGNORE).sum())
-    total = accelerator.reduce(total, "sum")
-    return round(float(total[0] / total[1].clamp(min=1)), 6)
 
 
 # ----------------------------------------------------------------------------- python -m llmkit.train

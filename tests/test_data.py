@@ -256,7 +256,7 @@ def test_packed_loss_equals_separate_loss(tiny_llama_dir, llama_tok):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from llmkit.train import LossModel
+    from llmkit.methods.model import LossModel
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(

@@ -228,7 +228,8 @@ def test_cuda_oom_mid_run_reports_the_plan_and_keeps_the_checkpoint(tmp_path):
 
     from llmkit.plan import oom_guard
     from llmkit.recipe import load
-    from llmkit.train import last_checkpoint, train
+    from llmkit.runs import last_checkpoint
+    from llmkit.train import train
 
     out = tmp_path / "run"
     recipe = load("tiny", [f"train.output_dir={out}", "train.max_steps=6", "train.save_every=3"])

@@ -88,19 +88,6 @@ def test_run_layout_is_the_contract(run_dir, tmp_path):
     ]
 
 
-def test_names_other_modules_import_from_train_still_work():
-    from llmkit.train import (  # noqa: F401
-        LossModel,
-        Plan,
-        TrainError,
-        last_checkpoint,
-        load_model,
-        load_tokenizer,
-        lora_targets,
-        train,
-    )
-
-
 def test_adapter_loads_with_peft_and_runs(run_dir):
     import torch
     from peft import PeftModel
