@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import DataError
-from llmkit.readers import FORMATS, HF_PREFIX, read_records
+from llmkit.readers import FORMATS, HF_PREFIX, as_input, read_records
 
 IGNORE = -100
 NEEDS = {
@@ -115,24 +115,13 @@ def read_rows(
     path: str | Path, *, config: str | None = None, split: str = "train", sample_by: str = "line"
 ) -> list[dict]:
     """Rows of a local dataset (see `llmkit.readers`), or of a Hub dataset when `path` is not local."""
-    p = Path(path)
-    if str(path).startswith(HF_PREFIX) or p.exists():
-        return read_records(path, config=config, split=split, sample_by=sample_by)
-    if p.suffix.lower() in FORMATS or str(path).startswith((".", "/", "~")):
+    source = as_input(path)  # the readers' one rule: hf:NAME or a bare org/name is a Hub dataset
+    if isinstance(source, Path) and not source.exists():
         raise DataError(
-            f"dataset file not found: {p}", "check data.path (relative paths resolve against the recipe file)"
+            f"dataset file not found: {source}",
+            "check data.path (relative paths resolve against the recipe file)",
         )
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(str(path), config, split=split)
-    except Exception as exc:  # Hub unreachable, unknown name, bad split ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(
-            f"cannot load Hugging Face dataset '{path}' (split {split}): {first}",
-            f"data.path must be a local {'/'.join(FORMATS)} file, a directory or a reachable Hub dataset",
-        ) from None
-    return [dict(row) for row in ds]
+    return read_records(source, config=config, split=split, sample_by=sample_by)
 
 
 def detect_format(rows: list[dict], requested: str, where: str) -> str:

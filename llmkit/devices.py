@@ -231,6 +231,16 @@ def describe() -> dict:
     return out
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity set (taskset, cgroups cpusets), not the
+    machine's count. Every thread pool (torch, ONNX Runtime, OpenVINO) is sized from this."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def free_cpus(sample: float = 0.1) -> int:
     """CPUs of our affinity set not busy with other processes right now (at least 1).
 

@@ -7,8 +7,13 @@ Inputs, following Hugging Face `datasets`' conventions:
     .jsonl      one JSON object per line
     .csv        a header row, then one record per row
     .parquet    one record per row; also a directory of .parquet files (name order, as one table)
-    a `save_to_disk` dataset dir (memory-mapped), and hf:NAME (through `datasets`, streamed)
+    a `save_to_disk` dataset dir (memory-mapped), and a Hugging Face dataset: hf:NAME, or a bare
+    `name` / `org/name` that is not a local path (one rule for train and embed: `as_input`)
     any of the files and .parquet dirs above in an object store (s3://, gs://, …; remote.py)
+
+An input is opened once (`open_input`) into an `Input` that knows what it is (and, for a folder,
+its files): the reader, the row counter and the resume fingerprint take that object, so a job
+classifies its input once and lists a folder (a LIST on an object store) once.
 
 Records stream one at a time, so memory does not depend on the file size; the exceptions are a
 .json that is one document (an array or a "data" object: parsed whole, as `datasets` does) and
@@ -25,12 +30,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.errors import DataError
-from llmkit.remote import as_input, hint_for
+from llmkit.remote import RemotePath, hint_for, is_uri
 
 FORMATS = (".txt", ".json", ".jsonl", ".csv", ".parquet")
 SAMPLE_BY = ("line", "paragraph", "document")
@@ -67,11 +73,54 @@ def input_format(path: Path) -> str:
     return suffix
 
 
-def input_kind(path: Path | str) -> str:
-    """file | parquet-dir | hf-disk (save_to_disk dir) | hf (a dataset by name)."""
-    if str(path).startswith(HF_PREFIX):
-        return "hf"
-    path = as_input(path)  # a no-op for inputs already converted by the callers below
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def as_input(value) -> Path | RemotePath | str:
+    """What an input reference means, one rule for `train` and `embed`: `hf:NAME` is a Hugging
+    Face dataset, and so is a bare `name` or `org/name` that is not a local path and has no data
+    file suffix (returned as "hf:NAME"); an object-store URI is a RemotePath; else a local Path.
+    A Path or RemotePath is kept as it is (the caller already said it is a path)."""
+    if isinstance(value, Input):
+        return value.path
+    if isinstance(value, RemotePath | Path):
+        return value
+    text = str(value)
+    if text.startswith(HF_PREFIX):
+        return text
+    if is_uri(text):
+        return RemotePath(text)
+    local = Path(text).expanduser()
+    hub = (
+        not local.exists()
+        and not text.startswith((".", "/", "~"))
+        and local.suffix.lower() not in FORMATS
+        and _HUB_NAME.fullmatch(text)
+    )
+    return HF_PREFIX + text if hub else local
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input opened once (`open_input`): what it is, and a folder's files, decided here."""
+
+    path: Path | RemotePath | str
+    kind: str  # file | parquet-dir | hf-disk (a save_to_disk dir) | hf (a dataset by name)
+    format: str | None = None  # a file's format (its suffix)
+    files: tuple = ()  # a parquet-dir's .parquet files, in name order
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def open_input(value) -> Input:
+    """Classify an input (and list a folder) once; a missing, empty or unsupported file is a
+    one-line DataError here, before any model loads."""
+    if isinstance(value, Input):
+        return value
+    path = as_input(value)
+    if isinstance(path, str):
+        return Input(path, "hf")
     if path.is_dir():
         if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             if not isinstance(path, Path):
@@ -79,39 +128,14 @@ def input_kind(path: Path | str) -> str:
                     f"{path} is a saved dataset in an object store, which is not read directly",
                     "read its .parquet files instead (Dataset.to_parquet), or load it by name as hf:NAME",
                 )
-            return "hf-disk"
-        if parquet_files(path):
-            return "parquet-dir"
-        raise DataError(
-            f"{path} is a directory with no .parquet files and no saved dataset",
-            "give a file, a directory of .parquet files, a `save_to_disk` dir or hf:NAME",
-        )
-    return "file"
-
-
-def parquet_files(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
-
-
-def fingerprint(path: Path | str, split: str) -> dict:
-    """What identifies the input for resuming: a changed input starts the job afresh."""
-    path = as_input(path)
-    kind = input_kind(path)
-    if kind == "hf":
-        return {"input": str(path), "split": split}
-    if kind == "file":
-        st = path.stat()
-        return {"input": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    files = parquet_files(path) if kind == "parquet-dir" else sorted(path.rglob("*.arrow"))
-    listing = [[str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    return {"input": str(path.resolve()), "files": listing, "split": split}
-
-
-def check_input(path: Path | str) -> str:
-    path = as_input(path)
-    kind = input_kind(path)
-    if kind != "file":
-        return kind
+            return Input(path, "hf-disk")
+        files = parquet_files(path)
+        if not files:
+            raise DataError(
+                f"{path} is a directory with no .parquet files and no saved dataset",
+                "give a file, a directory of .parquet files, a `save_to_disk` dir or hf:NAME",
+            )
+        return Input(path, "parquet-dir", files=tuple(files))
     if not path.is_file():
         raise DataError(
             f"input file {path} not found", "check the path" if isinstance(path, Path) else hint_for(path)
@@ -119,18 +143,38 @@ def check_input(path: Path | str) -> str:
     fmt = input_format(path)
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty (no rows)", "give a file with at least one row")
-    return fmt
+    return Input(path, "file", fmt)
 
 
-def count_rows(path: Path | str, split: str = "train", sample_by: str = "line") -> int | None:
+def parquet_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+
+
+def fingerprint(source, split: str) -> dict:
+    """What identifies the input for resuming: a changed input starts the job afresh."""
+    src = open_input(source)
+    path = src.path
+    if src.kind == "hf":
+        return {"input": str(path), "split": split}
+    if src.kind == "file":
+        st = path.stat()
+        return {"input": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    files = src.files if src.kind == "parquet-dir" else sorted(path.rglob("*.arrow"))
+    listing = []
+    for f in files:
+        st = f.stat()  # a listed RemotePath carries its size and time: no request per file
+        listing.append([str(f.relative_to(path)), st.st_size, st.st_mtime_ns])
+    return {"input": str(path.resolve()), "files": listing, "split": split}
+
+
+def count_rows(source, split: str = "train", sample_by: str = "line") -> int | None:
     """Cheap row count for the progress bar (None where it would need a full parse)."""
-    path = as_input(path)
-    kind = input_kind(path)
-    if kind == "parquet-dir":
-        return sum(_parquet(f).metadata.num_rows for f in parquet_files(path))
-    if kind == "hf-disk":
+    src = open_input(source)
+    path, fmt = src.path, src.format
+    if src.kind == "parquet-dir":
+        return sum(_parquet(f).metadata.num_rows for f in src.files)
+    if src.kind == "hf-disk":
         return len(_load_from_disk(path, split))
-    fmt = input_format(path) if kind == "file" else None
     if fmt == ".parquet":
         return _parquet(path).metadata.num_rows
     if fmt in (".jsonl", ".txt") and sample_by == "line" and isinstance(path, Path):
@@ -141,7 +185,7 @@ def count_rows(path: Path | str, split: str = "train", sample_by: str = "line") 
 
 
 def read_rows(
-    path: Path | str,
+    source,
     column: str | None = None,
     id_column: str | None = None,
     split: str = "train",
@@ -152,25 +196,28 @@ def read_rows(
     Missing columns, unreadable files and a .json that holds no objects raise here, before the
     caller loads a model.
     """
-    path = as_input(path)
-    kind = check_input(path)
-    if kind == ".txt" and column not in (None, "text"):
+    src = open_input(source)
+    path = src.path
+    if src.format == ".txt" and column not in (None, "text"):
         raise DataError(
             f"{path}: a .txt file has a single column 'text', not {column!r}", "drop --column for .txt input"
         )
     column = column or "text"
-    schemas, records = _open(path, kind, split, sample_by)
+    schemas, records = _open(src, split, sample_by)
     for where, names in schemas:
         _check_columns(where, names, column, id_column)
     return _rows(path, records, column, id_column, checked=bool(schemas))
 
 
 def read_records(
-    path: Path | str, *, split: str = "train", config: str | None = None, sample_by: str = "line"
+    source, *, split: str = "train", config: str | None = None, sample_by: str = "line"
 ) -> list[dict]:
-    """Training data: every record as a dict (all columns); a bad line or no rows is an error."""
-    path = as_input(path)
-    _, records = _open(path, check_input(path), split, sample_by, config)
+    """Training data: every record as a dict (all columns); a bad line or no rows is an error.
+    A Hub dataset is loaded whole (through the datasets cache) rather than streamed: training
+    holds every record anyway."""
+    src = open_input(source)
+    path = src.path
+    _, records = _open(src, split, sample_by, config, streaming=False)
     out = []
     for item in records:
         if isinstance(item, Bad):
@@ -187,13 +234,14 @@ def read_records(
 # `_open` runs it up to that first yield, so a file that cannot be opened fails right there.
 
 
-def _open(path, kind: str, split: str, sample_by: str, config: str | None = None):
+def _open(src: Input, split: str, sample_by: str, config: str | None = None, streaming: bool = True):
     if sample_by not in SAMPLE_BY:
         raise DataError(f"sample_by must be one of {', '.join(SAMPLE_BY)}, not {sample_by!r}", "e.g. line")
-    if kind == "parquet-dir":
-        source = _parquet_dir_source(path)
-    elif kind in ("hf", "hf-disk"):
-        source = _hf_source(path, kind, split, config)
+    path = src.path
+    if src.kind == "parquet-dir":
+        source = _parquet_dir_source(src.files)
+    elif src.kind in ("hf", "hf-disk"):
+        source = _hf_source(path, src.kind, split, config, streaming)
     else:
         make = {
             ".txt": lambda p: _txt_source(p, sample_by),
@@ -201,7 +249,7 @@ def _open(path, kind: str, split: str, sample_by: str, config: str | None = None
             ".jsonl": _jsonl_source,
             ".csv": _csv_source,
             ".parquet": _parquet_source,
-        }[kind]
+        }[src.format]
         source = make(path)
     return next(source), source
 
@@ -446,10 +494,10 @@ def _parquet_records(path: Path, pf) -> Iterator[tuple[int, dict]]:
         raise _not_parquet(path, exc) from None
 
 
-def _parquet_dir_source(path: Path):
-    """Every .parquet file under `path` in name order, as one table (row index runs on)."""
+def _parquet_dir_source(files):
+    """The .parquet files of a folder in name order, as one table (row index runs on)."""
     # every file opened first: a bad file found late would waste the run
-    opened = [(f, _parquet(f)) for f in parquet_files(path)]
+    opened = [(f, _parquet(f)) for f in files]
     yield [(f, pf.schema_arrow.names) for f, pf in opened]
     for f, pf in opened:
         yield from _parquet_records(f, pf)
@@ -474,7 +522,7 @@ def _load_from_disk(path: Path, split: str):
     return ds
 
 
-def _hf_source(path, kind: str, split: str, config: str | None):
+def _hf_source(path, kind: str, split: str, config: str | None, streaming: bool = True):
     try:
         import datasets
     except ImportError as exc:
@@ -486,13 +534,15 @@ def _hf_source(path, kind: str, split: str, config: str | None):
         names = ds.column_names
     else:
         name = str(path)[len(HF_PREFIX) :]
-        try:  # streaming: rows arrive as they are read, nothing is loaded whole
-            ds = datasets.load_dataset(name, config, split=split, streaming=True)
-        except Exception as exc:
+        try:  # streaming (embed): rows arrive as they are read, nothing is loaded whole
+            ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+        except Exception as exc:  # Hub unreachable, unknown name, bad split ...
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise DataError(
-                f"could not open dataset {name!r} split {split!r}: {str(exc).splitlines()[0][:200]}",
-                "check the name and split; offline, use a local dataset dir or one in the HF cache",
-            ) from exc
+                f"cannot load Hugging Face dataset '{name}' (split {split}): {first}",
+                "check the name and split (a local file needs its suffix, e.g. data.jsonl); "
+                "offline, use a local dataset dir or one in the HF cache",
+            ) from None
         names = list(ds.features) if ds.features else None
     yield [] if names is None else [(path, names)]
     yield from ((0, dict(record)) for record in ds)

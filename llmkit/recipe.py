@@ -2,7 +2,7 @@
 
 One loader for both kinds: `find` (a path, or a shipped name) → parse the YAML → apply
 `a.b=value` overrides (values parsed as YAML) → validate against the kind's schema (`Recipe`
-below; `llmkit.embed.recipe.EmbedRecipe`). Unknown keys and wrong types are errors, all
+below; `llmkit.embed.schema.EmbedRecipe`). Unknown keys and wrong types are errors, all
 reported at once as `path.to.key: message`, with the nearest valid key suggested for a typo
 (`llmkit.recipe_errors`).
 
@@ -30,47 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmkit.errors import RecipeError
+from llmkit.recipe_base import KINDS, RECIPES_DIR, RecipeBase  # noqa: F401  (RECIPES_DIR re-exported)
 from llmkit.recipe_errors import render
-
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # a link to the top-level recipes/ in a checkout
-KINDS = {"train": RECIPES_DIR, "embed": RECIPES_DIR / "embed"}  # kind → folder of its shipped recipes
-
-
-class RecipeBase(BaseModel):
-    """What both kinds share: the file a recipe was loaded from, and the path rule."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    kind: ClassVar[str]
-    example: ClassVar[str]  # a shipped recipe to point at in error hints
-
-    _source: Path | None = None
-
-    @property
-    def source(self) -> Path | None:
-        """The recipe file (absolute), or None for a recipe built from a dict."""
-        return self._source
-
-    def resolve_input(self, value: str | Path) -> Path:
-        """An input path: as given if absolute or present from the current directory, else
-        relative to the recipe file's folder."""
-        p = Path(value).expanduser()
-        if p.is_absolute() or p.exists() or self._source is None:
-            return p
-        return self._source.parent / p
-
-    def resolve_path(self, value: str | Path) -> Path:
-        """An input path (see `resolve_input`); the name the training code uses."""
-        return self.resolve_input(value)
-
-    def resolve_output(self, value: str | Path, base: Path | None = None) -> Path:
-        """An output path: relative to `base`, by default the current directory."""
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (base or Path.cwd()) / p
-
-    def inputs(self) -> dict[str, Path]:
-        """The local input files this recipe reads, key → resolved path."""
-        return {}
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -286,7 +247,8 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 def schema_for(kind: str) -> type[RecipeBase]:
     if kind == "embed":
-        from llmkit.embed.recipe import EmbedRecipe  # imports this module: looked up late
+        # a light module (pydantic, the encoders' choice tables): it leads back to nothing here
+        from llmkit.embed.schema import EmbedRecipe
 
         return EmbedRecipe
     return Recipe

@@ -2,7 +2,7 @@
 the same ones Ray Data reads with, so every reader streams them like local files.
 
 `RemotePath` offers the few `pathlib.Path` methods the readers use, so `readers.py` has one code
-path for local and remote inputs. Credentials and endpoints come from the store's usual
+path for local and remote inputs (`readers.as_input` decides which an input is). Credentials and endpoints come from the store's usual
 environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, …); nothing is
 printed from them.
 """
@@ -24,21 +24,10 @@ def is_uri(value) -> bool:
     return bool(sep) and scheme.lower() in SCHEMES
 
 
-def as_input(value) -> Path | RemotePath | str:
-    """What the readers take: hf:NAME as text, an object-store URI as RemotePath, else a Path."""
-    from llmkit.readers import HF_PREFIX
-
-    if isinstance(value, RemotePath | Path):
-        return value
-    if str(value).startswith(HF_PREFIX):
-        return str(value)
-    return RemotePath(str(value)) if is_uri(value) else Path(value)
-
-
 class RemotePath:
     """A file or folder in an object store, behind the `Path` methods the readers call."""
 
-    def __init__(self, uri: str, fs=None, path: str | None = None):
+    def __init__(self, uri: str, fs=None, path: str | None = None, info=None):
         if fs is None:
             import pyarrow.fs as pafs
 
@@ -47,6 +36,7 @@ class RemotePath:
             except (OSError, ValueError) as exc:
                 raise DataError(f"cannot open {uri}: {_one_line(exc)}", hint_for(uri)) from exc
         self.uri, self.fs, self.path = uri.rstrip("/"), fs, path.rstrip("/")
+        self._listed = info  # the FileInfo a folder listing gave: stat() without another request
 
     def __str__(self) -> str:
         return self.uri
@@ -69,6 +59,8 @@ class RemotePath:
         return Path(self.name).suffix
 
     def _info(self):
+        if self._listed is not None:
+            return self._listed
         try:
             return self.fs.get_file_info(self.path)
         except OSError as exc:
@@ -107,7 +99,7 @@ class RemotePath:
         except OSError as exc:
             raise DataError(f"cannot list {self.uri}: {_one_line(exc)}", hint_for(self.uri)) from exc
         return [
-            RemotePath(f"{self.uri}/{i.path[len(self.path) + 1 :]}", self.fs, i.path)
+            RemotePath(f"{self.uri}/{i.path[len(self.path) + 1 :]}", self.fs, i.path, i)
             for i in infos
             if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, pattern)
         ]

@@ -423,9 +423,10 @@ def test_similar_exact_topk_and_similarity(capsys, topics_vectors):
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert hits[0]["text"] == "The battery drains quickly when Bluetooth is on."
     code, stdout, _ = cli(capsys, "similarity", "It is raining", "Wet weather today")
-    close = float(stdout)
+    assert stdout.startswith("cosine similarity ")  # a labelled line, not a bare number
+    close = float(stdout.split()[2].rstrip(":"))
     code, stdout, _ = cli(capsys, "similarity", "It is raining", "The striker scored twice")
-    assert close > float(stdout) + 0.2
+    assert close > float(stdout.split()[2].rstrip(":")) + 0.2
 
 
 def test_faiss_index_recall_at_10_against_exact(tmp_path):

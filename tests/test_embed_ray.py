@@ -1,5 +1,6 @@
 """`llmkit embed --ray`: the same job on a real Ray cluster (started on loopback with 2 CPUs by
-`ray start --head --block`, torn down with it), compared row by row with the local job."""
+`ray start --head --block`, torn down with it), compared row by row with the local job. The
+fixture checks that every socket the cluster's processes listen on is a loopback one."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def cluster():
             "--include-dashboard=false",
             "--disable-usage-stats",
             f"--temp-dir={temp}",
+            # no Ray client server: the jobs connect through the GCS address, and that server
+            # would listen on a fixed port (10001) that parallel test sessions would fight over
+            "--ray-client-server-port=0",
         ],
         env=ENV,
         stdout=subprocess.DEVNULL,
@@ -51,12 +55,41 @@ def cluster():
     ).returncode:
         assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
         time.sleep(2)
+    _assert_loopback_only(head.pid)
     yield address
-    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        _assert_loopback_only(head.pid)  # the workers and actors the tests started, too
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
     try:
         head.wait(60)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+
+
+def _listening(session: int) -> list[tuple[str, str, int]]:
+    """(process, address, port) of each listening TCP socket of the processes in `session` (the
+    cluster's: `ray start` leads its own session, and its processes stay in it)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if os.getsid(proc.pid) != session:
+                continue
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append((proc.info["name"], conn.laddr.ip, conn.laddr.port))
+        except (psutil.Error, OSError):  # ended meanwhile
+            continue
+    return found
+
+
+def _assert_loopback_only(session: int) -> None:
+    listening = _listening(session)
+    assert listening, "found no listening socket of the Ray cluster (is the check looking at it?)"
+    exposed = [x for x in listening if x[1] not in ("127.0.0.1", "::1")]
+    assert not exposed, f"Ray processes listen beyond loopback: {exposed}"
 
 
 def _embed(*args: str, **kw) -> subprocess.Popen:
@@ -188,13 +221,14 @@ def test_ray_driver_fails_a_text_in_later_shards_as_the_local_job_does(tmp_path)
     real encoder failing on one text (an injected fault, as in test_embed.py). Shard 1 takes the
     failure from shard 0 through the driver's cache; shard 2, written by a fresh call (as after a
     resume), from part 0's meta."""
-    from llmkit.embed.encoders import DEFAULT_MODEL
-    from llmkit.embed.job import _State, embed_file, text_hash
-    from llmkit.embed.ray_job import _EncodeActor, _write_input_shards, _write_parts, probe_stub
-    from llmkit.embed.vectorfile import merge_parts, write_parquet
+    from llmkit.embed.job import embed_file
+    from llmkit.embed.options import JobOptions
+    from llmkit.embed.ray_job import _EncodeActor, _write_input_shards, _write_parts
+    from llmkit.embed.vectorfile import merge_parts
+    from llmkit.embed.workdir import PartWriter, text_hash
     from llmkit.readers import read_rows
 
-    actor = _EncodeActor(DEFAULT_MODEL, "auto", "auto", True, False)
+    actor = _EncodeActor(JobOptions().encoder())
     real = actor.encoder._encode
 
     def flaky(texts):
@@ -210,11 +244,11 @@ def test_ray_driver_fails_a_text_in_later_shards_as_the_local_job_does(tmp_path)
 
     work = tmp_path / "work"
     work.mkdir()
-    shards = _write_input_shards(work, read_rows(src, None, None, "train", "line"), 4, False, src, text_hash)
+    shards = _write_input_shards(work, read_rows(src, None, None, "train", "line"), 4, False, src)
     assert shards[1]["refs"] == {text_hash("POISON"): 0, text_hash("a"): 0}
     assert shards[2]["refs"] == {text_hash("POISON"): 0}
     errors_path = tmp_path / "r.parquet.errors.jsonl"
-    state = _State(probe_stub("", "", DEFAULT_MODEL), work, errors_path, True)
+    state = PartWriter(work, errors_path, True)
 
     def actor_rows(todo):  # what _encode_on_ray yields, from the actor in this process
         for s in todo:
@@ -225,8 +259,8 @@ def test_ray_driver_fails_a_text_in_later_shards_as_the_local_job_does(tmp_path)
                     out["shard"].tolist(), out["pos"].tolist(), out["vector"], out["error"], strict=True
                 )
 
-    _write_parts(work, shards[:2], actor_rows(shards[:2]), state, write_parquet)
-    _write_parts(work, shards[2:], actor_rows(shards[2:]), state, write_parquet)
+    _write_parts(work, shards[:2], actor_rows(shards[:2]), state)
+    _write_parts(work, shards[2:], actor_rows(shards[2:]), state)
     assert errors_path.read_text() == local_errors and local_errors.count("server said 500") == 4
     assert state.encoded == local.encoded == 7
     assert sum(json.loads(p.read_text())["failed"] for p in work.glob("part-*.json")) == local.failed == 4

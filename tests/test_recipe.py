@@ -133,7 +133,8 @@ def test_embed_recipe_errors_read_like_training_ones(tmp_path):
     assert "encoder.normalise: unknown key (did you mean 'encoder.normalize'?)" in text
     assert "clasify: unknown key (did you mean 'classify'?)" in text
     assert (
-        "encoder.backend: Input should be 'auto', 'torch', 'onnx', 'openvino' or 'ollama' (got 'gpu')" in text
+        "encoder.backend: Input should be 'auto', 'torch', 'cuda', 'mps', 'onnx', 'openvino' or 'ollama' (got 'gpu')"
+        in text
     )
     assert "embed.output: required key is missing" in text
     assert "cluster.k: Input should be a valid integer or 'auto' (got 'many')" in text

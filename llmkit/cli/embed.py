@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from llmkit.cli._app import _print_json, app
+from llmkit.embed.choices import BACKENDS, DEFAULT_MODEL, PRECISIONS
 from llmkit.errors import InvalidArgument
 
 classify_app = typer.Typer(
@@ -25,17 +26,46 @@ class SampleBy(str, Enum):  # a Typer choice: a wrong value is a usage error (ex
 
 
 _MODEL_OPT = typer.Option("--model", "-m", help="sentence-transformers dir/HF id, or ollama:NAME.")
-_BACKEND_OPT = typer.Option(
-    help="auto (measured on this machine, GPU included) | torch (CPU, exact reference) | cuda | mps | onnx "
-    "| openvino | ollama."
-)
-_PRECISION_OPT = typer.Option(
-    help="auto (fastest exact path, cos ≥ 0.9999) | fast (cos mean ≥ 0.999, min ≥ 0.99; int8 = alias) | fp32 | bf16 | fp16 (GPU)."
-)
+_BACKEND_HELP = {
+    "auto": "auto (measured on this machine, GPU included)",
+    "torch": "torch (CPU, exact reference)",
+    "cuda": "cuda",
+    "mps": "mps",
+    "onnx": "onnx",
+    "openvino": "openvino",
+    "ollama": "ollama",
+}
+_PRECISION_HELP = {
+    "auto": "auto (fastest exact path, cos ≥ 0.9999)",
+    "fast": "fast (cos mean ≥ 0.999, min ≥ 0.99; int8 = alias)",
+    "fp16": "fp16 (GPU)",
+}
+# the help lists the encoders' own tables: a new backend or precision shows up here by itself
+_BACKEND_OPT = typer.Option(help=" | ".join(_BACKEND_HELP.get(b, b) for b in BACKENDS) + ".")
+_PRECISION_OPT = typer.Option(help=" | ".join(_PRECISION_HELP.get(p, p) for p in PRECISIONS) + ".")
+# a recipe's run takes its options from the recipe: these flags would be silently ignored
+_JOB_FLAGS = {
+    "output": "-o/--output",
+    "column": "--column",
+    "split": "--split",
+    "sample_by": "--sample-by",
+    "id_column": "--id-column",
+    "model": "--model",
+    "backend": "--backend",
+    "precision": "--precision",
+    "normalize": "--normalize",
+    "chunk": "--chunk",
+    "skip_bad": "--skip-bad",
+    "keep_text": "--text/--no-text",
+    "commit_every": "--commit-every",
+    "ray": "--ray",
+    "workers": "--workers",
+}
 
 
 @app.command()
 def embed(
+    ctx: typer.Context,
     input: Annotated[
         str,
         typer.Argument(
@@ -59,7 +89,7 @@ def embed(
     id_column: Annotated[
         str | None, typer.Option(help="Column to use as row id (default: row number).")
     ] = None,
-    model: Annotated[str, _MODEL_OPT] = "all-minilm-l6-v2",
+    model: Annotated[str, _MODEL_OPT] = DEFAULT_MODEL,
     backend: Annotated[str, _BACKEND_OPT] = "auto",
     precision: Annotated[str, _PRECISION_OPT] = "auto",
     normalize: Annotated[bool, typer.Option(help="L2-normalize vectors (cosine).")] = True,
@@ -81,11 +111,23 @@ def embed(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Embed a file of texts into vectors (streaming, deduplicated, resumable)."""
-    from llmkit.embed.job import embed_file
+    from llmkit.embed import embed_file
 
     if Path(input).suffix in (".yaml", ".yml"):
+        from click.core import ParameterSource
+
         from llmkit.embed.recipe import run
 
+        given = [
+            f
+            for name, f in _JOB_FLAGS.items()
+            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise InvalidArgument(
+                f"{', '.join(given)} do(es) not apply to a recipe ({input})",
+                "set recipe keys with a.b=value overrides instead, e.g. embed.output=x.parquet encoder.model=NAME",
+            )
         return _print_json(run(Path(input), overrides=overrides or []))
     if overrides:
         raise InvalidArgument(
@@ -94,24 +136,8 @@ def embed(
         )
     if output is None:
         raise InvalidArgument("missing -o/--output", "e.g. llmkit embed texts.txt -o vectors.parquet")
-    result = embed_file(
-        input,
-        output,
-        column=column,
-        id_column=id_column,
-        model=model,
-        backend=backend,
-        precision=precision,
-        normalize=normalize,
-        chunk=chunk,
-        skip_bad=skip_bad,
-        keep_text=keep_text,
-        commit_every=commit_every,
-        split=split,
-        sample_by=sample_by.value,
-        ray=ray,
-        workers=workers,
-    )
+    options = {name: ctx.params[name] for name in _JOB_FLAGS if name not in ("output", "ray", "workers")}
+    result = embed_file(input, output, ray=ray, workers=workers, **{**options, "sample_by": sample_by.value})
     s = result.summary()
     if json_out:
         return _print_json(s)
@@ -163,14 +189,16 @@ def similar(
 def similarity(
     a: Annotated[str, typer.Argument(help="First text.")],
     b: Annotated[str, typer.Argument(help="Second text.")],
-    model: Annotated[str, _MODEL_OPT] = "all-minilm-l6-v2",
+    model: Annotated[str, _MODEL_OPT] = DEFAULT_MODEL,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Cosine similarity of two texts."""
     from llmkit.embed.search import similarity as run_similarity
 
     score = run_similarity(a, b, model=model)
-    return _print_json({"a": a, "b": b, "cosine": score}) if json_out else typer.echo(f"{score:.4f}")
+    if json_out:
+        return _print_json({"a": a, "b": b, "cosine": score})
+    typer.echo(f"cosine similarity {score:.4f}: {a!r} ~ {b!r}")
 
 
 def _render_report(rep: dict) -> None:
@@ -191,7 +219,7 @@ def classify_train(
     output: Annotated[Path, typer.Option("-o", "--output", help="Classifier dir to write.")],
     text_column: Annotated[str, typer.Option(help="Column with the text.")] = "text",
     label_column: Annotated[str, typer.Option(help="Column with the label.")] = "label",
-    model: Annotated[str, _MODEL_OPT] = "all-minilm-l6-v2",
+    model: Annotated[str, _MODEL_OPT] = DEFAULT_MODEL,
     test_size: Annotated[float, typer.Option(help="Held-out fraction for the report.")] = 0.2,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing dir.")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,

@@ -2,15 +2,18 @@
 
 Python API (mirrors the CLI):
     llmkit.embed(["a phrase", ...])            → float32 matrix, rows L2-normalized
-    embed_file("in.txt", "vectors.parquet")     → the streaming, resumable batch job
+    embed_file("in.txt", "vectors.parquet")     → the streaming, resumable batch job (here, or on
+                                                  Ray with ray="auto"); options: JobOptions
     search.similar(...), classify.train(...), cluster.cluster(...)
 """
 
 from __future__ import annotations
 
-from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
+from llmkit.embed.choices import DEFAULT_MODEL
+from llmkit.embed.encoders import load_encoder
+from llmkit.embed.options import JobOptions
 
-__all__ = ["embed", "embed_file", "load_encoder", "DEFAULT_MODEL"]
+__all__ = ["embed", "embed_file", "load_encoder", "DEFAULT_MODEL", "JobOptions"]
 
 
 def embed(
@@ -25,26 +28,29 @@ def embed(
     """Embed a list of texts (or one string); returns a float32 matrix with one row per text."""
     if isinstance(texts, str):
         texts = [texts]
-    encoder = _cached_encoder(model, backend, precision, normalize)
-    encoder.chunk_long = chunk
-    return encoder.encode(list(texts))
+    key = (model, backend, precision, normalize, chunk)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = load_encoder(*key)
+    return _ENCODERS[key].encode(list(texts))
 
 
 _ENCODERS: dict = {}
 
 
-def _cached_encoder(model, backend, precision, normalize):
-    key = (model, backend, precision, normalize)
-    if key not in _ENCODERS:
-        _ENCODERS[key] = load_encoder(model, backend, precision, normalize)
-    return _ENCODERS[key]
+def embed_file(
+    input, output, options: JobOptions | None = None, *, ray: str | None = None, workers: int = 2, **changes
+):
+    """The batch job: here (job.py), or with `ray` (a cluster address: "auto", "local",
+    "HOST:PORT") on an actor pool of `workers` encoders (ray_job.py). `options`: JobOptions, or
+    keyword changes to its defaults (column=, model=, chunk=, ...)."""
+    options = JobOptions.of(options, **changes)
+    if ray:
+        from llmkit.embed.ray_job import embed_ray
 
+        return embed_ray(input, output, options, address=ray, workers=workers)
+    from llmkit.embed.job import embed_file as run_here
 
-def embed_file(input, output, **kwargs):
-    """Run the batch job (see `llmkit.embed.job.embed_file`)."""
-    from llmkit.embed.job import embed_file as _run
-
-    return _run(input, output, **kwargs)
+    return run_here(input, output, options)
 
 
 from llmkit._callable import make_module_callable  # noqa: E402

@@ -105,12 +105,10 @@ def _versions() -> dict:
 
 def cache_path(model_key: str) -> Path:
     from llmkit.devices import accelerator_name, cpu_signature
-    from llmkit.embed.onnx import _default_threads
+    from llmkit.embed.base import threads
     from llmkit.files import home
 
-    sig = json.dumps(
-        [CALIBRATION_VERSION, cpu_signature(), accelerator_name(), _versions(), _default_threads()]
-    )
+    sig = json.dumps([CALIBRATION_VERSION, cpu_signature(), accelerator_name(), _versions(), threads()])
     digest = hashlib.sha256(sig.encode()).hexdigest()[:12]
     return home() / "embed" / "calibration" / f"{model_key}-{digest}.json"
 

