@@ -27,11 +27,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmkit.errors import RecipeError
+from llmkit.export import types as gguf_types
+from llmkit.export.types import NAMES as GGUF_NAMES
+from llmkit.export.types import OLLAMA_QUANTIZE
 from llmkit.recipe_base import KINDS, RECIPES_DIR, RecipeBase  # noqa: F401  (RECIPES_DIR re-exported)
 from llmkit.recipe_errors import render
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -118,19 +122,29 @@ class TrainSection(_Section):
 
 
 class ExportSection(_Section):
-    gguf: Literal[
-        "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
-        "q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_m", "q2_k",
-    ] = "f16"  # fmt: skip
+    gguf: Literal[GGUF_NAMES] = Field(  # type: ignore[valid-type]
+        "f16", description="GGUF type, any case: " + gguf_types.help_text() + "."
+    )
     ollama: str | None = Field(None, description="Ollama model name to create.")
-    quantize: Literal["q8_0", "q4_K_S", "q4_K_M"] | None = Field(
-        None, description="Server-side Ollama quantization."
+    quantize: Literal[OLLAMA_QUANTIZE] | None = Field(  # type: ignore[valid-type]
+        None, description="Server-side Ollama quantization, any case: " + ", ".join(OLLAMA_QUANTIZE) + "."
     )
     system: str | None = None
     template: str | None = Field(
         None, description="Go template file for Ollama, when the chat template is unknown."
     )
     parameters: dict[str, Any] = Field(default_factory=dict, description="Extra Ollama PARAMETERs.")
+
+    # Any case, as on the command line: Q8_0 → q8_0, q4_k_m → Ollama's q4_K_M.
+    @field_validator("gguf", mode="before")
+    @classmethod
+    def _gguf_case(cls, value):
+        return gguf_types.normalize(value)
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize_case(cls, value):
+        return gguf_types.normalize_quantize(value)
 
 
 class Recipe(RecipeBase):

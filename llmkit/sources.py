@@ -256,44 +256,20 @@ def _assembled(name: str, spec: dict) -> Path:
     return target
 
 
-def gguf_architecture(path: Path) -> str:
-    """The file's `general.architecture`; rejects a non-GGUF, truncated or corrupt file."""
-    return read_gguf(path).architecture
-
-
 def gguf_config_fixes(config, path: Path, arch: str, header: GGUFHeader | None = None):
-    """Set what transformers' GGUF config reader leaves at its defaults, from the file's metadata:
-    without it a Gemma 3 with its own layer pattern or a MoE with its own expert sizes would load
-    as a different model."""
+    """Set what transformers' GGUF config reader leaves at its defaults, from the file's metadata
+    (the family's `from_gguf` rule in llmkit.export.archs)."""
+    from llmkit.export.archs import gguf_rule
+
     metadata = (header or read_gguf(path)).metadata
 
     def get(key: str, default=None):
         value = metadata.get(f"{arch}.{key}")
         return default if value is None else value
 
-    if arch == "llama" and get("expert_count"):
-        raise SourceError(
-            f"{path.name}: a Mixtral-style MoE GGUF cannot be loaded by transformers (it would drop the experts)",
-            "start from the Hugging Face checkpoint instead (llmkit pull mistralai/...)",
-        )
-    if arch == "gemma3":
-        pattern = get("attention.sliding_window_pattern")
-        if isinstance(pattern, list):
-            config.layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
-        config.query_pre_attn_scalar = get("attention.key_length", config.query_pre_attn_scalar)
-        local = get("rope.freq_base_swa")
-        if local and isinstance(getattr(config, "rope_parameters", None), dict):
-            config.rope_parameters.setdefault("sliding_attention", {"rope_type": "default"})["rope_theta"] = (
-                local
-            )
-    if arch in ("qwen2moe", "qwen3moe"):
-        config.moe_intermediate_size = get("expert_feed_forward_length", config.moe_intermediate_size)
-        config.num_experts = get("expert_count", config.num_experts)
-        config.num_experts_per_tok = get("expert_used_count", config.num_experts_per_tok)
-        if arch == "qwen2moe":
-            config.shared_expert_intermediate_size = get(
-                "expert_shared_feed_forward_length", config.shared_expert_intermediate_size
-            )
+    rule = gguf_rule(arch)
+    if rule is not None:  # each family's import fixes live beside its export rule
+        rule.from_gguf(config, get, path.name)
     return config
 
 

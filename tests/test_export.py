@@ -256,16 +256,79 @@ def test_ollama_rejection_is_a_one_line_error(ollama_double, tiny_qwen2_dir, tmp
     assert ollama_double.find("tiny-q") is None
 
 
-def test_ollama_accepts_the_adapter_gguf(ollama_double, llama_run, tmp_path):
-    from llmkit.export import export
-    from llmkit.ollama import create_model
+def test_adapter_only_writes_the_whole_modelfile_and_creates_it(ollama_double, llama_run, tmp_path):
+    """`--adapter-only --ollama NAME`: adapter.gguf, the base as a GGUF (the run's base is a HF
+    dir), and a Modelfile with FROM, ADAPTER, TEMPLATE and stops; the server gets all of it."""
+    from gguf import GGUFReader
 
-    res = export(llama_run, adapter_only=True, output=tmp_path)
-    base = export(
-        yaml.safe_load((llama_run / "recipe.yaml").read_text())["model"]["name"], output=tmp_path / "base"
+    from llmkit.export import export
+
+    res = export(llama_run, adapter_only=True, ollama="tiny-pirate-lora", output=tmp_path)
+    assert res.base == str(tmp_path / "base.gguf") and res.ollama_model == "tiny-pirate-lora"
+    assert GGUFReader(tmp_path / "base.gguf").get_field("general.type").contents() == "model"
+    text = res.modelfile.read_text()
+    lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    assert lines[:2] == [f"FROM {tmp_path / 'base.gguf'}", "ADAPTER ./adapter.gguf"]
+    assert 'TEMPLATE """{{- range $i, $m := .Messages }}' in text and 'PARAMETER stop "<|eot_id|>"' in text
+    assert 'SYSTEM """You are a pirate."""' in text
+    m = ollama_double.model("tiny-pirate-lora")
+    assert len(m["adapters"]) == 1 and "<|start_header_id|>" in m["template"]
+    assert "<|eot_id|>" in m["parameters"]["stop"] and m["system"] == "You are a pirate."
+
+
+def test_adapter_only_on_a_server_that_refuses_adapters_offers_the_merged_export(
+    ollama_double, llama_run, tmp_path
+):
+    from llmkit.export import export
+
+    ollama_double.version = "0.34.1"
+    with pytest.raises(LlmkitError, match=r"Ollama 0\.34\.1 refuses ADAPTER") as err:
+        export(llama_run, adapter_only=True, ollama="tiny-lora", output=tmp_path)
+    assert err.value.hint == f"export the merged model: llmkit export {llama_run} --ollama tiny-lora"
+    assert not any(path == "/api/create" for _, path, _ in ollama_double.requests)
+    assert not (tmp_path / "adapter.gguf").exists()
+
+
+def test_adapter_only_refuses_quantize_and_a_family_ollama_cannot_adapt(tmp_path, llama_run):
+    from llmkit.export import export
+    from llmkit.export.archs import ARCHITECTURES
+
+    with pytest.raises(LlmkitError, match="--quantize applies to a model"):
+        export(llama_run, adapter_only=True, quantize="q4_K_M", output=tmp_path)
+    assert (
+        not ARCHITECTURES["Gemma3ForCausalLM"].ollama_adapter
+        and ARCHITECTURES["LlamaForCausalLM"].ollama_adapter
     )
-    create_model("tiny-base-lora", base.gguf, adapter=res.adapter_gguf, progress=False)
-    assert len(ollama_double.model("tiny-base-lora")["adapters"]) == 1
+
+
+def test_a_mistral_window_shorter_than_the_context_caps_what_is_served(tiny_llama_dir, tmp_path, capsys):
+    """llama.cpp runs the Mistral architecture without a sliding window: within the window the two
+    models are identical, so num_ctx and the GGUF's context length are the window, said at export,
+    and --verify checks what is served."""
+    import shutil
+
+    from gguf import GGUFReader
+
+    from llmkit.export import export
+    from llmkit.export.verify import verify
+
+    src = tmp_path / "tiny-mistral"
+    shutil.copytree(tiny_llama_dir, src)
+    config = json.loads((src / "config.json").read_text())
+    config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=8)
+    (src / "config.json").write_text(json.dumps(config))
+    result = export(str(src), output=tmp_path / "out")
+    assert result.context_limit == 8 and "sliding_window" in capsys.readouterr().err
+    assert "PARAMETER num_ctx 8" in result.modelfile.read_text()
+    assert GGUFReader(result.gguf).get_field("llama.context_length").contents() == 8
+    served = verify(result.gguf, src, "f16", context=8)  # what Ollama runs: identical
+    past = verify(result.gguf, src, "f16")  # probes longer than the window: a different model
+    assert served.passed and served.top1 == 1.0, served.summary()
+    assert past.top1 < 1.0, past.summary()
+    try:  # --verify's generation check writes past the window: if it fails, the hint says why
+        export(str(src), output=tmp_path / "verified", verify=True)
+    except LlmkitError as exc:
+        assert "sliding_window" in exc.hint and "higher-precision" not in exc.hint
 
 
 def test_streaming_shard_rewrite_keeps_every_dtype_and_refuses_shape_changes(tmp_path):

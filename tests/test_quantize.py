@@ -15,22 +15,27 @@ FILE_TYPE = {"q4_k_m": 15, "q6_k": 18}
 
 @pytest.mark.parametrize("qtype", ["q4_k_m", "q6_k"])
 def test_tiny_k_quant_loads_and_verifies(qtype, tiny_qwen2_dir, tmp_path):
-    from llmkit.export.gguf import iter_fields, write_gguf
+    from gguf import GGUFReader
+
+    from llmkit.export.gguf import write_gguf
     from llmkit.export.verify import verify
 
     out = tmp_path / f"model-{qtype}.gguf"
     written = write_gguf(tiny_qwen2_dir, out, qtype)
-    assert dict(iter_fields(out))["general.file_type"] == FILE_TYPE[qtype]
+    assert GGUFReader(out).get_field("general.file_type").contents() == FILE_TYPE[qtype]
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # F16 intermediate removed
     report = verify(written.path, tiny_qwen2_dir, qtype)
     assert report.passed, report.summary()
 
 
 def test_keep_f16_keeps_the_intermediate(tiny_llama_dir, tmp_path):
-    from llmkit.export.gguf import iter_fields, write_gguf
+    from gguf import GGUFReader
+
+    from llmkit.export.gguf import write_gguf
 
     write_gguf(tiny_llama_dir, tmp_path / "m.gguf", "q4_k_s", keep_f16=True)
-    assert dict(iter_fields(tmp_path / "m.f16.gguf"))["general.file_type"] == 1  # MOSTLY_F16
+    f16 = GGUFReader(tmp_path / "m.f16.gguf")
+    assert f16.get_field("general.file_type").contents() == 1  # MOSTLY_F16
 
 
 def test_run_export_with_k_quant_and_ollama_double(ollama_double, tiny_llama_dir, tmp_path):

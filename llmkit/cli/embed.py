@@ -114,15 +114,9 @@ def embed(
     from llmkit.embed import embed_file
 
     if Path(input).suffix in (".yaml", ".yml"):
-        from click.core import ParameterSource
-
         from llmkit.embed.recipe import run
 
-        given = [
-            f
-            for name, f in _JOB_FLAGS.items()
-            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-        ]
+        given = [f for name, f in _JOB_FLAGS.items() if _from_command_line(ctx, name)]
         if given:
             raise InvalidArgument(
                 f"{', '.join(given)} do(es) not apply to a recipe ({input})",
@@ -152,6 +146,11 @@ def embed(
         typer.echo(f"path {c['path']} ({c['contract']}): {c['why']}; measured on {c['cpu']}: {c['measured']}")
     if s["failed"]:
         typer.echo(f"failed rows are listed in {s['output']}.errors.jsonl", err=True)
+
+
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)  # Typer vendors click: compare by name, not by class
+    return source is not None and source.name == "COMMANDLINE"
 
 
 @app.command()

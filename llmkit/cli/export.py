@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from llmkit.cli._app import _echo_outputs, _print_json, app
+from llmkit.export import types as gguf_types
 
 
 @app.command()
@@ -19,8 +20,7 @@ def export(
         str | None,
         typer.Option(
             "--gguf",
-            help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1, or a K-quant by llama.cpp: "
-            "q4_k_m | q4_k_s | q5_k_m | q5_k_s | q6_k | q3_k_m | q2_k (default: recipe, else f16).",
+            help=f"{gguf_types.help_text()} (any case; default: recipe, else f16).",
         ),
     ] = None,
     output: Annotated[
@@ -32,7 +32,10 @@ def export(
     ] = None,
     quantize: Annotated[
         str | None,
-        typer.Option("--quantize", help="Server-side Ollama quantization: q8_0 | q4_K_S | q4_K_M."),
+        typer.Option(
+            "--quantize",
+            help=f"Server-side Ollama quantization of an f16/bf16 file: {' | '.join(gguf_types.OLLAMA_QUANTIZE)}.",
+        ),
     ] = None,
     verify: Annotated[
         bool, typer.Option("--verify", help="Check tokens and logits in llama.cpp against transformers.")
@@ -48,7 +51,10 @@ def export(
     system: Annotated[str | None, typer.Option("--system", help="SYSTEM prompt for the Modelfile.")] = None,
     adapter_only: Annotated[
         bool,
-        typer.Option("--adapter-only", help="Write the LoRA alone as a GGUF adapter (for Ollama's ADAPTER)."),
+        typer.Option(
+            "--adapter-only",
+            help="Write the LoRA as adapter.gguf and a Modelfile that puts it on the base (ADAPTER).",
+        ),
     ] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 from llmkit.errors import ExportError
 from llmkit.export.archs import arch_of, text_config
 from llmkit.export.gguf import (
-    TYPES,
     TensorPlan,
     atomic_write,
     check_type,
@@ -18,6 +17,7 @@ from llmkit.export.gguf import (
     text_name,
     write_tensors,
 )
+from llmkit.export.types import TYPES
 
 
 def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: str = "f16") -> Path:
@@ -27,8 +27,9 @@ def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: s
     from llmkit.export.merge import load_adapter
 
     out_type = check_type(out_type)
-    if out_type not in ("f32", "f16", "bf16"):
-        raise ExportError(f"a GGUF adapter can be f32, f16 or bf16, not {out_type}", "use --gguf f16")
+    if not TYPES[out_type].adapter_ok:
+        floats = ", ".join(t.name for t in TYPES.values() if t.adapter_ok)
+        raise ExportError(f"a GGUF adapter can be {floats}, not {out_type}", "use --gguf f16")
     full_config = read_config(base_dir)
     arch = arch_of(full_config, base_dir)
     config = text_config(full_config)
@@ -50,7 +51,7 @@ def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: s
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
     alpha = float(cfg["lora_alpha"])
-    qtype = TYPES[out_type][0]
+    qtype = TYPES[out_type].ggml
     plans = []
     for key in sorted(k for k in adapter.tensors if k.endswith(".lora_A.weight")):
         module = key.removesuffix(".lora_A.weight")
@@ -70,7 +71,7 @@ def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: s
                 TensorPlan(
                     f"{base}.{suffix}",
                     arr.shape,
-                    qtype if qtype != "F32" else "F32",
+                    qtype,
                     (lambda x: lambda: x)(arr),
                 )
             )
@@ -82,7 +83,7 @@ def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: s
             writer.add_name(Path(adapter_dir).parent.name or "adapter")
             writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
             writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-            writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[out_type][1]))
+            writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[out_type].file_type))
             write_tensors(writer, plans, label="GGUF adapter")
         finally:
             writer.close()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmkit.errors import ExportError
+from llmkit.errors import ExportError, SourceError
 
 # ----------------------------------------------------------------------------- config readers
 
@@ -228,6 +228,57 @@ def _phi3(writer, config: dict, n_vocab: int) -> list:
     return write_rope(writer, config, ("longrope",))
 
 
+def window_limit(config: dict) -> int | None:
+    """Mistral's sliding window when shorter than the context: llama.cpp's llama graph has no
+    window, so past it the served model differs; within it the two are identical."""
+    window, context = config.get("sliding_window"), config.get("max_position_embeddings")
+    if window and (not context or int(window) < int(context)):
+        return int(window)
+    return None
+
+
+def _mistral(writer, config: dict, n_vocab: int) -> list:
+    limit = window_limit(config)
+    return _llama(writer, {**config, "max_position_embeddings": limit} if limit else config, n_vocab)
+
+
+# ----------------------------------------------------------------------------- GGUF import
+# The other direction (sources.convert_gguf): set what transformers' GGUF config reader leaves at
+# its defaults, from the file's metadata (`get(key)` reads "<arch>.<key>"); without it a Gemma 3
+# with its own layer pattern or a MoE with its own expert sizes would load as a different model.
+
+
+def _llama_import(config, get, where) -> None:
+    if get("expert_count"):
+        raise SourceError(
+            f"{where}: a Mixtral-style MoE GGUF cannot be loaded by transformers (it would drop the experts)",
+            "start from the Hugging Face checkpoint instead (llmkit pull mistralai/...)",
+        )
+
+
+def _gemma3_import(config, get, where) -> None:
+    pattern = get("attention.sliding_window_pattern")
+    if isinstance(pattern, list):
+        config.layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
+    config.query_pre_attn_scalar = get("attention.key_length", config.query_pre_attn_scalar)
+    local = get("rope.freq_base_swa")
+    if local and isinstance(getattr(config, "rope_parameters", None), dict):
+        config.rope_parameters.setdefault("sliding_attention", {"rope_type": "default"})["rope_theta"] = local
+
+
+def _moe_import(config, get, where) -> None:
+    config.moe_intermediate_size = get("expert_feed_forward_length", config.moe_intermediate_size)
+    config.num_experts = get("expert_count", config.num_experts)
+    config.num_experts_per_tok = get("expert_used_count", config.num_experts_per_tok)
+
+
+def _qwen2moe_import(config, get, where) -> None:
+    _moe_import(config, get, where)
+    config.shared_expert_intermediate_size = get(
+        "expert_shared_feed_forward_length", config.shared_expert_intermediate_size
+    )
+
+
 # ----------------------------------------------------------------------------- checks
 
 
@@ -272,20 +323,42 @@ class Arch:
     tied_output: bool = False  # llama.cpp always reads the output from token_embd
     prefixes: tuple[tuple[str, str], ...] = field(default=())  # HF name prefix rewrites (multimodal)
     skip: tuple[str, ...] = ()  # HF name prefixes that are not part of the text model
+    # The longest context llama.cpp runs exactly like transformers, when the config's is longer
+    # (written as the GGUF's context length; export caps the Modelfile's num_ctx to it).
+    context_limit: Callable[[dict], int | None] = lambda config: None
+    limit_reason: str = ""  # what the limit is, for export's info line and verify's hint
+    # GGUF import: (transformers config, get(key, default), file name) → fix the config in place.
+    from_gguf: Callable = lambda config, get, where: None
+    # Ollama serves a GGUF adapter (ADAPTER) on this family: checked for llama on a real server;
+    # Ollama runs Gemma in its own engine, which refuses LoRAs ("loras are not yet implemented").
+    ollama_adapter: bool = True
 
 
-LLAMA = Arch("llama", _llama, _check_llama, permute_qk=True)
-GEMMA3 = Arch("gemma3", _gemma3, _check_gemma, norm_offset=1.0)
+LLAMA = Arch("llama", _llama, _check_llama, permute_qk=True, from_gguf=_llama_import)
+MISTRAL = Arch(
+    "llama",
+    _mistral,
+    _check_llama,
+    permute_qk=True,
+    context_limit=window_limit,
+    limit_reason="sliding_window: llama.cpp runs this architecture without a window",
+    from_gguf=_llama_import,
+)
+GEMMA3 = Arch(
+    "gemma3", _gemma3, _check_gemma, norm_offset=1.0, from_gguf=_gemma3_import, ollama_adapter=False
+)
 
 ARCHITECTURES: dict[str, Arch] = {
     "LlamaForCausalLM": LLAMA,
-    "MistralForCausalLM": LLAMA,
-    "MixtralForCausalLM": LLAMA,
+    "MistralForCausalLM": MISTRAL,
+    "MixtralForCausalLM": MISTRAL,
     "Qwen2ForCausalLM": Arch("qwen2", _qwen),
     "Qwen3ForCausalLM": Arch("qwen3", _qwen),
-    "Qwen2MoeForCausalLM": Arch("qwen2moe", _qwen, _check_qwen2_moe),
-    "Qwen3MoeForCausalLM": Arch("qwen3moe", _qwen, _check_qwen3_moe),
-    "Gemma2ForCausalLM": Arch("gemma2", _gemma2, _check_gemma, norm_offset=1.0, tied_output=True),
+    "Qwen2MoeForCausalLM": Arch("qwen2moe", _qwen, _check_qwen2_moe, from_gguf=_qwen2moe_import),
+    "Qwen3MoeForCausalLM": Arch("qwen3moe", _qwen, _check_qwen3_moe, from_gguf=_moe_import),
+    "Gemma2ForCausalLM": Arch(
+        "gemma2", _gemma2, _check_gemma, norm_offset=1.0, tied_output=True, ollama_adapter=False
+    ),
     "Gemma3ForCausalLM": GEMMA3,
     # The text half of a Gemma 3 vision-language checkpoint.
     "Gemma3ForConditionalGeneration": Arch(
@@ -293,6 +366,7 @@ ARCHITECTURES: dict[str, Arch] = {
         _gemma3,
         _check_gemma,
         norm_offset=1.0,
+        ollama_adapter=False,
         prefixes=(("model.language_model.", "model."), ("language_model.model.", "model.")),
         skip=(
             "model.vision_tower.",
@@ -330,3 +404,8 @@ def arch_of(config: dict, where) -> Arch:
 
 # HF per-expert tensors: model.layers.{L}.(mlp|block_sparse_moe).experts.{E}.{proj}.weight
 EXPERT = re.compile(r"^(model\.layers\.\d+\.(?:mlp|block_sparse_moe)\.experts)\.(\d+)\.(\w+)\.weight$")
+
+
+def gguf_rule(gguf_arch: str) -> Arch | None:
+    """The family's rule for a GGUF `general.architecture` (the first entry writing it)."""
+    return next((a for a in ARCHITECTURES.values() if a.gguf == gguf_arch), None)

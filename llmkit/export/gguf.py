@@ -10,29 +10,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llmkit.errors import ExportError, InvalidArgument
+from llmkit.errors import ExportError
 from llmkit.export.archs import EXPERT, Arch, arch_of, n_experts, text_config
-from llmkit.export.quantize import KQUANTS, quantize
+from llmkit.export.quantize import quantize
+from llmkit.export.types import TYPES, gguf_type
 from llmkit.export.vocab import Vocab, load_vocab
 from llmkit.headers import read_safetensors
-
-# Output types: name → (GGML tensor type, general.file_type).
-TYPES = {
-    "f32": ("F32", "ALL_F32"),
-    "f16": ("F16", "MOSTLY_F16"),
-    "bf16": ("BF16", "MOSTLY_BF16"),
-    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
-    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
-    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
-    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
-    "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
-}
 
 
 @dataclass
@@ -54,13 +43,8 @@ class GGUFResult:
 
 
 def check_type(out_type: str) -> str:
-    t = out_type.lower()
-    if t not in TYPES and t not in KQUANTS:
-        raise InvalidArgument(
-            f"--gguf {out_type}: unknown GGUF type",
-            f"choose one of {', '.join([*TYPES, *KQUANTS])}",
-        )
-    return t
+    """The type's name as the table spells it, or the usage error listing every type."""
+    return gguf_type(out_type).name
 
 
 def read_config(model_dir: Path) -> dict:
@@ -220,7 +204,7 @@ def tensor_type(name: str, shape: tuple[int, ...], out_type: str) -> str:
 
     if len(shape) == 1 or name.endswith(("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")):
         return "F32"  # like llama.cpp's converter: norms and MoE routers keep full precision
-    qtype = TYPES[out_type][0]
+    qtype = TYPES[out_type].ggml
     if qtype.startswith(("Q4", "Q5")) and name in ("output.weight", "token_embd.weight"):
         qtype = (
             "Q8_0"  # like llama-quantize: 4/5-bit logits (tied models read them from token_embd) hurt most
@@ -320,19 +304,26 @@ def write_gguf(
     name: str | None = None,
     chat_template: str | None = None,
     keep_f16: bool = False,
+    tokenizer=None,
 ) -> GGUFResult:
     """Convert a HF model dir (safetensors + tokenizer.json) to a GGUF file at `out`.
 
     K-quants are written as F16 first (next to `out`, as `<stem>.f16.gguf`, removed unless
-    `keep_f16`), then quantized by llama.cpp itself.
+    `keep_f16`), then quantized by llama.cpp itself. `tokenizer`: the one already loaded from
+    `model_dir` (loaded here if None).
     """
     import gguf
 
     model_dir, out = Path(model_dir), Path(out)
     out_type = check_type(out_type)
-    if out_type in KQUANTS:
+    if TYPES[out_type].producer == "llama.cpp":
         f16 = write_gguf(
-            model_dir, out.with_name(f"{out.stem}.f16.gguf"), "f16", name=name, chat_template=chat_template
+            model_dir,
+            out.with_name(f"{out.stem}.f16.gguf"),
+            "f16",
+            name=name,
+            chat_template=chat_template,
+            tokenizer=tokenizer,
         )
         try:
             quantize(f16.path, out, out_type)
@@ -350,7 +341,7 @@ def write_gguf(
             f"{model_dir} has no model.embed_tokens.weight", "is this a complete causal LM checkpoint?"
         )
     n_vocab = weights.shape(embed)[0]
-    vocab = load_vocab(model_dir, n_vocab, chat_template=chat_template)
+    vocab = load_vocab(model_dir, n_vocab, chat_template=chat_template, tokenizer=tokenizer)
     plans = plan_tensors(weights, arch, config, out_type)
     out.parent.mkdir(parents=True, exist_ok=True)
     check_disk_space(out.parent, sum(nbytes(p.shape, p.qtype)[1] for p in plans))
@@ -361,7 +352,7 @@ def write_gguf(
             writer.add_type(gguf.GGUFType.MODEL)
             writer.add_name(name or model_dir.name)
             extra = arch.hparams(writer, config, n_vocab)
-            writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[out_type][1]))
+            writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[out_type].file_type))
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             vocab.add_to(writer)
             extra_plans = [TensorPlan(n, a.shape, "F32", (lambda x: lambda: x)(a)) for n, a in extra]
@@ -371,10 +362,3 @@ def write_gguf(
 
     atomic_write(out, write)
     return GGUFResult(out, arch.gguf, out_type, len(plans), out.stat().st_size, vocab)
-
-
-def iter_fields(path: Path) -> Iterator[tuple[str, object]]:
-    """(key, value) of a GGUF file's metadata, every array whole, for tests and `--json` reports."""
-    from llmkit.headers import read_gguf
-
-    yield from read_gguf(path, keep=True).metadata.items()

@@ -32,19 +32,6 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 MODEL_FILES = ("config.json", "generation_config.json")
-DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-}
-DTYPE_BYTES.update({"F8_E4M3": 1, "F8_E5M2": 1})
 
 
 @dataclass
@@ -164,8 +151,9 @@ class ExpertLora:
             self.adapter.tensors.pop(key, None)
 
 
-def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Path | None = None) -> Path:
-    """Write base + adapter as a plain HF model dir at `out_dir` (atomic)."""
+def merge(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
+    """Write base + adapter as a plain HF model dir at `out_dir` (atomic). The tokenizer is the
+    run's (saved beside the adapter by training), else the base's."""
     import torch
 
     from llmkit.ui import progress_items
@@ -180,7 +168,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer_dir: Pa
     )
     if not shards:
         raise ExportError(f"{base_dir} has no safetensors weights to merge into")
-    tokenizer_dir = Path(tokenizer_dir or adapter_dir)
+    tokenizer_dir = Path(adapter_dir)
     if not (tokenizer_dir / "tokenizer_config.json").is_file():
         tokenizer_dir = base_dir
     base_names: set[str] = set()

@@ -8,30 +8,10 @@ from pathlib import Path
 
 from llmkit.errors import ExportError, InvalidArgument
 
-# Ollama's server-side quantization targets (what `ollama create --quantize` accepts).
-OLLAMA_QUANTIZE = ("q8_0", "q4_K_S", "q4_K_M")
 # Ollama model names: [host/][namespace/]model[:tag]; parts start alphanumeric/underscore.
 _NAME = re.compile(
     r"^(?:[A-Za-z0-9_][\w.-]{0,349}/)?(?:[A-Za-z0-9_][\w-]{0,79}/)?[A-Za-z0-9_][\w.-]{0,79}(?::[\w][\w.-]{0,79})?$"
 )
-
-
-def check_quantize(quantize: str | None, gguf_type: str) -> str | None:
-    if quantize is None:
-        return None
-    match = {q.lower(): q for q in OLLAMA_QUANTIZE}.get(quantize.lower())
-    if match is None:
-        raise InvalidArgument(
-            f"Ollama cannot quantize to '{quantize}' (--quantize)",
-            f"Ollama accepts {', '.join(OLLAMA_QUANTIZE)}; for other types write them directly with --gguf",
-        )
-    if gguf_type not in ("f16", "bf16"):
-        raise InvalidArgument(
-            f"--quantize: Ollama only quantizes F16/BF16 GGUFs, not {gguf_type}"
-            + (" (an all-F32 file reads as file type 'unknown')" if gguf_type == "f32" else ""),
-            "export with --gguf f16 when using --quantize",
-        )
-    return match
 
 
 def check_name(name: str) -> str:

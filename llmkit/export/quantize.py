@@ -13,17 +13,8 @@ import re
 from pathlib import Path
 
 from llmkit.errors import ExportError
+from llmkit.export.types import TYPES
 
-# --gguf name → llama.cpp file type (LLAMA_FTYPE_MOSTLY_<value>).
-KQUANTS = {
-    "q2_k": "Q2_K",
-    "q3_k_m": "Q3_K_M",
-    "q4_k_s": "Q4_K_S",
-    "q4_k_m": "Q4_K_M",
-    "q5_k_s": "Q5_K_S",
-    "q5_k_m": "Q5_K_M",
-    "q6_k": "Q6_K",
-}
 INSTALL_HINT = (
     "install llama-cpp-python portably: tools/install-llama-cpp.sh .venv/bin/python "
     "(or write f16 and let Ollama quantize: --gguf f16 --quantize q4_K_M --ollama NAME)"
@@ -38,21 +29,23 @@ def quantize(src: Path, dst: Path, qtype: str) -> Path:
         raise ExportError(
             f"K-quants need llama-cpp-python, which is not usable: {exc}", INSTALL_HINT
         ) from None
-    from llmkit.export.gguf import atomic_write
+    from llmkit.files import atomic_path
 
+    ftype = TYPES[qtype].file_type  # e.g. MOSTLY_Q4_K_M
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{KQUANTS[qtype]}")
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{ftype}")
     params.nthread = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )
-
-    def write(tmp: Path) -> None:
-        with _progress_from_log(llama_cpp, f"GGUF {qtype} (llama.cpp)"):
+    try:
+        with atomic_path(Path(dst)) as tmp, _progress_from_log(llama_cpp, f"GGUF {qtype} (llama.cpp)"):
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-        if rc != 0:
-            raise ExportError(f"llama.cpp could not quantize {src.name} to {KQUANTS[qtype]} (code {rc})")
-
-    atomic_write(Path(dst), write)
+            if rc != 0:
+                raise ExportError(f"llama.cpp could not quantize {src.name} to {qtype.upper()} (code {rc})")
+    except OSError as exc:
+        raise ExportError(
+            f"writing {dst} failed: {exc.strerror or exc}", "check free disk space and file size limits"
+        ) from None
     return Path(dst)
 
 

@@ -18,12 +18,13 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from llmkit.errors import ExportError
 
-if TYPE_CHECKING:
-    from llmkit.export.vocab import Vocab
+# `vocab` arguments are llmkit.export.vocab.Vocab objects; vocab.py imports this module, so the
+# type is not imported here (not even for type checking: it would be an import cycle).
+Vocab = Any
 
 BYTE = 6  # gguf.TokenType.BYTE
 INSTALL_HINT = "install it: tools/install-llama-cpp.sh .venv/bin/python"

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmkit.errors import ExportError
+from llmkit.export.types import TYPES
 
 TOKENIZER_TEXT = (
     "Hello world! Grüße aus Köln, ça va? Привет, мир. こんにちは世界 你好，世界 안녕하세요 مرحبا שלום\n"
@@ -28,41 +29,14 @@ PROBES = [
 ]
 PROBE_CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
-# Per output type: (minimum top-1 agreement, maximum mean KL in nats) against transformers.
-# Set from bench/quant_quality.py on SmolLM2-135M-Instruct with a margin (measured figures in
-# docs/export.md): e.g. q4_k_m measured 88.6 % / 0.058, q6_k 92.9 % / 0.022, q8_0 98.6 % / 0.003.
-THRESHOLDS = {
-    "f32": (1.0, 0.001),
-    "f16": (1.0, 0.001),
-    "bf16": (0.98, 0.005),
-    "q8_0": (0.95, 0.02),
-    "q6_k": (0.85, 0.08),
-    "q5_k_m": (0.75, 0.25),
-    "q5_k_s": (0.75, 0.3),
-    "q5_1": (0.8, 0.3),
-    "q5_0": (0.8, 0.3),
-    "q4_k_m": (0.75, 0.25),
-    "q4_k_s": (0.75, 0.3),
-    "q4_1": (0.75, 0.5),
-    "q4_0": (0.65, 1.2),
-    "q3_k_m": (0.7, 0.5),
-    "q2_k": (0.6, 1.5),
-}
-
-
-# Two logits closer than this (in the HF model's own output) are a tie at the file's precision:
-# f16 weights move logits by about 1e-3 of their size (Gemma's logits of ~30 move by 0.02-0.05),
-# so picking either is agreement, not a different model. The allowance is absolute or relative to
-# the position's largest logit, whichever is larger. Quantized types get none: their thresholds
-# already allow disagreement. Mean KL (max 0.001 for f16) still catches a model that is off.
-TIES = {"f32": (1e-4, 1e-5), "f16": (2e-3, 1e-3), "bf16": (1e-2, 8e-3)}
+# Thresholds and tie allowances per output type: the table in llmkit.export.types.
 
 
 def tie_tolerance(out_type: str, logits):
     """Per-position tie allowance for `logits` (the HF reference, [..., vocab])."""
     import numpy as np
 
-    absolute, relative = TIES.get(out_type, (0.0, 0.0))
+    absolute, relative = TYPES[out_type].tie
     return np.maximum(absolute, relative * np.abs(np.asarray(logits)).max(-1))
 
 
@@ -144,11 +118,14 @@ def verify(
     probes: list[str] = PROBES,
     chat_go: str | None = None,
     stops: list[str] | None = None,
+    context: int | None = None,
 ) -> Report:
     """Compare `gguf_path` (optionally with a GGUF LoRA) in llama.cpp against the HF model.
 
     With `stops` (the Modelfile's) and a chat template, also generate through chat probes
     with the served prompt (`chat_go`, the Modelfile's Go template; None: the model's own).
+    `context`: the served context (num_ctx) when shorter than the model's; logits are compared
+    within it, as Ollama will run the file.
     """
     import numpy as np
     import torch
@@ -179,7 +156,7 @@ def verify(
     kl_sum = 0.0
     max_diff = 0.0
     for text in probes:
-        ids = tokenizer(text).input_ids
+        ids = tokenizer(text).input_ids[:context]  # compare what is served: within num_ctx
         with torch.no_grad():
             ref = model(torch.tensor([ids])).logits[0].float().numpy()
         got = llama_logits(llm, ids)
@@ -207,8 +184,8 @@ def verify(
         positions=total,
         tokens_match=tokens_match,
         chat_tokens_match=chat_match,
-        threshold=THRESHOLDS[out_type][0],
-        max_kl=THRESHOLDS[out_type][1],
+        threshold=TYPES[out_type].min_top1,
+        max_kl=TYPES[out_type].max_kl,
         details=details,
         ties=ties,
         mean_kl=kl_sum / total,

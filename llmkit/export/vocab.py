@@ -173,8 +173,9 @@ def has_tokenizer(model_dir: Path) -> bool:
     return (Path(model_dir) / "tokenizer.json").is_file()
 
 
-def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = None) -> Vocab:
-    """Read the tokenizer of a HF model dir; pad the token list to the `n_vocab` embedding rows."""
+def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = None, tokenizer=None) -> Vocab:
+    """Read the tokenizer of a HF model dir; pad the token list to the `n_vocab` embedding rows.
+    `tokenizer`: the one the caller already loaded from `model_dir` (loaded here if None)."""
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -186,7 +187,7 @@ def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = Non
             "AutoTokenizer.from_pretrained(...).save_pretrained(dir)",
         )
     tj = json.loads(tj_path.read_text(encoding="utf-8"))
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model_dir)
     kind = tokenizer_kind(tj, model_dir)
     tokens, types, scores = _tokens(tj, tok, n_vocab, kind)
     merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]

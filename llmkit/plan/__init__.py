@@ -20,23 +20,16 @@ table number for a CPU; `probe=True` times 10 real training steps instead.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from llmkit.errors import DoesNotFit, InvalidArgument
-from llmkit.files import human_size
+from llmkit.errors import DoesNotFit
 from llmkit.plan.advice import advise
-from llmkit.plan.config import _text_config, model_config
-from llmkit.plan.layout import _layout, _prepare_data
+from llmkit.plan.config import model_config
 from llmkit.plan.memory import (
     ALLOCATOR_SLACK,
     CPU_WORKING_SET,
     CUDA_CONTEXT,
     DTYPE_BYTES,
-    GGUF_BYTES,
     GiB,
     MiB,
-    _device_memory,
-    _parse_size,
     activation_bytes_per_token,
     disk_model,
     loss_bytes_per_label,
@@ -44,11 +37,11 @@ from llmkit.plan.memory import (
 )
 from llmkit.plan.oom import oom_guard
 from llmkit.plan.params import count_parameters
+from llmkit.plan.predict import check, plan
 from llmkit.plan.probe import probe_rate, run_probe
 from llmkit.plan.render import render
 from llmkit.plan.result import Memory, PlanResult
 from llmkit.plan.timing import DEFAULT_GPU_TFLOPS, EFFICIENCY, GPU_PEAK_TFLOPS, device_flops, flops_per_token
-from llmkit.recipe import Recipe, load
 
 __all__ = [
     "ALLOCATOR_SLACK",
@@ -57,7 +50,6 @@ __all__ = [
     "DEFAULT_GPU_TFLOPS",
     "DTYPE_BYTES",
     "EFFICIENCY",
-    "GGUF_BYTES",
     "GPU_PEAK_TFLOPS",
     "DoesNotFit",
     "GiB",
@@ -80,148 +72,3 @@ __all__ = [
     "render",
     "run_probe",
 ]
-
-
-def plan(
-    recipe: str | Path | Recipe | dict,
-    overrides=(),
-    *,
-    device: str | None = None,
-    memory: str | int | None = None,
-    probe: bool = False,
-    measure: bool = True,
-) -> PlanResult:
-    """Predict parameters, peak memory, disk and time of `llmkit train RECIPE` without loading weights."""
-    from llmkit import devices
-    from llmkit.sources import check_reference
-
-    loaded = load(recipe, list(overrides))
-    check_reference(loaded.model.name)  # before devices.detect() imports torch
-    if device not in (None, "cpu", "cuda", "mps"):
-        raise InvalidArgument(f"--device {device}: unknown device", "use cpu, cuda or mps")
-    requested = _parse_size(memory) if memory is not None else None  # a bad --memory: also before
-    t = loaded.train
-    hw = devices.detect()
-    device = device or hw.device
-    if device not in ("cpu", "cuda", "mps"):
-        raise InvalidArgument(f"--device {device}: unknown device", "use cpu, cuda or mps")
-    here = device == hw.device
-    if device == "cpu":
-        precision = devices.choose_precision(t.precision, hw) if here else _auto(t.precision, "fp32")
-    elif device == "cuda":
-        precision = devices.choose_precision(t.precision, hw) if here else _auto(t.precision, "bf16")
-    else:
-        precision = _auto(t.precision, "fp32")
-    if loaded.model.load_in_4bit and here:
-        devices.check_4bit(hw)  # the existing clear error, before any work
-    elif loaded.model.load_in_4bit and device != "cuda":
-        raise devices.HardwareError(
-            f"model.load_in_4bit: QLoRA needs a CUDA GPU with bitsandbytes, not {device.upper()}",
-            "plan with --device cuda, or set model.load_in_4bit=false",
-        )
-    available = requested if requested is not None else _device_memory(device, here)
-
-    config, tokenizer = model_config(loaded)
-    arch = _text_config(config)
-    counts = count_parameters(config, loaded)
-    dataset = _prepare_data(loaded, tokenizer)
-    budget = t.max_batch_tokens if t.max_batch_tokens is not None else (1024 if device == "cpu" else 0)
-    layout = _layout(dataset.train, loaded, budget)
-
-    act = precision if precision in ("bf16", "fp16") else "fp32"
-    wdtype = "nf4" if loaded.model.load_in_4bit else act
-    per_token = {
-        gc: activation_bytes_per_token(arch, loaded, act, gc, counts, layout["pass_width"])
-        for gc in (False, True)
-    }
-    gc = t.gradient_checkpointing
-    loss_per_label = loss_bytes_per_label(arch, act)
-    mem = memory_model(counts, arch, wdtype, act, per_token[gc], loss_per_label, layout, device)
-
-    flops_tok = flops_per_token(counts, arch, layout, train_base=False)
-    dev_flops, source = device_flops(device, act, arch, here and measure, hw.name)
-    eff = EFFICIENCY[device] * (0.75 if gc else 1.0)  # recomputing the forward costs ~1/3 more
-    work = layout["tokens_per_epoch"] * flops_tok
-    sec_epoch = work / (dev_flops * eff)
-    steps = layout["steps"]
-    sec_total = sec_epoch * steps / layout["steps_per_epoch"]
-
-    result = PlanResult(
-        recipe=loaded.name or str(recipe),
-        model=loaded.model.name,
-        architecture=getattr(arch, "model_type", "?"),
-        device=device,
-        device_name=hw.name if here else _named_device(device),
-        precision=precision,
-        weights_dtype=wdtype,
-        memory_available=available,
-        params_total=counts["total"],
-        params_active=counts["active"],
-        params_trainable=counts["lora"],
-        lora_modules=counts["lora_modules"],
-        gradient_checkpointing=gc,
-        max_batch_tokens=budget,
-        largest_pass_tokens=layout["pass_tokens"],
-        largest_pass_labels=layout["pass_labels"],
-        activation_bytes_per_token=per_token[gc],
-        activation_bytes_per_token_no_ckpt=per_token[False],
-        activation_bytes_per_token_ckpt=per_token[True],
-        loss_bytes_per_label=loss_per_label,
-        memory=mem,
-        disk=disk_model(counts, loaded, config),
-        steps=steps,
-        steps_per_epoch=layout["steps_per_epoch"],
-        tokens_per_epoch=layout["tokens_per_epoch"],
-        label_tokens_per_epoch=layout["labels_per_epoch"],
-        flops_per_token=flops_tok,
-        device_flops=dev_flops,
-        flops_source=source,
-        efficiency=eff,
-        seconds_per_epoch=sec_epoch,
-        seconds_total=sec_total,
-        fits=mem.total <= available,
-        short_by=max(0, mem.total - available),
-    )
-    if not result.fits:
-        result.advice = advise(result, counts, arch, loaded, layout, dataset.train, device, act)
-    if probe and result.fits:
-        if not here:
-            raise InvalidArgument(
-                f"--probe runs on this machine ({hw.device}), not on {device}", "drop --device"
-            )
-        result.probe = run_probe(loaded, overrides, layout)
-        tps = result.probe["tokens_per_s"]
-        result.seconds_per_epoch = layout["tokens_per_epoch"] / tps
-        result.seconds_total = result.seconds_per_epoch * steps / layout["steps_per_epoch"]
-    return result
-
-
-def check(result: PlanResult) -> None:
-    """Raise DoesNotFit (one line: by how much and why; the hint says what to change)."""
-    if result.fits:
-        return
-    m = result.memory
-    parts = {
-        "weights": m.weights,
-        "activations": m.activations,
-        "loss buffers": m.loss,
-        "LoRA + optimizer": m.lora,
-        "runtime": m.runtime + m.overhead,
-    }
-    biggest = max(parts, key=parts.get)
-    raise DoesNotFit(
-        f"{result.recipe} needs {human_size(m.total)} on {result.device} but {human_size(result.memory_available)} "
-        f"is available: {human_size(result.short_by)} short, mostly {biggest} ({human_size(parts[biggest])})",
-        "; ".join(result.advice) or "use a smaller model or a device with more memory",
-        result,
-    )
-
-
-def _auto(requested: str, default: str) -> str:
-    return default if requested == "auto" else requested
-
-
-def _named_device(device: str) -> str:
-    return {"cuda": "CUDA GPU (not on this machine)", "mps": "Apple MPS (not on this machine)"}.get(
-        device, device
-    )

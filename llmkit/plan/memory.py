@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from llmkit.errors import InvalidArgument
+from llmkit.export.types import TYPES as GGUF_TYPES
 from llmkit.plan.params import _dims
 from llmkit.plan.result import Memory
 from llmkit.recipe import Recipe
@@ -22,16 +23,6 @@ CPU_WORKING_SET = 32 * MiB  # model code, kernel caches and thread pools a CPU r
 # twice the live per-pass memory (measured with SmolLM2-135M, fp32 and bf16: 1.9-2.1x); the
 # CUDA caching allocator fragments far less.
 ALLOCATOR_SLACK = {"cpu": 1.0, "cuda": 0.10, "mps": 0.10}
-GGUF_BYTES = {
-    "f32": 4.0,
-    "f16": 2.0,
-    "bf16": 2.0,
-    "q8_0": 34 / 32,
-    "q4_0": 18 / 32,
-    "q4_1": 20 / 32,
-    "q5_0": 22 / 32,
-    "q5_1": 24 / 32,
-}
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
@@ -124,7 +115,7 @@ def disk_model(counts, recipe: Recipe, config) -> dict:
         "adapter": adapter,
         "checkpoints": checkpoint * recipe.train.keep_checkpoints,
         "merged": counts["total"] * merged_b,
-        "gguf": int(counts["total"] * GGUF_BYTES[recipe.export.gguf]),
+        "gguf": int(counts["total"] * GGUF_TYPES[recipe.export.gguf].bytes_per_weight),
     }
 
 

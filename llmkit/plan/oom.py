@@ -29,7 +29,7 @@ def _oom_error(recipe: Recipe, out: Path, budget: int, exc: Exception) -> Llmkit
     import torch
 
     from llmkit.errors import TrainError
-    from llmkit.plan import plan
+    from llmkit.plan.predict import plan
     from llmkit.runs import last_checkpoint, read_metrics
 
     step = 0
