@@ -39,9 +39,9 @@ def cluster():
             "--include-dashboard=false",
             "--disable-usage-stats",
             f"--temp-dir={temp}",
-            # no Ray client server: the jobs connect through the GCS address, and that server
-            # would listen on a fixed port (10001) that parallel test sessions would fight over
-            "--ray-client-server-port=0",
+            # Ray always starts its client server (port 0 is refused); on a free port, not the fixed
+            # 10001 that parallel test sessions would fight over (the jobs connect through the GCS)
+            f"--ray-client-server-port={_free_port()}",
         ],
         env=ENV,
         stdout=subprocess.DEVNULL,
@@ -55,16 +55,16 @@ def cluster():
     ).returncode:
         assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
         time.sleep(2)
-    _assert_loopback_only(head.pid)
-    yield address
     try:
+        _assert_loopback_only(head.pid)
+        yield address
         _assert_loopback_only(head.pid)  # the workers and actors the tests started, too
-    finally:
+    finally:  # torn down whatever the checks found
         os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def _listening(session: int) -> list[tuple[str, str, int]]:

@@ -8,7 +8,9 @@ RUN=runs/demo-smollm2
 OUT=runs/demo-embed
 QUESTION="What is the capital of France?"
 N=0  # steps are numbered as they run, so they read in order whether or not Ollama is here
-header() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# bold headers on a terminal only: a log file or a pipe gets plain text, and NO_COLOR is honoured
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD= PLAIN=; fi
+header() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
 step() { N=$((N + 1)); header "$N. $*"; }
 
 step "Pull the embedded default model (SmolLM2-135M-Instruct, shipped as a GGUF: no network)"
