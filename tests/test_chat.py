@@ -26,15 +26,125 @@ def test_interactive_keeps_going_until_bye(llmkit_cli):
 
 
 @pytest.mark.slow
-def test_model_without_chat_template_is_a_clear_error(tiny_llama_dir, tmp_path, llmkit_cli):
+def test_model_without_chat_template_runs_as_a_completion_model(tiny_llama_dir, tmp_path, llmkit_cli):
+    """No chat template (and none from a recipe): the prompt is continued as plain text until EOS,
+    with a line saying so, the way export's TEMPLATE {{ .Prompt }} serves it in Ollama."""
     import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     plain = tmp_path / "plain"
     shutil.copytree(tiny_llama_dir, plain)
     (plain / "chat_template.jinja").unlink()
-    result = llmkit_cli("chat", str(plain), "hi")
-    assert result.returncode == 1
-    assert "has no chat template" in result.stderr and "Traceback" not in result.stderr
+    result = llmkit_cli("chat", str(plain), "The capital of France is", "--max-new-tokens", "6")
+    assert result.returncode == 0, result.stderr
+    assert "has no chat template: running it as a completion model" in result.stderr
+    tok = AutoTokenizer.from_pretrained(plain)
+    model = AutoModelForCausalLM.from_pretrained(plain).eval()
+    ids = tok("The capital of France is", return_tensors="pt")  # BOS as the tokenizer adds it
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False, eos_token_id=tok.eos_token_id)
+    want = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert result.stdout.strip() == want.strip() and want.strip()
+    result = llmkit_cli("chat", str(plain), "hi", "--system", "Be terse.")
+    assert result.returncode == 1 and "has no chat template, so it has no system prompt" in result.stderr
+
+
+GEMMA_TURNS = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+QUESTION = "What is the capital of France?"
+
+
+def _greedy(model, tok, ids, stop_ids, n=16):
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(
+            **ids,
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=stop_ids,
+            pad_token_id=0,
+            top_p=None,
+            top_k=None,
+        )
+    return out[0, ids["input_ids"].shape[1] :].tolist()
+
+
+@pytest.fixture(scope="module")
+def gemma_style_run(tiny_llama_dir, tmp_path_factory):
+    """A run like `llmkit train gemma3-270m-chat`: a base model with Gemma's turn tokens and no
+    chat template, given one by the recipe that ends turns with <end_of_turn> (not its EOS).
+
+    The base is the tiny Llama with <start_of_turn>/<end_of_turn> added; its output row for
+    <end_of_turn> is set to a multiple of the row of a token it says a few tokens into its
+    answer, so it really emits <end_of_turn> after some text, and more text after that when
+    nothing stops it. Returns (run dir, the answer up to <end_of_turn>, the answer unstopped)."""
+    from conftest import run_llmkit
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("gemma-style")
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = None
+    end = tok.convert_tokens_to_ids("<end_of_turn>")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    assert end < model.lm_head.weight.shape[0]  # the padded embedding rows hold the new tokens
+    chat = [{"role": "user", "content": QUESTION}]
+    ids = tok.apply_chat_template(
+        chat, chat_template=GEMMA_TURNS, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    said = _greedy(model, tok, ids, [tok.eos_token_id])
+    weight = model.lm_head.weight.data
+    original = weight.clone()
+    for k in (3, 4, 5):
+        weight[end] = 1.5 * original[said[k]]
+        new = _greedy(model, tok, ids, [tok.eos_token_id])
+        if end in new[2:-4]:  # some text before <end_of_turn>, and some after it
+            break
+        weight.copy_(original)
+    else:
+        pytest.fail("could not make the tiny model emit <end_of_turn> mid-answer")
+    base = root / "base"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    (root / "turns.jinja").write_text(GEMMA_TURNS)
+    run = root / "run"
+    trained = run_llmkit(
+        "train",
+        "tiny",
+        f"model.name={base}",
+        f"model.chat_template={root / 'turns.jinja'}",
+        "train.max_steps=1",
+        "train.lr=1e-9",  # the adapter is trained for real but leaves the answer as it is
+        "train.eval_every=0",
+        "train.save_every=0",
+        f"train.output_dir={run}",
+    )
+    assert trained.returncode == 0, trained.stderr
+    from llmkit.runs import load_for_inference
+
+    model, tok = load_for_inference(run)
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    unstopped = _greedy(model, tok, ids, [tok.eos_token_id])
+    assert end in unstopped
+    before = tok.decode(unstopped[: unstopped.index(end)], skip_special_tokens=True)
+    return run, before.strip(), tok.decode(unstopped, skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow
+def test_chat_stops_at_the_templates_end_of_turn_not_only_eos(gemma_style_run, llmkit_cli):
+    """The reported bug: chat ignored <end_of_turn> (it stopped at EOS only) and ran on."""
+    run, before, unstopped = gemma_style_run
+    assert before and len(unstopped) > len(before)  # without the fix chat printed all of `unstopped`
+    result = llmkit_cli("chat", str(run), QUESTION, "--max-new-tokens", "16")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == before
 
 
 @pytest.mark.slow

@@ -81,6 +81,12 @@ LLAMA2_DEFAULT_SYSTEM = (  # system (or a default) merged into the first [INST]
     "{% else %}{{ bos_token + '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
     "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + ' ' + eos_token }}{% endif %}{% endfor %}"
 )
+ALPACA = (  # turns closed by EOS and then plain text
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{{ '### Instruction:\\n' + m['content'] + '\\n\\n### Response:\\n' }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token + '\\n\\n' }}{% endif %}{% endfor %}"
+)
 # Mistral-Nemo style: the system prompt goes before the LAST user message; not derivable.
 SYSTEM_LAST = (
     "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set msgs = messages[1:] %}"
@@ -226,11 +232,20 @@ def test_llama2_default_system_merged_and_bos_per_turn(plain_tok, go_render):
     assert chat.default_system == "You are a helpful, honest assistant."
 
 
-def test_no_template_falls_back_to_alpaca(plain_tok, go_render):
-    chat = templates.choose(plain_tok, None, render_many=go_render.render_many, **_kw(plain_tok))
-    assert chat.family == "alpaca" and chat.jinja == templates.ALPACA_JINJA
-    assert "### Instruction:" in chat.stops
-    _derive_and_prove(plain_tok, templates.ALPACA_JINJA, go_render)
+def test_no_template_is_a_completion_model(plain_tok, go_render):
+    """No chat template: TEMPLATE {{ .Prompt }} ended by EOS, said in a note; never a made-up format."""
+    tok = copy.deepcopy(plain_tok)
+    tok.chat_template = None
+    chat = templates.choose(tok, None, render_many=go_render.render_many, **_kw(tok))
+    assert chat.family == "completion" and chat.go == "{{ .Prompt }}" and chat.jinja is None
+    assert chat.stops == [tok.eos_token] and not chat.system
+    assert any("completion model" in n for n in chat.notes)
+    assert go_render.render(chat.go, [{"role": "user", "content": "Once upon"}]) == "Once upon"
+
+
+def test_turns_closed_by_text_stop_at_the_next_instruction(plain_tok, go_render):
+    chat = _derive_and_prove(plain_tok, ALPACA, go_render)
+    assert chat.family == "alpaca" and chat.stops == [plain_tok.eos_token, "### Instruction:"]
 
 
 def test_tiny_models_own_templates(llama_tok, tiny_qwen2_dir, go_render):

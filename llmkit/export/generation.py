@@ -13,6 +13,7 @@ Modelfile's stops and in transformers, and compares:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 CONVERSATIONS = [
@@ -80,15 +81,20 @@ class GenerationReport:
 
 
 def check(
-    llm, model, tokenizer, go: str | None, stops: list[str], *, out_type: str, exact: bool
+    llm, model, tokenizer, go: str | None, stops: list[str], *, tie: Callable, exact: bool
 ) -> GenerationReport:
-    """Generate on CONVERSATIONS in llama.cpp (`llm`) and transformers (`model`) and compare."""
+    """Generate on CONVERSATIONS in llama.cpp (`llm`) and transformers (`model`) and compare.
+
+    `tie(logits)`: the per-position tie allowance of the file's type (verify.tie_tolerance, bound
+    to it by the caller: verify owns the numbers, this module only applies them).
+    """
     from llmkit.export.gotemplate import GoTemplateError, render
     from llmkit.export.templates import expected_go_output, hf_render
+    from llmkit.turns import adds_bos, end_of_turn
 
     bos = tokenizer.bos_token
-    probe = tokenizer("A").input_ids
-    add_bos = bool(bos) and bool(probe) and probe[0] == tokenizer.bos_token_id
+    add_bos = adds_bos(tokenizer)
+    ends = end_of_turn(tokenizer, model.generation_config)  # what `llmkit chat` stops on
     report = GenerationReport(exact_required=exact)
     for conv in CONVERSATIONS:
         hf_text = hf_render(tokenizer, tokenizer.chat_template, conv)
@@ -101,7 +107,7 @@ def check(
             except GoTemplateError:
                 served = None
         hf_ids = tokenizer(hf_text, add_special_tokens=False).input_ids
-        hf_new, hf_stopped = _hf_generate(model, tokenizer, hf_ids)
+        hf_new, hf_stopped = _hf_generate(model, tokenizer, hf_ids, ends)
         cpp_ids = llm.tokenize((served or "").encode("utf-8"), add_bos=True, special=True)
         cpp_new, cpp_stopped = _llama_generate(llm, cpp_ids, stops)
         answer = Answer(
@@ -113,39 +119,30 @@ def check(
             llama_cpp_stopped=cpp_stopped,
         )
         if hf_new != cpp_new:
-            answer.divergence, answer.tie = _divergence(model, tokenizer, hf_ids, hf_new, cpp_new, out_type)
+            answer.divergence, answer.tie = _divergence(model, tokenizer, hf_ids, hf_new, cpp_new, tie)
         report.answers.append(answer)
     return report
 
 
-def _end_ids(model, tokenizer) -> list[int]:
-    from llmkit.export.vocab import END_OF_TURN
-
-    ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
-    vocab = tokenizer.get_vocab()
-    ids |= {vocab[t] for t in END_OF_TURN if t in vocab and t in (tokenizer.chat_template or "")}
-    return sorted(i for i in ids if i is not None)
-
-
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _hf_generate(model, tokenizer, ids: list[int]) -> tuple[list[int], bool]:
+def _hf_generate(model, tokenizer, ids: list[int], ends) -> tuple[list[int], bool]:
+    """Greedy tokens from transformers, ending where `llmkit chat` ends a turn (`ends`, from
+    llmkit.turns); a text stop drops the token that completed it, as the llama.cpp side does."""
     import torch
 
-    ends = _end_ids(model, tokenizer)
+    texts = {"stop_strings": list(ends.texts), "tokenizer": tokenizer} if ends.texts else {}
     with torch.no_grad():
         out = model.generate(
             torch.tensor([ids]),
             attention_mask=torch.ones(1, len(ids), dtype=torch.long),
             max_new_tokens=MAX_TOKENS,
             do_sample=False,
-            eos_token_id=ends,
-            pad_token_id=ends[0] if ends else 0,
+            eos_token_id=list(ends.ids),
+            pad_token_id=ends.ids[0] if ends.ids else 0,
+            **texts,
         )
     new = out[0, len(ids) :].tolist()
-    stopped = bool(new) and new[-1] in ends
+    said = tokenizer.decode(new, skip_special_tokens=False)
+    stopped = bool(new) and (new[-1] in ends.ids or any(t in said for t in ends.texts))
     return (new[:-1] if stopped else new), stopped
 
 
@@ -168,12 +165,10 @@ def _llama_generate(llm, ids: list[int], stops: list[str]) -> tuple[list[int], b
     return out, False
 
 
-def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, out_type: str) -> tuple[str, bool]:
+def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, tie: Callable) -> tuple[str, bool]:
     """Where the answers part, and whether HF itself was at a tie there (its best token and the
     one llama.cpp took score within the type's tie tolerance)."""
     import torch
-
-    from llmkit.export.verify import tie_tolerance
 
     k = next((i for i, (a, b) in enumerate(zip(hf_new, cpp_new, strict=False)) if a != b), None)
     if k is None:  # one is a prefix of the other: a stop came earlier on one side
@@ -186,4 +181,4 @@ def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, out_type: str) ->
         f"at token {k} after {shown!r}: transformers {tokenizer.decode([hf_new[k]])!r}, "
         f"llama.cpp {tokenizer.decode([cpp_new[k]])!r} (logit margin {margin:.4f})"
     )
-    return where, margin <= float(tie_tolerance(out_type, logits.numpy()))
+    return where, margin <= float(tie(logits.numpy()))

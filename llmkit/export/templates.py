@@ -35,13 +35,9 @@ from pathlib import Path
 from llmkit.errors import ExportError
 from llmkit.export.gotemplate import GoTemplateError, render
 
-# The Jinja template written into the GGUF and tokenizer of models that have none.
-ALPACA_JINJA = (
-    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
-    "{% for m in messages %}{% if m['role'] == 'user' %}"
-    "{{ '### Instruction:\\n' + m['content'] + '\\n\\n### Response:\\n' }}"
-    "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token + '\\n\\n' }}{% endif %}{% endfor %}"
-)
+# A model with no chat template (and none set by the recipe) is a completion model, in
+# `llmkit chat` and in Ollama alike: the prompt is continued as plain text until EOS.
+COMPLETION_GO = "{{ .Prompt }}"
 
 # Marker contents: plain words, so templates that inspect content behave as for real text.
 _U = ["uqzxone", "uqzxtwo", "uqzxthree"]
@@ -93,10 +89,10 @@ def python_render_many(jobs: list[dict]) -> list:
 
 @dataclass
 class ChatTemplate:
-    family: str  # derived | alpaca | custom | native | ollama-base
+    family: str  # derived | completion | custom | native | ollama-base
     go: str | None  # None: only the model's own Jinja (Ollama >= 0.30) can render it
     stops: list[str]
-    jinja: str | None  # written into the GGUF when the model had no template
+    jinja: str | None  # written into the GGUF (a template the model's own tokenizer lacks)
     proven: bool = True
     notes: list[str] = field(default_factory=list)
     system: bool = True  # the template renders a system prompt (else: no SYSTEM is promised)
@@ -267,26 +263,17 @@ def _specials(tokenizer) -> list[str]:
     return [n for n in dict.fromkeys(names) if n]
 
 
-def _stops(p: _Parts, tokenizer, bos: str | None, eos: str | None) -> list[str]:
-    """Special tokens the turns are built from (those after an assistant turn first), and EOS;
-    for templates made of plain text, the first line of the next user prefix."""
-    specials = [s for s in _specials(tokenizer) if s != bos]
-    texts = [p.to_user, p.to_assistant, p.end, p.first, p.sys_before, p.sys_after]
-    found = sorted(
-        {s for s in specials for t in texts if s in t},
-        key=lambda s: min((i, t.find(s)) for i, t in enumerate(texts) if s in t),
-    )
-    out = list(found)
-    if not any(s in p.to_user for s in specials if s != eos):  # e.g. Alpaca, "[INST]" as text
-        text = p.to_user
-        for s in specials:
-            text = text.replace(s, "\n")
-        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-        if len(line) >= 2:
-            out.append(line)
-    if eos and eos not in out:
-        out.append(eos)
-    return list(dict.fromkeys(out))
+def _stops(tokenizer, jinja: str | None, go: str | None = None) -> list[str]:
+    """The Modelfile's stops: where llmkit.turns says a turn of this template ends (what
+    `llmkit chat` and --verify stop on too); plus, for a user's Go template, its own special
+    tokens other than BOS (it may close turns with tokens the model's template does not use)."""
+    from llmkit.turns import end_of_turn
+
+    stops = end_of_turn(tokenizer, chat_template=jinja).strings
+    if go is not None:
+        bos = tokenizer.bos_token
+        stops += [s for s in _specials(tokenizer) if s != bos and s in go]
+    return list(dict.fromkeys(stops))
 
 
 def prove(
@@ -366,7 +353,7 @@ def derive(
             "on Ollama >= 0.30 use --template native (the model's own template); otherwise write "
             "the Go template yourself and pass it with --template FILE",
         )
-    chat = ChatTemplate(_family(p), go, _stops(p, tokenizer, bos, eos), None, proof_count=count)
+    chat = ChatTemplate(_family(p), go, _stops(tokenizer, jinja), None, proof_count=count)
     chat.system = p.system == "render"
     if p.system == "render":
         default = _default_system(p)
@@ -448,13 +435,23 @@ def _caveats(tokenizer, jinja: str, bos, add_bos) -> list[str]:
 
 
 def choose(tokenizer, jinja: str | None, *, bos, add_bos, eos, render_many=None) -> ChatTemplate:
-    """The Go template for the model's chat template; Alpaca (also written into the GGUF) if none."""
+    """The Go template for the model's chat template; without one, a completion model."""
     if jinja:
         return derive(tokenizer, jinja, bos=bos, add_bos=add_bos, eos=eos, render_many=render_many)
-    chat = derive(tokenizer, ALPACA_JINJA, bos=bos, add_bos=add_bos, eos=eos, render_many=render_many)
-    chat.family, chat.jinja = "alpaca", ALPACA_JINJA
-    chat.notes.insert(0, "the model has no chat template: using Alpaca (also written into the GGUF)")
-    return chat
+    return completion(tokenizer)
+
+
+def completion(tokenizer) -> ChatTemplate:
+    """A model with no chat template: TEMPLATE {{ .Prompt }}, ended by EOS, no system prompt.
+    Never a made-up chat format: a base model never learnt one, so it would not end its turn."""
+    note = (
+        "the model has no chat template, so it is exported as a completion model: TEMPLATE "
+        f"{COMPLETION_GO} (the prompt is continued until end of text), as `llmkit chat` runs it; "
+        "to chat, train with model.chat_template set in the recipe"
+    )
+    return ChatTemplate(
+        "completion", COMPLETION_GO, _stops(tokenizer, None), None, notes=[note], system=False
+    )
 
 
 def from_file(
@@ -476,11 +473,16 @@ def from_file(
         proven = not diffs
         if diffs:
             notes.append(f"could not prove {path.name} equal to the model's chat template: {diffs[0][:300]}")
-    specials = [s for s in _specials(tokenizer) if s != bos and s in go]
-    stops = list(dict.fromkeys([*specials, *([eos] if eos else [])]))
     shows = _renders_system(go)
     return ChatTemplate(
-        "custom", go, stops, None, proven=proven, notes=notes, system=shows, proof_count=count
+        "custom",
+        go,
+        _stops(tokenizer, jinja, go),
+        None,
+        proven=proven,
+        notes=notes,
+        system=shows,
+        proof_count=count,
     )
 
 
@@ -507,12 +509,7 @@ def native(tokenizer, jinja: str, *, bos, eos, refused: str | None = None, go: C
             proof_count=go.proof_count,
             target="native",
         )
-    texts = [
-        hf_render(tokenizer, jinja, _conv(("user", _U[0]), ("assistant", _A[0]), ("user", _U[1]))) or "",
-        hf_render(tokenizer, jinja, _conv(("user", _U[0]))) or "",
-    ]
-    specials = [s for s in _specials(tokenizer) if s != bos and any(s in t for t in texts)]
-    stops = list(dict.fromkeys([*specials, *([eos] if eos else [])]))
+    stops = _stops(tokenizer, jinja)
     with_sys = hf_render(tokenizer, jinja, _conv(("system", _S), ("user", _U[0])))
     chat = ChatTemplate("native", None, stops, None, proven=True, refused=refused, target="native")
     chat.system = with_sys is not None and _S in with_sys

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmkit.errors import ExportError
+from llmkit.export.generation import check  # generation never imports verify: it is given the tie rule
 from llmkit.export.types import TYPES
 
 TOKENIZER_TEXT = (
@@ -172,10 +173,9 @@ def verify(
         max_diff = max(max_diff, float(np.abs(ref - got).max()))
     generation = None
     if stops is not None and getattr(tokenizer, "chat_template", None):
-        from llmkit.export.generation import check
-
         exact = out_type in ("f32", "f16")
-        generation = check(llm, model, tokenizer, chat_go, stops, out_type=out_type, exact=exact).as_dict()
+        tie = lambda logits: tie_tolerance(out_type, logits)  # noqa: E731
+        generation = check(llm, model, tokenizer, chat_go, stops, tie=tie, exact=exact).as_dict()
     llm.close()
     return Report(
         out_type=out_type,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from llmkit.errors import ExportError
 from llmkit.export import tokprobe
+from llmkit.turns import adds_bos, end_of_turn, template_of
 
 # The text llama.cpp's converter encodes to fingerprint a BPE pre-tokenizer (test data from
 # llama.cpp's convert_hf_to_gguf_update.py; the hash is over Python's repr of the id list).
@@ -122,10 +123,6 @@ LLAMA_CPP_REGEXES: dict[str, tuple[str, ...]] = {
 # Token types (gguf.TokenType values).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-# End-of-turn tokens llama.cpp also treats as end of generation; set as eot when the chat
-# template uses one, so generation stops at the end of the answer, not at the end of text.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
-
 
 @dataclass
 class Vocab:
@@ -204,7 +201,7 @@ def load_vocab(model_dir: Path, n_vocab: int, *, chat_template: str | None = Non
     )
     vocab.special = _special_ids(tok, model_dir, template)
     probe = tok("A").input_ids
-    vocab.add_bos = "bos" in vocab.special and bool(probe) and probe[0] == vocab.special["bos"]
+    vocab.add_bos = adds_bos(tok)
     vocab.add_eos = "eos" in vocab.special and bool(probe) and probe[-1] == vocab.special["eos"]
     if kind == "spm":
         pieces = tok.convert_ids_to_tokens(tok("a", add_special_tokens=False).input_ids)
@@ -285,11 +282,7 @@ def _looks_special(text: str) -> bool:
     )
 
 
-def chat_template_of(tok) -> str | None:
-    template = getattr(tok, "chat_template", None)
-    if isinstance(template, dict):
-        template = template.get("default") or next(iter(template.values()), None)
-    return template or None
+chat_template_of = template_of  # the name export's callers know
 
 
 def _special_ids(tok, model_dir: Path, template: str | None) -> dict[str, int]:
@@ -303,12 +296,11 @@ def _special_ids(tok, model_dir: Path, template: str | None) -> dict[str, int]:
         value = config.get(f"{kind}_token_id")
         if kind not in ids and isinstance(value, int):
             ids[kind] = value
-    # The end-of-turn token the chat template closes answers with (llama.cpp stops on it).
-    vocab = tok.get_vocab()
-    for text in END_OF_TURN:
-        if text in vocab and template and text in template:
-            ids["eot"] = vocab[text]
-            break
+    # The token the chat template closes answers with, as llmkit.turns decides for every
+    # generation path: llama.cpp ends generation on eot, so the answer ends, not the text.
+    eot = end_of_turn(tok, model_dir, template).turn_id if template else None
+    if eot is not None:
+        ids["eot"] = eot
     return ids
 
 
