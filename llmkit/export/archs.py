@@ -8,6 +8,9 @@ writer (`gguf.py`) has no per-family branches; it asks this table.
 Facts come from llama.cpp's loader (`src/models/<arch>.cpp`): which keys it reads, which it
 hard-codes. A config value llama.cpp cannot express is an error here, never a silently
 different model.
+
+Over 400 lines on purpose: each family's rule reads in one place, both directions (export to
+GGUF, and `from_gguf`, the fixes when sources.py imports a GGUF) beside the table.
 """
 
 from __future__ import annotations
