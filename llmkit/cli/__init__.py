@@ -16,7 +16,7 @@ from llmkit.cli._app import _state, app
 from llmkit.errors import LlmkitError
 
 # Each module registers its commands on `app`; this order is the order `llmkit --help` lists them.
-for _group in ("models", "train", "export", "ollama", "embed", "recipes"):
+for _group in ("models", "train", "evaluate", "export", "ollama", "embed", "recipes"):
     importlib.import_module(f"llmkit.cli.{_group}")
 
 

@@ -109,7 +109,7 @@ def check(
         hf_ids = tokenizer(hf_text, add_special_tokens=False).input_ids
         hf_new, hf_stopped = _hf_generate(model, tokenizer, hf_ids, ends)
         cpp_ids = llm.tokenize((served or "").encode("utf-8"), add_bos=True, special=True)
-        cpp_new, cpp_stopped = _llama_generate(llm, cpp_ids, stops)
+        cpp_new, cpp_stopped = llama_generate(llm, cpp_ids, stops)
         answer = Answer(
             roles=[m["role"] for m in conv],
             prompt_same=served is not None and served == expected_go_output(hf_text, bos, add_bos),
@@ -146,9 +146,10 @@ def _hf_generate(model, tokenizer, ids: list[int], ends) -> tuple[list[int], boo
     return (new[:-1] if stopped else new), stopped
 
 
-def _llama_generate(llm, ids: list[int], stops: list[str]) -> tuple[list[int], bool]:
+def llama_generate(llm, ids: list[int], stops: list[str], max_tokens: int = MAX_TOKENS) -> tuple[list[int], bool]:
     """Greedy tokens from llama.cpp, ending as Ollama does: at an end-of-generation token or
-    when the text contains one of the Modelfile's stop strings (which is then cut)."""
+    when the text contains one of the Modelfile's stop strings (which is then cut).
+    Also `llmkit eval`'s llama.cpp backend: the served model's answers."""
     import llama_cpp
 
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -160,7 +161,7 @@ def _llama_generate(llm, ids: list[int], stops: list[str]) -> tuple[list[int], b
         text = llm.detokenize(out, special=True).decode("utf-8", "replace")
         if any(stop in text for stop in stops):
             return out[:-1], True
-        if len(out) >= MAX_TOKENS:
+        if len(out) >= max_tokens:
             return out, False
     return out, False
 
