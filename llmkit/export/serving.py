@@ -95,12 +95,11 @@ def chat_template(tokenizer, template, base_ollama: dict | None = None):
     it; the model's own Jinja on Ollama >= 0.30), "native", "go", or a Go template FILE."""
     from llmkit.export import templates
     from llmkit.export.vocab import chat_template_of
+    from llmkit.turns import adds_bos
 
     jinja = chat_template_of(tokenizer)
     bos = tokenizer.bos_token
-    probe = tokenizer("A").input_ids
-    add_bos = bool(bos) and bool(probe) and probe[0] == tokenizer.bos_token_id
-    kwargs = {"bos": bos, "add_bos": add_bos, "eos": tokenizer.eos_token}
+    kwargs = {"bos": bos, "add_bos": adds_bos(tokenizer), "eos": tokenizer.eos_token}
     mode = str(template) if template is not None else None
     if mode not in (None, "native", "go"):
         return templates.from_file(Path(mode), tokenizer, jinja, **kwargs)
