@@ -535,7 +535,9 @@ def _hf_source(path, kind: str, split: str, config: str | None, streaming: bool 
     else:
         name = str(path)[len(HF_PREFIX) :]
         try:  # streaming (embed): rows arrive as they are read, nothing is loaded whole
-            ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+            ds = datasets.load_dataset(
+                name, config, split=split, **({"streaming": True} if streaming else {})
+            )
         except Exception as exc:  # Hub unreachable, unknown name, bad split ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise DataError(
