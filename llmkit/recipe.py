@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmkit.errors import RecipeError
 from llmkit.export import types as gguf_types
 from llmkit.export.types import NAMES as GGUF_NAMES
 from llmkit.export.types import OLLAMA_QUANTIZE
+from llmkit.methods.config import METHODS, SECTIONS, DpoSection, GrpoSection, OrpoSection
 from llmkit.recipe_base import KINDS, RECIPES_DIR, RecipeBase  # noqa: F401  (RECIPES_DIR re-exported)
 from llmkit.recipe_errors import render
 
@@ -93,6 +94,11 @@ class LoraSection(_Section):
 
 
 class TrainSection(_Section):
+    method: Literal[METHODS] = Field(  # type: ignore[valid-type]
+        "sft",
+        description="How the model is taught: sft (imitate answers), dpo / orpo (prefer chosen over "
+        "rejected answers), grpo (sample answers, score them with reward functions).",
+    )
     output_dir: str = Field("runs/run", description="Run directory (adapter, checkpoints, metrics).")
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(
@@ -159,7 +165,25 @@ class Recipe(RecipeBase):
     data: DataSection
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    dpo: DpoSection | None = Field(None, description="DPO settings (train.method: dpo).")
+    orpo: OrpoSection | None = Field(None, description="ORPO settings (train.method: orpo).")
+    grpo: GrpoSection | None = Field(None, description="GRPO settings and rewards (train.method: grpo).")
     export: ExportSection = Field(default_factory=ExportSection)
+
+    @model_validator(mode="after")
+    def _method_section(self) -> Recipe:
+        method = self.train.method
+        for name, section in SECTIONS.items():
+            if name != method and section is not None and getattr(self, name) is not None:
+                raise ValueError(
+                    f"{name}: this section is for train.method={name}, but train.method is {method} "
+                    f"(set train.method={name}, or remove the {name} section)"
+                )
+        if SECTIONS[method] is not None and getattr(self, method) is None:
+            if method == "grpo":
+                raise ValueError("grpo: train.method is grpo, so the recipe needs a grpo section with rewards")
+            setattr(self, method, SECTIONS[method]())
+        return self
 
     def inputs(self) -> dict[str, Path]:
         from llmkit.readers import FORMATS, HF_PREFIX
