@@ -25,7 +25,7 @@ def chat(
     temperature: float = 0.0,
 ) -> str | None:
     """One-shot when `prompt` is given (returns the answer); interactive otherwise (llmkit.chat_loop)."""
-    from llmkit.runs import load_for_inference
+    from llmkit.inference import load_for_inference
 
     check_prompt(prompt)  # bad input is reported before the model loads
     if max_new_tokens < 1:

@@ -144,8 +144,8 @@ def _messages(prompt) -> list[dict]:
 
 
 def _transformers(model_ref, rows, length: int, system: str | None) -> list[str]:
+    from llmkit.inference import load_for_inference
     from llmkit.methods.grpo import prompt_ids, sample
-    from llmkit.runs import load_for_inference
     from llmkit.turns import end_of_turn
 
     model, tok = load_for_inference(model_ref)

@@ -265,16 +265,6 @@ class Run:
     def base_ref(self) -> str:
         return self.recipe.model.name
 
-    def base_dir(self) -> Path:
-        """The base model the adapter was trained on: the dir recorded in run.json if it is
-        still there (no network needed), else the recipe's model reference resolved again."""
-        from llmkit.sources import check_model_dir, resolve
-
-        recorded = read_info(self.path).get("base_path")
-        if recorded and Path(recorded).is_dir():
-            return check_model_dir(Path(recorded))
-        return resolve(self.recipe.model.name, revision=self.recipe.model.revision)
-
 
 def is_run_dir(path: str | Path) -> bool:
     """A run with an adapter/ (finished or not); see RunLayout.recipe for any run at all."""
@@ -295,43 +285,3 @@ def open_run(path: str | Path) -> Run:
             f"continue it from its last checkpoint: llmkit train {layout.recipe} --resume",
         )
     return Run(path=layout.path, recipe=load(layout.recipe), adapter_dir=layout.adapter)
-
-
-def load_for_inference(ref: str | Path, *, dtype=None, merge: bool = False, device: str | None = None):
-    """(model, tokenizer) for a model reference or a run dir (base + adapter), in eval mode.
-
-    On the best device here (CUDA/MPS/CPU) unless `device` is given; fp32 unless `dtype` is.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmkit.ui import quiet_transformers
-
-    quiet_transformers()
-    dtype = dtype or torch.float32
-    if RunLayout(ref).recipe.is_file():
-        run = open_run(ref)
-        base = run.base_dir()
-        trust = run.recipe.model.trust_remote_code
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust)
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, run.adapter_dir)
-        if merge:
-            model = model.merge_and_unload()
-        tok_dir = run.adapter_dir if (run.adapter_dir / "tokenizer_config.json").is_file() else base
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust)
-    else:
-        from llmkit.sources import resolve
-
-        base = resolve(str(ref))
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(base)
-    from llmkit.devices import detect, use_free_cpus
-
-    if device is None:
-        device = detect().device
-    if device == "cpu":
-        use_free_cpus()
-    model.to(device).eval()
-    return model, tokenizer

@@ -127,7 +127,7 @@ def gemma_style_run(tiny_llama_dir, tmp_path_factory):
         f"train.output_dir={run}",
     )
     assert trained.returncode == 0, trained.stderr
-    from llmkit.runs import load_for_inference
+    from llmkit.inference import load_for_inference
 
     model, tok = load_for_inference(run)
     ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -193,12 +193,12 @@ def test_bad_arguments_exit_2_before_the_model_loads(capsys, monkeypatch, args, 
     """One line + hint, exit 2, and no model is loaded (no generation is spent on bad input)."""
     from conftest import run_cli_inprocess
 
-    import llmkit.runs
+    import llmkit.inference
 
     def never(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(llmkit.runs, "load_for_inference", never)
+    monkeypatch.setattr(llmkit.inference, "load_for_inference", never)
     code, out, err = run_cli_inprocess(capsys, "chat", *args)
     assert code == 2 and out == ""
     assert err.startswith(f"Error: {message}") and "  hint: " in err and len(err.splitlines()) == 2

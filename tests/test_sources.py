@@ -97,7 +97,7 @@ def test_embedded_smollm2_converts_once_and_answers(smollm2_dir, smollm2_gguf):
     assert resolve(str(smollm2_gguf)).resolve() == smollm2_dir.resolve()
     assert weights.stat().st_mtime_ns == before, "a cached GGUF must not be converted again"
     from llmkit.chat import generate
-    from llmkit.runs import load_for_inference
+    from llmkit.inference import load_for_inference
 
     model, tok = load_for_inference("smollm2-135m-instruct")
     assert tok.chat_template and "<|im_start|>" in tok.chat_template

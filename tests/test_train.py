@@ -94,7 +94,7 @@ def test_adapter_loads_with_peft_and_runs(run_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmkit.recipe import load
-    from llmkit.runs import load_for_inference
+    from llmkit.inference import load_for_inference
 
     recipe = load(run_dir / "recipe.yaml")  # the resolved recipe loads from anywhere
     assert os.path.isabs(recipe.data.path) and recipe.train.output_dir == str(run_dir)
@@ -287,7 +287,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_llama_dir):
         "rng-0.pt",
         "rng-1.pt",
     ]
-    from llmkit.runs import load_for_inference
+    from llmkit.inference import load_for_inference
 
     load_for_inference(out)
 

@@ -76,7 +76,9 @@ def export(
 
     if run is not None:
         out_dir = Path(output) if output else run.path
-        base_dir = run.base_dir()  # resolved once; the Ollama metadata and the merge use it
+        from llmkit.inference import run_base_dir
+
+        base_dir = run_base_dir(run)  # resolved once; the Ollama metadata and the merge use it
         if adapter_only:
             from llmkit.export.adapter_export import export_adapter
 
