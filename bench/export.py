@@ -119,13 +119,13 @@ def model_dir(key: str) -> Path:
 
 
 def bench_model(key: str, script: Path, base_env: dict, work: Path) -> list[dict]:
-    from llmkit.export.verify import verify
+    from llmkit.exporter.verify import verify
 
     src = model_dir(key)
     rows = []
     for out_type in TYPES:
         ours, theirs = work / f"{key}-llmkit-{out_type}.gguf", work / f"{key}-llama.cpp-{out_type}.gguf"
-        code = f"from llmkit.export.gguf import write_gguf; write_gguf({str(src)!r}, {str(ours)!r}, {out_type!r})"
+        code = f"from llmkit.exporter.gguf import write_gguf; write_gguf({str(src)!r}, {str(ours)!r}, {out_type!r})"
         runs = {
             "llmkit": measure([sys.executable, "-c", code], {**os.environ, "LLMKIT_QUIET": "1"}),
             "convert_hf_to_gguf.py": measure(

@@ -38,8 +38,8 @@ p.save_pretrained("{d}/adapter")
 MEASURE = """
 import resource, torch, safetensors.torch, transformers
 from transformers import AutoTokenizer
-from llmkit.export.merge import merge
-from llmkit.export.gguf import write_gguf
+from llmkit.exporter.merge import merge
+from llmkit.exporter.gguf import write_gguf
 AutoTokenizer.from_pretrained("{d}/base")
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 before = peak()

@@ -169,7 +169,7 @@ def run_llmkit(args) -> dict:
     import torch
 
     from llmkit.plan import plan, probe_rate
-    from llmkit.train import train
+    from llmkit.training import train
 
     cuda = torch.cuda.is_available()
     recipe = json.loads(Path(args.recipe).read_text())
@@ -344,7 +344,7 @@ def correctness(work: Path, device: str, steps: int = 10) -> dict:
     env = {**os.environ, "LLMKIT_QUIET": "1", "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
     args = ["tiny", f"train.output_dir={out}", f"train.precision={env_dev}", *common, "--overwrite"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmkit.train", *args],
+        [sys.executable, "-m", "llmkit.training", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -2,7 +2,7 @@
 
     python bench/plan_probe.py [--recipe tiny] [--rounds 6] [--threads 1]
 
-Each round runs the probe (`plan(..., probe=True)`: a child `python -m llmkit.train`, 11 steps,
+Each round runs the probe (`plan(..., probe=True)`: a child `python -m llmkit.training`, 11 steps,
 the first left out) and then a real `llmkit train` of the same recipe with the same 11 steps,
 back to back, so both see the same machine. They train the same batches (tests/test_plan.py
 proves it), so their step times should agree. On a shared machine a step is sometimes delayed

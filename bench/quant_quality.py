@@ -1,9 +1,9 @@
 """Quality of every GGUF type llmkit writes, measured in llama.cpp against transformers.
 
 For each model (SmolLM2-135M-Instruct; Gemma 3 270M when its packages are installed) and each
-type, the file is written by `llmkit.export.gguf.write_gguf` (K-quants by llama.cpp's own
+type, the file is written by `llmkit.exporter.gguf.write_gguf` (K-quants by llama.cpp's own
 quantizer), loaded in llama.cpp, and compared with the HF model on the verify probes: top-1
-agreement and mean KL divergence. The --verify thresholds in llmkit/export/verify.py are set
+agreement and mean KL divergence. The --verify thresholds in llmkit/exporter/verify.py are set
 from these figures with a margin.
 
     .venv/bin/python bench/quant_quality.py          # writes bench/results/quant_quality.json
@@ -57,8 +57,8 @@ def models() -> dict[str, Path]:
 
 
 def main() -> None:
-    from llmkit.export.gguf import write_gguf
-    from llmkit.export.verify import verify
+    from llmkit.exporter.gguf import write_gguf
+    from llmkit.exporter.verify import verify
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

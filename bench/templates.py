@@ -112,7 +112,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from llmkit.errors import ExportError
-    from llmkit.export import templates
+    from llmkit.exporter import templates
     from llmkit.tiny import tiny_model_dir
 
     go = go_template.build()

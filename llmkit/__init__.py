@@ -28,14 +28,14 @@ def pull(ref: str, **kwargs):
 def train(recipe, overrides=(), **kwargs):
     """Fine-tune with LoRA from a recipe (name, path, dict or `Recipe`) and `a.b=value` overrides;
     returns the run directory. Keyword options: resume, overwrite."""
-    from llmkit.train import train as _train
+    from llmkit.training import train as _train
 
     return _train(recipe, overrides, **kwargs)
 
 
 def export(source, **kwargs):
     """Merge, write GGUF and (optionally) create an Ollama model from a run dir or model dir."""
-    from llmkit.export import export as _export
+    from llmkit.exporter import export as _export
 
     return _export(source, **kwargs)
 

@@ -175,9 +175,9 @@ def served_template(run_dir: Path) -> tuple[str | None, list[str]]:
 
 
 def _llama_cpp(model_ref, rows, length: int) -> list[str]:
-    from llmkit.export.generation import llama_generate
-    from llmkit.export.gotemplate import render
-    from llmkit.export.templates import hf_render
+    from llmkit.exporter.generation import llama_generate
+    from llmkit.exporter.gotemplate import render
+    from llmkit.exporter.templates import hf_render
     from llmkit.runs import RunLayout
 
     run = Path(model_ref)

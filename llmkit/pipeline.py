@@ -13,10 +13,10 @@ from llmkit.ui import info
 
 def run(recipe, overrides=(), *, resume: bool = False, overwrite: bool = False, verify: bool = False):
     """Pull the recipe's model, train it, export the run; returns the export result."""
-    from llmkit.export import export
+    from llmkit.exporter import export
     from llmkit.recipe import load
     from llmkit.sources import resolve
-    from llmkit.train import train
+    from llmkit.training import train
 
     recipe = load(recipe, list(overrides))
     info(f"[bold]1/3 pull[/bold] {recipe.model.name}")

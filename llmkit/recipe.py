@@ -30,9 +30,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmkit.errors import RecipeError
-from llmkit.export import types as gguf_types
-from llmkit.export.types import NAMES as GGUF_NAMES
-from llmkit.export.types import OLLAMA_QUANTIZE
+from llmkit.exporter import types as gguf_types
+from llmkit.exporter.types import NAMES as GGUF_NAMES
+from llmkit.exporter.types import OLLAMA_QUANTIZE
 from llmkit.methods.config import METHODS, SECTIONS, DpoSection, GrpoSection, OrpoSection
 from llmkit.recipe_base import KINDS, RECIPES_DIR, RecipeBase  # noqa: F401  (RECIPES_DIR re-exported)
 from llmkit.recipe_errors import render

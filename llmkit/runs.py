@@ -1,4 +1,4 @@
-"""The training run directory: one contract for the writer (llmkit.train) and every reader
+"""The training run directory: one contract for the writer (llmkit.training) and every reader
 (chat, export, plan's probe, the CLI), so no module spells a file name of its own.
 
     runs/NAME/

@@ -258,8 +258,8 @@ def _assembled(name: str, spec: dict) -> Path:
 
 def gguf_config_fixes(config, path: Path, arch: str, header: GGUFHeader | None = None):
     """Set what transformers' GGUF config reader leaves at its defaults, from the file's metadata
-    (the family's `from_gguf` rule in llmkit.export.archs)."""
-    from llmkit.export.archs import gguf_rule
+    (the family's `from_gguf` rule in llmkit.exporter.archs)."""
+    from llmkit.exporter.archs import gguf_rule
 
     metadata = (header or read_gguf(path)).metadata
 

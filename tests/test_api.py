@@ -18,8 +18,8 @@ def test_import_llmkit_is_light():
 def test_api_functions_stay_callable_after_submodule_imports(tmp_path):
     import llmkit
     import llmkit.embed.encoders  # noqa: F401  (rebinds llmkit.embed to the package)
-    import llmkit.export.gguf  # noqa: F401
-    import llmkit.train  # noqa: F401
+    import llmkit.exporter.gguf  # noqa: F401
+    import llmkit.training  # noqa: F401
 
     run_dir = llmkit.train("tiny", [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2"])
     assert (run_dir / "adapter" / "adapter_config.json").is_file()

@@ -10,7 +10,7 @@ import typing
 import pytest
 
 from llmkit.errors import LlmkitError
-from llmkit.export import types
+from llmkit.exporter import types
 from llmkit.recipe import ExportSection, TrainSection, load
 
 
@@ -44,8 +44,8 @@ def planned():
 def test_every_gguf_type_plans_and_passes_exports_checks(name, planned):
     import gguf
 
-    from llmkit.export.gguf import check_type, tensor_type
-    from llmkit.export.verify import tie_tolerance
+    from llmkit.exporter.gguf import check_type, tensor_type
+    from llmkit.exporter.verify import tie_tolerance
 
     entry = types.TYPES[name]
     result = planned[name]

@@ -43,7 +43,7 @@ def exported_run(tmp_path_factory):
 @pytest.mark.slow
 def test_trained_gguf_and_ollama_model_score_the_same(exported_run, ollama_double):
     from llmkit.evaluate import evaluate, served_template
-    from llmkit.export.generation import llama_generate
+    from llmkit.exporter.generation import llama_generate
     from llmkit.ollama.models import create_model
 
     run, recipe = exported_run

@@ -68,7 +68,7 @@ def llama_run(tmp_path_factory, tiny_llama_dir) -> Path:
 @pytest.fixture(scope="module")
 def exported(llama_run):
     """The full export of the llama run (merge → F16 GGUF → verify → Modelfile), done once."""
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     return export(llama_run, verify=True)
 
@@ -89,7 +89,7 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path, tiny_llama_dir, tiny_qw
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit.export.merge import merge
+    from llmkit.exporter.merge import merge
 
     base = tiny_llama_dir if model == "llama" else tiny_qwen2_dir
     run = make_run(tmp_path / "run", base, seed=1, **lora)
@@ -113,7 +113,7 @@ def test_merge_refuses_an_adapter_for_another_model(tmp_path, tiny_llama_dir, ti
     from safetensors.torch import load_file, save_file
 
     from llmkit.errors import ExportError
-    from llmkit.export.merge import merge
+    from llmkit.exporter.merge import merge
 
     run = make_run(tmp_path / "run", tiny_llama_dir)
     sd = run / "adapter" / "adapter_model.safetensors"
@@ -155,9 +155,9 @@ def test_run_export_writes_verified_gguf_and_modelfile(exported, llama_run):
 def test_adapter_only_gguf_in_llama_cpp_equals_merged(exported, llama_run, tmp_path):
     from gguf import GGUFReader
 
-    from llmkit.export import export
-    from llmkit.export.gguf import write_gguf
-    from llmkit.export.verify import verify
+    from llmkit.exporter import export
+    from llmkit.exporter.gguf import write_gguf
+    from llmkit.exporter.verify import verify
 
     res = export(llama_run, adapter_only=True, gguf="f32", output=tmp_path)
     reader = GGUFReader(res.adapter_gguf)
@@ -172,7 +172,7 @@ def test_adapter_only_gguf_in_llama_cpp_equals_merged(exported, llama_run, tmp_p
 
 
 def test_plain_model_export_and_alternate_output(tiny_qwen2_dir, tmp_path):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     r = export(str(tiny_qwen2_dir), gguf="q8_0", output=tmp_path / "out")
     assert (
@@ -187,7 +187,7 @@ def test_plain_model_export_and_alternate_output(tiny_qwen2_dir, tmp_path):
 
 
 def test_bad_inputs_are_clear_errors(tmp_path, tiny_llama_dir, llama_run):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
@@ -231,7 +231,7 @@ def test_cli_export_json_and_errors(llmkit_cli, tiny_qwen2_dir, tmp_path):
 
 
 def test_ollama_create_with_template_stop_and_quantize(ollama_double, exported, llama_run):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     r = export(llama_run, ollama="tiny-pirate:v1", quantize="q4_K_M")
     assert r.ollama_model == "tiny-pirate:v1"
@@ -247,7 +247,7 @@ def test_ollama_create_with_template_stop_and_quantize(ollama_double, exported, 
 
 @pytest.mark.slow
 def test_ollama_rejection_is_a_one_line_error(ollama_double, tiny_qwen2_dir, tmp_path):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     bad = tmp_path / "bad.tmpl"
     bad.write_text("{{ range .Messages }}{{ .Content }}")  # unclosed range: Ollama would refuse it
@@ -261,7 +261,7 @@ def test_adapter_only_writes_the_whole_modelfile_and_creates_it(ollama_double, l
     dir), and a Modelfile with FROM, ADAPTER, TEMPLATE and stops; the server gets all of it."""
     from gguf import GGUFReader
 
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     res = export(llama_run, adapter_only=True, ollama="tiny-pirate-lora", output=tmp_path)
     assert res.base == str(tmp_path / "base.gguf") and res.ollama_model == "tiny-pirate-lora"
@@ -279,7 +279,7 @@ def test_adapter_only_writes_the_whole_modelfile_and_creates_it(ollama_double, l
 def test_adapter_only_on_a_server_that_refuses_adapters_offers_the_merged_export(
     ollama_double, llama_run, tmp_path
 ):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     ollama_double.version = "0.34.1"
     with pytest.raises(LlmkitError, match=r"Ollama 0\.34\.1 refuses ADAPTER") as err:
@@ -290,8 +290,8 @@ def test_adapter_only_on_a_server_that_refuses_adapters_offers_the_merged_export
 
 
 def test_adapter_only_refuses_quantize_and_a_family_ollama_cannot_adapt(tmp_path, llama_run):
-    from llmkit.export import export
-    from llmkit.export.archs import ARCHITECTURES
+    from llmkit.exporter import export
+    from llmkit.exporter.archs import ARCHITECTURES
 
     with pytest.raises(LlmkitError, match="--quantize applies to a model"):
         export(llama_run, adapter_only=True, quantize="q4_K_M", output=tmp_path)
@@ -309,8 +309,8 @@ def test_a_mistral_window_shorter_than_the_context_caps_what_is_served(tiny_llam
 
     from gguf import GGUFReader
 
-    from llmkit.export import export
-    from llmkit.export.verify import verify
+    from llmkit.exporter import export
+    from llmkit.exporter.verify import verify
 
     src = tmp_path / "tiny-mistral"
     shutil.copytree(tiny_llama_dir, src)
@@ -338,7 +338,7 @@ def test_streaming_shard_rewrite_keeps_every_dtype_and_refuses_shape_changes(tmp
     from safetensors.torch import load_file, save_file
 
     from llmkit.errors import ExportError
-    from llmkit.export.merge import rewrite_safetensors
+    from llmkit.exporter.merge import rewrite_safetensors
 
     tensors = {
         "a.weight": torch.randn(5, 3),

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smol_export(smollm2_dir, tmp_path_factory):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     return export(str(smollm2_dir), gguf="f16", output=tmp_path_factory.mktemp("smol"), verify=True)
 
@@ -36,8 +36,8 @@ def test_smollm2_f16_export_is_verified(smol_export):
 
 
 def test_smollm2_q8_0_agrees_with_transformers(smol_export, smollm2_dir):
-    from llmkit.export.gguf import write_gguf
-    from llmkit.export.verify import verify
+    from llmkit.exporter.gguf import write_gguf
+    from llmkit.exporter.verify import verify
 
     written = write_gguf(smollm2_dir, smol_export.out_dir / "model-q8_0.gguf", "q8_0")
     report = verify(written.path, smollm2_dir, "q8_0")
@@ -58,7 +58,7 @@ def demo_run(tmp_path_factory):
 def test_demo_fine_tune_survives_export_through_generation(demo_run, tmp_path):
     """Greedy chat in llama.cpp (prompt from the Modelfile's template, its stops) answers exactly
     like transformers for F16, ends the turn, and keeps the fine-tune's signature."""
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     result = export(demo_run, gguf="f16", output=tmp_path / "f16", verify=True)
     gen = result.verify["generation"]

@@ -48,7 +48,7 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_trains_merges_exports_and_verifies_in_llama_cpp(name, runs, tmp_path):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     run = runs(name)
     for gguf, floor in (("f16", 1.0), ("q8_0", 0.95)):
@@ -80,7 +80,7 @@ def test_merged_moe_equals_base_plus_expert_adapter(name, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from llmkit.export.merge import merge
+    from llmkit.exporter.merge import merge
     from llmkit.lora import lora_targets
     from llmkit.tiny import tiny_model_dir
 
@@ -114,7 +114,7 @@ def _edited_copy(src: Path, dst: Path, **changes) -> Path:
 
 
 def test_unsupported_or_untranslatable_configs_are_clear_errors(tmp_path):
-    from llmkit.export.gguf import write_gguf
+    from llmkit.exporter.gguf import write_gguf
     from llmkit.tiny import tiny_model_dir
 
     cases = [
@@ -151,7 +151,7 @@ def test_our_gguf_imports_back_as_the_same_model(name, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmkit.export.gguf import write_gguf
+    from llmkit.exporter.gguf import write_gguf
     from llmkit.sources import resolve
     from llmkit.tiny import tiny_model_dir
 
@@ -168,7 +168,7 @@ def test_our_gguf_imports_back_as_the_same_model(name, tmp_path):
 
 def test_mixtral_gguf_import_is_refused_not_silently_dense(tmp_path):
     from llmkit.errors import SourceError
-    from llmkit.export.gguf import write_gguf
+    from llmkit.exporter.gguf import write_gguf
     from llmkit.sources import resolve
     from llmkit.tiny import tiny_model_dir
 
@@ -184,8 +184,8 @@ def test_text_part_of_a_gemma3_vision_language_checkpoint_exports_and_verifies(t
     from gguf import GGUFReader
     from transformers import AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration
 
-    from llmkit.export.gguf import write_gguf
-    from llmkit.export.verify import verify
+    from llmkit.exporter.gguf import write_gguf
+    from llmkit.exporter.verify import verify
     from llmkit.tiny import tiny_model_dir
 
     src = tiny_model_dir("tiny-gemma3")

@@ -60,7 +60,7 @@ def gemma_run(gemma_dir, gemma_file, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gemma_f16(gemma_run, tmp_path_factory):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     return export(gemma_run, gguf="f16", output=tmp_path_factory.mktemp("gemma-f16"), verify=True)
 
@@ -110,7 +110,7 @@ def test_f16_export_verifies_in_llama_cpp(gemma_f16):
 
 
 def test_modelfile_has_gemma_turns_and_stops(gemma_f16):
-    from llmkit.export.gotemplate import render
+    from llmkit.exporter.gotemplate import render
 
     r = gemma_f16
     assert r.template_proven, r.notes
@@ -138,7 +138,7 @@ def test_generation_stops_at_end_of_turn(gemma_f16, gemma_run):
     """The exported GGUF, in llama.cpp, answers in the trained style and ends its turn by itself."""
     from transformers import AutoTokenizer
 
-    from llmkit.export.verify import load_llama
+    from llmkit.exporter.verify import load_llama
 
     tokenizer = AutoTokenizer.from_pretrained(gemma_run / "adapter")
     prompt = tokenizer.apply_chat_template(
@@ -155,7 +155,7 @@ def test_generation_stops_at_end_of_turn(gemma_f16, gemma_run):
 
 
 def test_q8_0_export_verifies_in_llama_cpp(gemma_f16, tmp_path_factory):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     # the merged model of the F16 export (base + adapter, with the recipe's chat template): no second merge
     r = export(gemma_f16.merged_dir, gguf="q8_0", output=tmp_path_factory.mktemp("gemma-q8"), verify=True)

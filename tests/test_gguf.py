@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from llmkit.errors import ExportError, InvalidArgument
-from llmkit.export.gguf import write_gguf
-from llmkit.export.verify import verify
+from llmkit.exporter.gguf import write_gguf
+from llmkit.exporter.verify import verify
 
 pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is installed by `make setup` (tools/install-llama-cpp.sh)"
@@ -297,7 +297,7 @@ def test_failed_write_leaves_nothing(tiny_llama_dir, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
         from llmkit.errors import LlmkitError
-        from llmkit.export.gguf import write_gguf
+        from llmkit.exporter.gguf import write_gguf
         try:
             write_gguf({str(tiny_llama_dir)!r}, {str(tmp_path / "model.gguf")!r}, "f32")
         except LlmkitError as e:
@@ -325,7 +325,7 @@ def test_streaming_memory_is_bounded_by_a_tensor(tmp_path):
     measure = textwrap.dedent(f"""
         import resource, torch
         from transformers import AutoTokenizer
-        from llmkit.export.gguf import write_gguf
+        from llmkit.exporter.gguf import write_gguf
         AutoTokenizer.from_pretrained("{tmp_path}/m")  # warm imports, so only the writing is measured
         peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         before = peak()

@@ -3,7 +3,7 @@
 Memory: the plan's `peak` is what a training run adds to its process. It is compared with the
 peak RSS growth of a real run in a subprocess: VmHWM at the end minus the RSS just before
 `train()` starts, in a process that has already imported the training stack (torch,
-transformers, peft, accelerate, tensorboard, matplotlib, llmkit.train). Same definition in
+transformers, peft, accelerate, tensorboard, matplotlib, llmkit.training). Same definition in
 docs/train.md ("Planning a run").
 
 Time: `--probe` times 10 real steps; a real run right after it is timed by the same function
@@ -28,7 +28,7 @@ MEASURE = textwrap.dedent(
     import torch, transformers, peft, accelerate  # noqa
     import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot  # noqa
     from torch.utils.tensorboard import SummaryWriter  # noqa
-    import llmkit.train as T
+    import llmkit.training as T
 
     with open("/proc/self/statm") as f:
         base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -66,7 +66,7 @@ def test_parameter_counts_match_the_real_lora_model(name, tmp_path):
 
     from llmkit.plan import count_parameters, model_config
     from llmkit.recipe import load
-    from llmkit.train import load_model, load_tokenizer
+    from llmkit.training import load_model, load_tokenizer
 
     recipe = load("tiny", [f"model.name={name}", f"train.output_dir={tmp_path}"])
     config, _ = model_config(recipe)
@@ -229,7 +229,7 @@ def test_cuda_oom_mid_run_reports_the_plan_and_keeps_the_checkpoint(tmp_path):
     from llmkit.plan import oom_guard
     from llmkit.recipe import load
     from llmkit.runs import last_checkpoint
-    from llmkit.train import train
+    from llmkit.training import train
 
     out = tmp_path / "run"
     recipe = load("tiny", [f"train.output_dir={out}", "train.max_steps=6", "train.save_every=3"])

@@ -17,8 +17,8 @@ FILE_TYPE = {"q4_k_m": 15, "q6_k": 18}
 def test_tiny_k_quant_loads_and_verifies(qtype, tiny_qwen2_dir, tmp_path):
     from gguf import GGUFReader
 
-    from llmkit.export.gguf import write_gguf
-    from llmkit.export.verify import verify
+    from llmkit.exporter.gguf import write_gguf
+    from llmkit.exporter.verify import verify
 
     out = tmp_path / f"model-{qtype}.gguf"
     written = write_gguf(tiny_qwen2_dir, out, qtype)
@@ -31,7 +31,7 @@ def test_tiny_k_quant_loads_and_verifies(qtype, tiny_qwen2_dir, tmp_path):
 def test_keep_f16_keeps_the_intermediate(tiny_llama_dir, tmp_path):
     from gguf import GGUFReader
 
-    from llmkit.export.gguf import write_gguf
+    from llmkit.exporter.gguf import write_gguf
 
     write_gguf(tiny_llama_dir, tmp_path / "m.gguf", "q4_k_s", keep_f16=True)
     f16 = GGUFReader(tmp_path / "m.f16.gguf")
@@ -41,7 +41,7 @@ def test_keep_f16_keeps_the_intermediate(tiny_llama_dir, tmp_path):
 def test_run_export_with_k_quant_and_ollama_double(ollama_double, tiny_llama_dir, tmp_path):
     """`llmkit export --gguf q4_k_m --verify --ollama NAME`: the double (strict about file types,
     like Ollama) accepts the file as Q4_K_M."""
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     result = export(str(tiny_llama_dir), gguf="q4_k_m", verify=True, ollama="tiny-q4km", output=tmp_path)
     assert result.verify["passed"] and result.gguf_type == "q4_k_m"
@@ -49,8 +49,8 @@ def test_run_export_with_k_quant_and_ollama_double(ollama_double, tiny_llama_dir
 
 
 def test_unknown_type_lists_the_valid_ones_and_failed_quantization_leaves_nothing(tmp_path):
-    from llmkit.export.gguf import check_type
-    from llmkit.export.quantize import quantize
+    from llmkit.exporter.gguf import check_type
+    from llmkit.exporter.quantize import quantize
 
     with pytest.raises(InvalidArgument) as err:  # an option value: exit 2
         check_type("q4_k_x")
@@ -67,8 +67,8 @@ def test_unknown_type_lists_the_valid_ones_and_failed_quantization_leaves_nothin
 @pytest.mark.slow
 @pytest.mark.parametrize("qtype", ["q4_k_m", "q6_k"])
 def test_smollm2_k_quant_passes_verify(qtype, smollm2_dir, tmp_path):
-    from llmkit.export.gguf import write_gguf
-    from llmkit.export.verify import verify
+    from llmkit.exporter.gguf import write_gguf
+    from llmkit.exporter.verify import verify
 
     written = write_gguf(smollm2_dir, tmp_path / f"smollm2-{qtype}.gguf", qtype)
     report = verify(written.path, smollm2_dir, qtype)

@@ -309,7 +309,7 @@ def _four_bit_possible() -> bool:
 def test_every_shipped_training_recipe_trains_shrunk(shipped, tmp_path, monkeypatch):
     """The recipe as shipped (data, LoRA, template, packing, checkpointing…) on the tiny model
     of its family for 2 steps: a recipe that no longer trains fails here, not in a user's hands."""
-    from llmkit.train import train
+    from llmkit.training import train
 
     recipe = load(shipped.path)
     overrides = [

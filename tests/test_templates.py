@@ -14,8 +14,8 @@ import go_template
 import pytest
 
 from llmkit.errors import ExportError
-from llmkit.export import templates
-from llmkit.export.gotemplate import GoTemplateError, check_syntax, execute, ollama_values, parse, render
+from llmkit.exporter import templates
+from llmkit.exporter.gotemplate import GoTemplateError, check_syntax, execute, ollama_values, parse, render
 
 # Conversations beyond the derivation probes and the built-in proof set.
 EXTRA = [
@@ -292,7 +292,7 @@ def test_template_file_syntax_error_has_the_line_number(plain_tok, tmp_path, go_
     ],
 )
 def test_python_parser_agrees_with_go_on_the_error_line(bad, go_render, monkeypatch):
-    from llmkit.export import gotemplate
+    from llmkit.exporter import gotemplate
 
     go_line = go_render.parse_error(bad).split(":")[2]
     monkeypatch.setattr(gotemplate, "_go_parse_error", lambda t: None)  # as without a Go toolchain
@@ -405,7 +405,7 @@ def _hf(model_dir, conv, system=None):
 
 @pytest.mark.parametrize("version", ["0.12.6", "0.30.1"])
 def test_export_to_ollama_renders_like_hf(tiny_llama_dir, tmp_path, ollama_double, go_render, version):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     ollama_double.version = version
     model = _model_with_template(tiny_llama_dir, tmp_path / "m", GEMMA3)
@@ -424,7 +424,7 @@ def test_export_to_ollama_renders_like_hf(tiny_llama_dir, tmp_path, ollama_doubl
 
 
 def test_export_native_on_old_server_is_refused(tiny_llama_dir, tmp_path, ollama_double):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     model = _model_with_template(tiny_llama_dir, tmp_path / "m", SYSTEM_LAST)
     # No Go template can be proven: without --ollama the Modelfile targets >= 0.30 and says why.
@@ -438,7 +438,7 @@ def test_export_native_on_old_server_is_refused(tiny_llama_dir, tmp_path, ollama
 
 
 def test_system_prompt_not_promised_when_template_rejects_it(tiny_llama_dir, tmp_path, ollama_double):
-    from llmkit.export import export
+    from llmkit.exporter import export
 
     model = _model_with_template(tiny_llama_dir, tmp_path / "m", GEMMA2_NO_SYSTEM)
     result = export(model, output=tmp_path / "out", ollama="nosys", system="Be a pirate.")

@@ -20,9 +20,9 @@ pytest.importorskip(
 )
 
 from llmkit.errors import ExportError  # noqa: E402
-from llmkit.export import tokprobe  # noqa: E402
-from llmkit.export import vocab as vocab_mod  # noqa: E402
-from llmkit.export.gguf import write_gguf  # noqa: E402
+from llmkit.exporter import tokprobe  # noqa: E402
+from llmkit.exporter import vocab as vocab_mod  # noqa: E402
+from llmkit.exporter.gguf import write_gguf  # noqa: E402
 from llmkit.tiny import LLAMA3_REGEX, QWEN2_REGEX, TINY  # noqa: E402
 
 # A "domain" corpus unlike any public model's training text, so no hash table knows the result.

@@ -254,7 +254,7 @@ def test_shipped_training_recipes_validate(name):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_llama_dir):
-    """`accelerate launch -m llmkit.train` with 2 CPU processes (DDP over gloo) gives a loadable adapter."""
+    """`accelerate launch -m llmkit.training` with 2 CPU processes (DDP over gloo) gives a loadable adapter."""
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -272,7 +272,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_llama_dir):
         "--main_process_port",
         str(_free_port()),
         "-m",
-        "llmkit.train",
+        "llmkit.training",
         "tiny",
         "train.max_steps=4",
         "train.save_every=2",
@@ -322,7 +322,7 @@ def test_token_budget_splits_passes_without_changing_the_result(tmp_path, tiny_l
     import llmkit
     from llmkit import data as datalib
     from llmkit.recipe import load
-    from llmkit.train import load_tokenizer
+    from llmkit.training import load_tokenizer
 
     common = ["train.max_steps=4", "train.batch_size=4", "lora.dropout=0", "train.eval_every=2"]
     recipe = load("tiny", common)

@@ -118,8 +118,8 @@ def test_adds_bos(llama_tok, qwen_tok):
 
 def test_every_export_path_stops_where_chat_does(gemma_tok, llama_tok, qwen_tok, tiny_llama_dir):
     """The Modelfile's stops and the GGUF's eot are this module's answer, not a list of their own."""
-    from llmkit.export import templates
-    from llmkit.export.vocab import _special_ids
+    from llmkit.exporter import templates
+    from llmkit.exporter.vocab import _special_ids
 
     for tok in (gemma_tok, llama_tok, qwen_tok):
         jinja = tok.chat_template

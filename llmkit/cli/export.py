@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from llmkit.cli._app import _echo_outputs, _print_json, app
-from llmkit.export import types as gguf_types
+from llmkit.exporter import types as gguf_types
 
 
 @app.command()
@@ -59,7 +59,7 @@ def export(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Merge a LoRA run and write GGUF + Modelfile (and an Ollama model with --ollama)."""
-    from llmkit.export import export as run_export
+    from llmkit.exporter import export as run_export
 
     result = run_export(
         source,

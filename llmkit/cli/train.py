@@ -25,14 +25,14 @@ def train(
 ) -> None:
     """Fine-tune a model with LoRA/QLoRA from a recipe; writes a run dir (adapter, metrics, loss.png).
 
-    Multi-GPU: accelerate launch --config_file recipes/accelerate/ddp.yaml -m llmkit.train RECIPE
+    Multi-GPU: accelerate launch --config_file recipes/accelerate/ddp.yaml -m llmkit.training RECIPE
     """
     from llmkit.recipe import load
     from llmkit.sources import check_reference
 
     loaded = load(recipe, overrides or [])  # recipe errors show before torch is imported
     check_reference(loaded.model.name)  # and so does a mistyped model
-    from llmkit.train import train as run_train
+    from llmkit.training import train as run_train
 
     run_dir = run_train(loaded, resume=resume, overwrite=overwrite)
     if json_out:

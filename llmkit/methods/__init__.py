@@ -5,7 +5,7 @@
     loss(lm, batch, ctx) -> tensor                         summed over the batch's units
     evaluate(lm, examples, ctx) -> dict                    held-out figures, summed over processes
 
-The loop in llmkit.train calls these and nothing else that differs between methods: forward →
+The loop in llmkit.training calls these and nothing else that differs between methods: forward →
 loss → backward → step stays one piece of code. `lm` is llmkit.methods.model.LossModel, which
 gives every method the per-token log-probabilities of the answer tokens (with and without the
 adapter). A method's recipe section is in llmkit.methods.config.

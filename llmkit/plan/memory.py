@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from llmkit.errors import InvalidArgument
-from llmkit.export.types import TYPES as GGUF_TYPES
+from llmkit.exporter.types import TYPES as GGUF_TYPES
 from llmkit.plan.params import _dims
 from llmkit.plan.result import Memory
 from llmkit.recipe import Recipe

@@ -18,7 +18,7 @@ def run_probe(recipe: Recipe, overrides, layout, steps: int = 10) -> dict:
     """Train `steps` real steps in a child process; tokens/s from its per-step metrics.
 
     The first step (kernel warm-up, allocator growth) is left out of the rate. The child is the
-    same `python -m llmkit.train` a run uses, so its peak RSS is also the run's."""
+    same `python -m llmkit.training` a run uses, so its peak RSS is also the run's."""
     from llmkit.recipe import dump
 
     with tempfile.TemporaryDirectory(prefix="llmkit-probe-") as tmp:
@@ -69,13 +69,13 @@ def run_probe(recipe: Recipe, overrides, layout, steps: int = 10) -> dict:
     }
 
 
-# The probe's training process: `python -m llmkit.train RECIPE`, then its peak RSS (VmHWM) to a file.
+# The probe's training process: `python -m llmkit.training RECIPE`, then its peak RSS (VmHWM) to a file.
 _PROBE_MAIN = """
 import contextlib, re, runpy, sys
 out = sys.argv[1]
-sys.argv = ["llmkit.train", *sys.argv[2:]]
+sys.argv = ["llmkit.training", *sys.argv[2:]]
 try:
-    runpy.run_module("llmkit.train", run_name="__main__")
+    runpy.run_module("llmkit.training", run_name="__main__")
 finally:
     with contextlib.suppress(OSError, AttributeError):  # no /proc (macOS): the parent uses ru_maxrss
         status = open("/proc/self/status").read()

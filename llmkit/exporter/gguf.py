@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.errors import ExportError
-from llmkit.export.archs import EXPERT, Arch, arch_of, n_experts, text_config
-from llmkit.export.quantize import quantize
-from llmkit.export.types import TYPES, gguf_type
-from llmkit.export.vocab import Vocab, load_vocab
+from llmkit.exporter.archs import EXPERT, Arch, arch_of, n_experts, text_config
+from llmkit.exporter.quantize import quantize
+from llmkit.exporter.types import TYPES, gguf_type
+from llmkit.exporter.vocab import Vocab, load_vocab
 from llmkit.headers import read_safetensors
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import ExportError
-from llmkit.export.gotemplate import GoTemplateError, render
+from llmkit.exporter.gotemplate import GoTemplateError, render
 
 # A model with no chat template (and none set by the recipe) is a completion model, in
 # `llmkit chat` and in Ollama alike: the prompt is continued as plain text until EOS.
@@ -458,7 +458,7 @@ def from_file(
     path: Path, tokenizer, jinja: str | None, *, bos, add_bos, eos, render_many=None
 ) -> ChatTemplate:
     """A user-supplied Go template (--template FILE): syntax-checked, proven when possible."""
-    from llmkit.export.gotemplate import check_syntax
+    from llmkit.exporter.gotemplate import check_syntax
 
     path = Path(path)
     if not path.is_file():

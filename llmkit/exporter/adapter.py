@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmkit.errors import ExportError
-from llmkit.export.archs import arch_of, text_config
-from llmkit.export.gguf import (
+from llmkit.exporter.archs import arch_of, text_config
+from llmkit.exporter.gguf import (
     TensorPlan,
     atomic_write,
     check_type,
@@ -17,14 +17,14 @@ from llmkit.export.gguf import (
     text_name,
     write_tensors,
 )
-from llmkit.export.types import TYPES
+from llmkit.exporter.types import TYPES
 
 
 def write_adapter_gguf(adapter_dir: Path, base_dir: Path, out: Path, out_type: str = "f16") -> Path:
     """A PEFT LoRA adapter as a GGUF adapter (general.type=adapter) for Ollama's ADAPTER / llama.cpp --lora."""
     import gguf
 
-    from llmkit.export.merge import load_adapter
+    from llmkit.exporter.merge import load_adapter
 
     out_type = check_type(out_type)
     if not TYPES[out_type].adapter_ok:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from llmkit.errors import ExportError
-from llmkit.export.types import TYPES
+from llmkit.exporter.types import TYPES
 
 INSTALL_HINT = (
     "install llama-cpp-python portably: tools/install-llama-cpp.sh .venv/bin/python "

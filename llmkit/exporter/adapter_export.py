@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from llmkit.errors import ExportError, InvalidArgument
-from llmkit.export import serving
-from llmkit.export.serving import ExportResult
+from llmkit.exporter import serving
+from llmkit.exporter.serving import ExportResult
 from llmkit.files import atomic_file, write_json
 from llmkit.ui import info, warn
 
@@ -21,9 +21,9 @@ from llmkit.ui import info, warn
 def export_adapter(
     run, base_dir: Path, out_dir: Path, gguf: str, *, ollama, quantize, template, system, parameters
 ) -> ExportResult:
-    from llmkit.export.adapter import write_adapter_gguf
-    from llmkit.export.archs import arch_of
-    from llmkit.export.gguf import read_config
+    from llmkit.exporter.adapter import write_adapter_gguf
+    from llmkit.exporter.archs import arch_of
+    from llmkit.exporter.gguf import read_config
 
     if quantize:
         raise InvalidArgument(
@@ -91,7 +91,7 @@ def _base(run, base_dir: Path, out_dir: Path, gguf: str, tokenizer, chat) -> tup
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if meta.get("source") == "gguf" and Path(meta.get("file", "")).is_file():
         return None, Path(meta["file"])  # the adapter was trained on exactly these weights
-    from llmkit.export.gguf import write_gguf
+    from llmkit.exporter.gguf import write_gguf
 
     info(f"Writing the base as {gguf.upper()} GGUF to {out_dir / 'base.gguf'}")
     written = write_gguf(base_dir, out_dir / "base.gguf", gguf, chat_template=chat.jinja, tokenizer=tokenizer)
@@ -103,7 +103,7 @@ def _num_ctx(run, base_dir: Path) -> int:
 
 
 def _create(result: ExportResult, name: str, chat, system, params, version, from_model, base_gguf) -> None:
-    from llmkit.export.modelfile import ollama_command
+    from llmkit.exporter.modelfile import ollama_command
 
     result.ollama_command = ollama_command(name, result.modelfile, None)
     if version is None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import ExportError
-from llmkit.export import tokprobe
+from llmkit.exporter import tokprobe
 from llmkit.turns import adds_bos, end_of_turn, template_of
 
 # The text llama.cpp's converter encodes to fingerprint a BPE pre-tokenizer (test data from

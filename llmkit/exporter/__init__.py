@@ -1,4 +1,4 @@
-"""Export: merge a LoRA run, write GGUF (+ a Modelfile), verify in llama.cpp, create in Ollama.
+"""Export (the package is `exporter`, so the name `llmkit.export` stays the function): merge a LoRA run, write GGUF (+ a Modelfile), verify in llama.cpp, create in Ollama.
 
 The orchestration is `pipeline.py`; the parts: merge.py · gguf.py (writer) · archs.py (one rule
 per family) · types.py (the GGUF types) · quantize.py (K-quants) · vocab.py · templates.py ·
@@ -7,10 +7,6 @@ serving.py (what Ollama is given) · adapter.py / adapter_export.py (`--adapter-
 
 from __future__ import annotations
 
-from llmkit.export.pipeline import ExportResult, export
+from llmkit.exporter.pipeline import ExportResult, export
 
 __all__ = ["export", "ExportResult"]
-
-from llmkit._callable import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, export)

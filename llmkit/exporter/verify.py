@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmkit.errors import ExportError
-from llmkit.export.generation import check  # generation never imports verify: it is given the tie rule
-from llmkit.export.types import TYPES
+from llmkit.exporter.generation import check  # generation never imports verify: it is given the tie rule
+from llmkit.exporter.types import TYPES
 
 TOKENIZER_TEXT = (
     "Hello world! Grüße aus Köln, ça va? Привет, мир. こんにちは世界 你好，世界 안녕하세요 مرحبا שלום\n"
@@ -30,7 +30,7 @@ PROBES = [
 ]
 PROBE_CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
-# Thresholds and tie allowances per output type: the table in llmkit.export.types.
+# Thresholds and tie allowances per output type: the table in llmkit.exporter.types.
 
 
 def tie_tolerance(out_type: str, logits):
@@ -54,7 +54,7 @@ class Report:
     ties: int = 0  # positions counted as agreement because HF's top two logits were within TIES
     mean_kl: float = 0.0  # mean KL(HF ‖ llama.cpp) of the next-token distributions, in nats
     max_kl: float = 1.0
-    generation: dict | None = None  # chat fidelity through generation (llmkit.export.generation)
+    generation: dict | None = None  # chat fidelity through generation (llmkit.exporter.generation)
 
     @property
     def passed(self) -> bool:

@@ -88,8 +88,8 @@ def check(
     `tie(logits)`: the per-position tie allowance of the file's type (verify.tie_tolerance, bound
     to it by the caller: verify owns the numbers, this module only applies them).
     """
-    from llmkit.export.gotemplate import GoTemplateError, render
-    from llmkit.export.templates import expected_go_output, hf_render
+    from llmkit.exporter.gotemplate import GoTemplateError, render
+    from llmkit.exporter.templates import expected_go_output, hf_render
     from llmkit.turns import adds_bos, end_of_turn
 
     bos = tokenizer.bos_token

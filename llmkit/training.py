@@ -1,8 +1,8 @@
 """LoRA / QLoRA fine-tuning: one loop, top to bottom, for every method (sft, dpo, orpo, grpo).
 
     llmkit train RECIPE [a.b=value ...] [--resume] [--overwrite]
-    python -m llmkit.train RECIPE ...            accelerate launch -m llmkit.train RECIPE ...
-    llmkit.train(recipe)
+    python -m llmkit.training RECIPE ...            accelerate launch -m llmkit.training RECIPE ...
+    llmkit.train(recipe)                         (this module is `training`, so the name `llmkit.train` stays the function)
 
 Each optimizer step: for every micro-batch, build the batch → forward pass → loss → backward
 pass; then one optimizer step. The method (llmkit.methods) decides how a batch is built (GRPO
@@ -28,7 +28,6 @@ import torch
 
 from llmkit import data as datalib
 from llmkit import devices, methods
-from llmkit._callable import make_module_callable
 from llmkit.checkpoints import load_checkpoint, save_adapter, save_checkpoint
 from llmkit.errors import LlmkitError, TrainError
 from llmkit.lora import lora_targets
@@ -301,14 +300,14 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
     return get_peft_model(model, config)
 
 
-# ----------------------------------------------------------------------------- python -m llmkit.train
+# ----------------------------------------------------------------------------- python -m llmkit.training
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m llmkit.train RECIPE [a.b=value ...] [--resume] [--overwrite]` (also under accelerate launch)."""
+    """`python -m llmkit.training RECIPE [a.b=value ...] [--resume] [--overwrite]` (also under accelerate launch)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="llmkit.train", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="llmkit.training", description=main.__doc__)
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="a.b=value")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -322,8 +321,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"Error: {exc.message}\n" + (f"  hint: {exc.hint}\n" if exc.hint else ""))
         sys.exit(exc.exit_code)
 
-
-make_module_callable(__name__, train)  # `llmkit.train(recipe)` works after `import llmkit.train` too
 
 if __name__ == "__main__":
     main()

@@ -42,7 +42,7 @@ def load_tokenizer(model_dir: Path):
     """The tokenizer, loaded once for the template, the GGUF vocabulary and --verify."""
     from transformers import AutoTokenizer
 
-    from llmkit.export.vocab import has_tokenizer
+    from llmkit.exporter.vocab import has_tokenizer
 
     if not has_tokenizer(model_dir):
         raise ExportError(
@@ -93,8 +93,8 @@ def ollama_base(model_dir: Path, ref: str) -> dict:
 def chat_template(tokenizer, template, base_ollama: dict | None = None):
     """The chat template for the Modelfile: `template` is None (derive a Go template and prove
     it; the model's own Jinja on Ollama >= 0.30), "native", "go", or a Go template FILE."""
-    from llmkit.export import templates
-    from llmkit.export.vocab import chat_template_of
+    from llmkit.exporter import templates
+    from llmkit.exporter.vocab import chat_template_of
     from llmkit.turns import adds_bos
 
     jinja = chat_template_of(tokenizer)
@@ -160,7 +160,7 @@ def report_notes(chat, result: ExportResult) -> None:
 
 
 def modelfile_text(from_: str, chat, system: str | None, params: dict, adapter: str | None = None) -> str:
-    from llmkit.export.modelfile import render_modelfile
+    from llmkit.exporter.modelfile import render_modelfile
 
     return render_modelfile(
         from_,
@@ -206,7 +206,7 @@ def unreachable(result: ExportResult) -> None:
 
 
 def ollama_create(result: ExportResult, name: str, chat, system, params, quantize, version) -> None:
-    from llmkit.export.modelfile import ollama_command
+    from llmkit.exporter.modelfile import ollama_command
     from llmkit.ollama import create_model
 
     result.ollama_command = ollama_command(name, result.modelfile, quantize)

@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmkit.errors import ExportError, InvalidArgument
-from llmkit.export import serving
-from llmkit.export.serving import ExportResult
-from llmkit.export.types import TYPES, check_quantize, gguf_type
+from llmkit.exporter import serving
+from llmkit.exporter.serving import ExportResult
+from llmkit.exporter.types import TYPES, check_quantize, gguf_type
 from llmkit.files import atomic_file, check_writable, write_json
 from llmkit.ui import info, warn
 
@@ -42,7 +42,7 @@ def export(
 
     Values not given come from the run's recipe `export:` section, then the defaults (f16).
     """
-    from llmkit.export.modelfile import check_name
+    from llmkit.exporter.modelfile import check_name
     from llmkit.runs import RunLayout, is_run_dir, open_run
 
     run = None
@@ -80,14 +80,14 @@ def export(
 
         base_dir = run_base_dir(run)  # resolved once; the Ollama metadata and the merge use it
         if adapter_only:
-            from llmkit.export.adapter_export import export_adapter
+            from llmkit.exporter.adapter_export import export_adapter
 
             return export_adapter(
                 run, base_dir, out_dir, gguf, ollama=ollama, quantize=quantize, template=template,
                 system=system, parameters=parameters,
             )  # fmt: skip
         info(f"Merging {run.adapter_dir} into {base_dir}")
-        from llmkit.export.merge import merge
+        from llmkit.exporter.merge import merge
 
         model_dir = merge(base_dir, run.adapter_dir, out_dir / "merged")
         result = ExportResult(out_dir=out_dir, merged_dir=model_dir)
@@ -118,7 +118,7 @@ def export(
     serving.choose_target(chat, template, version)  # before --verify: it checks what is written
     num_ctx, limit_reason = _served_context(model_dir, num_ctx, result)
 
-    from llmkit.export.gguf import write_gguf
+    from llmkit.exporter.gguf import write_gguf
 
     info(f"Writing {gguf.upper()} GGUF to {out_dir / 'model.gguf'}")
     written = write_gguf(
@@ -147,8 +147,8 @@ def export(
 
 def _served_context(model_dir: Path, num_ctx: int | None, result: ExportResult) -> tuple[int | None, str]:
     """num_ctx capped to the family's served limit (Mistral's sliding window), said once."""
-    from llmkit.export.archs import arch_of, text_config
-    from llmkit.export.gguf import read_config
+    from llmkit.exporter.archs import arch_of, text_config
+    from llmkit.exporter.gguf import read_config
 
     config = read_config(model_dir)
     arch = arch_of(config, model_dir)
@@ -167,7 +167,7 @@ def _served_context(model_dir: Path, num_ctx: int | None, result: ExportResult) 
 def _verify(
     path: Path, model_dir: Path, gguf: str, tokenizer, chat, result: ExportResult, limit_reason
 ) -> None:
-    from llmkit.export.verify import verify as run_verify
+    from llmkit.exporter.verify import verify as run_verify
 
     report = run_verify(
         path,

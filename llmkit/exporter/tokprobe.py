@@ -22,7 +22,7 @@ from typing import Any
 
 from llmkit.errors import ExportError
 
-# `vocab` arguments are llmkit.export.vocab.Vocab objects; vocab.py imports this module, so the
+# `vocab` arguments are llmkit.exporter.vocab.Vocab objects; vocab.py imports this module, so the
 # type is not imported here (not even for type checking: it would be an import cycle).
 Vocab = Any
 

@@ -121,7 +121,7 @@ class ExpertLora:
                 )
 
     def delta(self, name: str, base):
-        from llmkit.export.archs import EXPERT
+        from llmkit.exporter.archs import EXPERT
 
         m = EXPERT.match(name)
         if not m or not self.pairs:
@@ -172,7 +172,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     if not (tokenizer_dir / "tokenizer_config.json").is_file():
         tokenizer_dir = base_dir
     base_names: set[str] = set()
-    from llmkit.export.archs import n_experts, text_config
+    from llmkit.exporter.archs import n_experts, text_config
 
     config = (
         json.loads((base_dir / "config.json").read_text()) if (base_dir / "config.json").is_file() else {}
