@@ -4,6 +4,7 @@ fixture checks that every socket the cluster's processes listen on is a loopback
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -20,7 +21,19 @@ from conftest import _free_port
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'llmkit[ray]')")
 VENV_BIN = Path(sys.executable).parent
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+# Ray turns a --node-ip-address of 127.0.0.1 into the machine's address (resolve_ip_for_localhost),
+# and its gRPC servers bind loopback only when the node's address is 127.0.0.1. With
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its single-machine mode, the default on Windows and macOS),
+# get_node_ip_address answers 127.0.0.1 in `ray start` and in the driver alike, so the cluster and
+# the job's driver stay on loopback (the driver needs it too, or it looks for the GCS at the
+# machine's address)
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "OMP_NUM_THREADS": "1",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +98,18 @@ def _listening(session: int) -> list[tuple[str, str, int]]:
     return found
 
 
+def _is_loopback(ip: str) -> bool:
+    """127.0.0.0/8 or ::1; Ray's gRPC servers bind IPv6 sockets to ::ffff:127.0.0.1, the IPv4
+    loopback address written the IPv6 way (only loopback can reach it)."""
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
 def _assert_loopback_only(session: int) -> None:
     listening = _listening(session)
     assert listening, "found no listening socket of the Ray cluster (is the check looking at it?)"
-    exposed = [x for x in listening if x[1] not in ("127.0.0.1", "::1")]
+    exposed = [x for x in listening if not _is_loopback(x[1])]
     assert not exposed, f"Ray processes listen beyond loopback: {exposed}"
 
 
