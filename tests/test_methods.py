@@ -298,3 +298,14 @@ def test_conversational_and_implicit_prompt_pairs_tokenise_like_plain_ones(tmp_p
     assert len(ds.train) == 3
     assert ds.train[0].ids == ds.train[1].ids == ds.train[2].ids
     assert ds.train[0].labels == ds.train[1].labels == ds.train[2].labels
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-dpo", "smollm2-135m-grpo"])
+def test_plan_lays_out_the_shipped_preference_and_reward_recipes(name):
+    from llmkit.plan import plan
+    from llmkit.recipe import load
+
+    recipe = load(name)
+    result = plan(recipe, device="cpu", memory="8GB")
+    assert result.steps == recipe.train.max_steps and result.seconds_total > 0 and result.fits
+    assert result.tokens_per_epoch > 0

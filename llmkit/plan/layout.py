@@ -6,27 +6,29 @@ from llmkit.recipe import Recipe
 
 
 def _prepare_data(recipe: Recipe, tokenizer):
-    from llmkit import data as datalib
+    from llmkit import methods
 
-    return datalib.prepare(recipe, tokenizer, seed=recipe.train.seed)
+    return methods.get(recipe.train.method).prepare(recipe, tokenizer, recipe.train.seed)
 
 
 def _layout(examples, recipe: Recipe, budget: int) -> dict:
     """The run's steps and passes, exactly as train.py lays them out (one process)."""
     from llmkit import data as datalib
+    from llmkit import methods
     from llmkit.steps import Plan
 
-    p = Plan(examples, recipe, 1)
+    # a preference pair is both answers in one row; a GRPO prompt costs its group of answers
+    p = Plan(examples, recipe, 1, packing=methods.get(recipe.train.method).packing)
     best = (0, 0, 0)
     for step in range(p.total_steps):
         for rows in p.micro_batches(step, 0):
             for piece in datalib.split_by_tokens(examples, rows, budget):
-                width = max(sum(len(examples[i]) for i in row) for row in piece)
+                width = max(sum(examples[i].cost for i in row) for row in piece)
                 labels = sum(examples[i].n_labels for row in piece for i in row)
                 best = max(best, (width * len(piece), labels, width))
     epoch = p.epochs[0]
     padded = sum(
-        len(rows) * max(sum(len(examples[i]) for i in row) for row in rows) for rows in epoch if rows
+        len(rows) * max(sum(examples[i].cost for i in row) for row in rows) for rows in epoch if rows
     )
     labels = sum(examples[i].n_labels for rows in epoch for row in rows for i in row)
     n_rows = sum(len(rows) for rows in epoch)
@@ -39,5 +41,5 @@ def _layout(examples, recipe: Recipe, budget: int) -> dict:
         "tokens_per_epoch": padded,
         "labels_per_epoch": labels,
         "mean_width": padded / max(1, n_rows),
-        "real_tokens_per_epoch": sum(len(e) for e in examples),
+        "real_tokens_per_epoch": sum(e.cost for e in examples),
     }

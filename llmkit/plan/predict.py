@@ -9,6 +9,10 @@ from llmkit.files import human_size
 from llmkit.plan.advice import advise
 from llmkit.plan.config import _text_config, model_config
 from llmkit.plan.layout import _layout, _prepare_data
+
+# Decoding one token at a time reaches a small share of the matmul rate training gets (weights are
+# read for every token); with the KV cache and a group of 8 answers per pass: assumed, not measured.
+DECODE_SHARE = 0.25
 from llmkit.plan.memory import (
     _device_memory,
     _parse_size,
@@ -84,7 +88,13 @@ def plan(
     dev_flops, source = device_flops(device, act, arch, here and measure, hw.name)
     eff = EFFICIENCY[device] * (0.75 if gc else 1.0)  # recomputing the forward costs ~1/3 more
     work = layout["tokens_per_epoch"] * flops_tok
+    if t.method == "dpo":  # the reference: one more forward pass (2N of LoRA's 4N per token)
+        work *= 1.5
     sec_epoch = work / (dev_flops * eff)
+    if t.method == "grpo":  # sampling: each answer token is a decode step (2N), memory-bound
+        g = loaded.grpo
+        decoded = len(dataset.train) * g.num_generations * g.max_completion_length
+        sec_epoch += decoded * 2 * counts["body_active"] / (dev_flops * eff * DECODE_SHARE)
     steps = layout["steps"]
     sec_total = sec_epoch * steps / layout["steps_per_epoch"]
 
