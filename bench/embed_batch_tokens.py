@@ -33,8 +33,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from llmkit.devices import cpu_kernel_flags, cpu_name, cpu_native_bf16
-    from llmkit.embed.encoders import load_encoder
-    from llmkit.embed.onnx import OnnxEncoder
+    from llmkit.embedding.encoders import load_encoder
+    from llmkit.embedding.onnx import OnnxEncoder
 
     print(f"CPU: {cpu_name()}; kernel flags: {' '.join(cpu_kernel_flags())}", flush=True)
     texts = sentences(args.n)

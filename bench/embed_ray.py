@@ -90,7 +90,7 @@ def main() -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "LLMKIT_QUIET": "1"}
     env.setdefault("LLMKIT_HOME", str(ROOT / ".llmkit-home"))
     subprocess.run(
-        [sys.executable, "-c", "from llmkit.embed import load_encoder as l; l()"], env=env, check=True
+        [sys.executable, "-c", "from llmkit.embedding import load_encoder as l; l()"], env=env, check=True
     )
     address = f"127.0.0.1:{_port()}"
     head = subprocess.Popen(

@@ -90,7 +90,7 @@ def worker(spec: dict, texts_file: str, out_file: str) -> dict:
         def encode(batch):
             return model.encode(batch)
     else:
-        from llmkit.embed.encoders import load_encoder
+        from llmkit.embedding.encoders import load_encoder
 
         encoder = load_encoder(backend=spec["backend"], precision=spec["precision"])
         encode = encoder.encode
@@ -117,8 +117,8 @@ def classification() -> dict:
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
 
-    from llmkit.embed import embed
-    from llmkit.embed.classify import read_labelled
+    from llmkit.embedding import embed
+    from llmkit.embedding.classify import read_labelled
 
     texts, labels = read_labelled(ROOT / "recipes/data/embed-labelled.csv", "text", "label")
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
@@ -169,7 +169,7 @@ def main() -> None:
         "" if args.isa else "; l(backend='onnx', precision='int8'); l(); l(precision='fast')"
     )
     subprocess.run(
-        [sys.executable, "-c", f"from llmkit.embed.encoders import load_encoder as l; {prepare}"],
+        [sys.executable, "-c", f"from llmkit.embedding.encoders import load_encoder as l; {prepare}"],
         env=env,
         check=True,
     )

@@ -42,6 +42,6 @@ def export(source, **kwargs):
 
 def embed(texts, **kwargs):
     """Embed a list of texts; returns a float32 matrix (rows normalized by default)."""
-    from llmkit.embed import embed as _embed
+    from llmkit.embedding import embed as _embed
 
     return _embed(texts, **kwargs)

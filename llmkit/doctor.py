@@ -80,8 +80,8 @@ def _torch_rows() -> list[dict]:
 def _embed_rows() -> list[dict]:
     """Which path `llmkit embed` takes here for the default model (auto and fast), and why."""
     try:
-        from llmkit.embed import calibrate
-        from llmkit.embed.encoders import DEFAULT_MODEL, model_key, resolve_model_dir
+        from llmkit.embedding import calibrate
+        from llmkit.embedding.encoders import DEFAULT_MODEL, model_key, resolve_model_dir
 
         model_id, path = resolve_model_dir(DEFAULT_MODEL)
         table = calibrate.cached(model_key(path))

@@ -2,7 +2,7 @@
 
 One loader for both kinds: `find` (a path, or a shipped name) → parse the YAML → apply
 `a.b=value` overrides (values parsed as YAML) → validate against the kind's schema (`Recipe`
-below; `llmkit.embed.schema.EmbedRecipe`). Unknown keys and wrong types are errors, all
+below; `llmkit.embedding.schema.EmbedRecipe`). Unknown keys and wrong types are errors, all
 reported at once as `path.to.key: message`, with the nearest valid key suggested for a typo
 (`llmkit.recipe_errors`).
 
@@ -181,7 +181,9 @@ class Recipe(RecipeBase):
                 )
         if SECTIONS[method] is not None and getattr(self, method) is None:
             if method == "grpo":
-                raise ValueError("grpo: train.method is grpo, so the recipe needs a grpo section with rewards")
+                raise ValueError(
+                    "grpo: train.method is grpo, so the recipe needs a grpo section with rewards"
+                )
             setattr(self, method, SECTIONS[method]())
         return self
 
@@ -286,7 +288,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 def schema_for(kind: str) -> type[RecipeBase]:
     if kind == "embed":
         # a light module (pydantic, the encoders' choice tables): it leads back to nothing here
-        from llmkit.embed.schema import EmbedRecipe
+        from llmkit.embedding.schema import EmbedRecipe
 
         return EmbedRecipe
     return Recipe

@@ -1,6 +1,6 @@
 """What every recipe kind shares (the file it was loaded from, the path rule) and where each
 kind's shipped recipes live. A leaf: each kind's schema (`llmkit.recipe.Recipe`,
-`llmkit.embed.schema.EmbedRecipe`) builds on it, and `llmkit.recipe` imports those schemas, so
+`llmkit.embedding.schema.EmbedRecipe`) builds on it, and `llmkit.recipe` imports those schemas, so
 this cannot live in `llmkit.recipe` without an import cycle.
 """
 

@@ -54,7 +54,7 @@ _SHARED_CACHES = ("models", "assets", "cache", "embed")
 # Two of them outlive the session, in the user's cache, keyed by the code that builds them (so any
 # change to that code starts them afresh): the embed paths' ONNX exports and calibration (13 s)
 # and the Go syntax checker (8 s). A fresh machine (CI) builds them once, like every other cache.
-_PERSISTENT_CACHES = {"embed": "llmkit/embed/*.py", "cache": "llmkit/exporter/gotemplate.py"}
+_PERSISTENT_CACHES = {"embed": "llmkit/embedding/*.py", "cache": "llmkit/exporter/gotemplate.py"}
 
 
 def _persistent(name: str) -> Path:

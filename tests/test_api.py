@@ -17,7 +17,7 @@ def test_import_llmkit_is_light():
 @pytest.mark.slow
 def test_api_functions_stay_callable_after_submodule_imports(tmp_path):
     import llmkit
-    import llmkit.embed.encoders  # noqa: F401  (rebinds llmkit.embed to the package)
+    import llmkit.embedding.encoders  # noqa: F401
     import llmkit.exporter.gguf  # noqa: F401
     import llmkit.training  # noqa: F401
 

@@ -39,14 +39,14 @@ cli = run_cli_inprocess
 
 @pytest.fixture(scope="module")
 def reference():
-    from llmkit.embed.encoders import load_encoder
+    from llmkit.embedding.encoders import load_encoder
 
     enc = load_encoder(backend="torch", precision="fp32")
     return enc, enc.encode(TEXTS)
 
 
 def test_onnx_fp32_matches_sentence_transformers(reference):
-    from llmkit.embed.encoders import load_encoder
+    from llmkit.embedding.encoders import load_encoder
 
     ref_enc, ref = reference
     fast = load_encoder(backend="onnx", precision="fp32")
@@ -69,7 +69,7 @@ def test_onnx_fp32_matches_sentence_transformers(reference):
 def test_raw_int8_kernel_is_cached_and_only_roughly_close(reference):
     """--backend onnx --precision int8 is the raw dynamic-int8 kernel: no quality contract (its
     minimum cosine differs by CPU: 0.949 on Sapphire Rapids); only `fast` carries one."""
-    from llmkit.embed.encoders import load_encoder
+    from llmkit.embedding.encoders import load_encoder
     from llmkit.files import home
 
     vec = load_encoder(backend="onnx", precision="int8").encode(TEXTS)
@@ -80,7 +80,7 @@ def test_raw_int8_kernel_is_cached_and_only_roughly_close(reference):
 
 
 def _calibration_table():
-    from llmkit.embed import calibrate
+    from llmkit.embedding import calibrate
 
     return calibrate.cached(_model_key())
 
@@ -88,8 +88,8 @@ def _calibration_table():
 @pytest.mark.slow
 def test_auto_is_the_fastest_exact_path_measured_on_this_cpu(reference):
     from llmkit.devices import cpu_name
-    from llmkit.embed import calibrate
-    from llmkit.embed.encoders import load_encoder
+    from llmkit.embedding import calibrate
+    from llmkit.embedding.encoders import load_encoder
 
     enc = load_encoder()
     table = _calibration_table()
@@ -113,7 +113,7 @@ def test_auto_is_the_fastest_exact_path_measured_on_this_cpu(reference):
 
 
 def _model_key():
-    from llmkit.embed.encoders import model_key, resolve_model_dir
+    from llmkit.embedding.encoders import model_key, resolve_model_dir
 
     return model_key(resolve_model_dir("all-minilm-l6-v2")[1])
 
@@ -122,7 +122,7 @@ def _model_key():
 def test_fast_keeps_its_contract_on_this_cpu_and_int8_is_its_alias(reference):
     """The contract of `fast` (mean ≥ 0.999, min ≥ 0.99) holds on any CPU: the path verifies
     itself at calibration and falls back to the exact path where int8 kernels lose too much."""
-    from llmkit.embed.encoders import load_encoder
+    from llmkit.embedding.encoders import load_encoder
 
     enc = load_encoder(precision="fast")
     vec = enc.encode(TEXTS)
@@ -135,7 +135,7 @@ def test_fast_keeps_its_contract_on_this_cpu_and_int8_is_its_alias(reference):
 
 
 def test_choose_applies_the_contracts_to_measured_numbers():
-    from llmkit.embed.calibrate import choose
+    from llmkit.embedding.calibrate import choose
 
     def row(backend, precision, speedup, mean, low):
         return {
@@ -180,7 +180,7 @@ def test_an_isa_limit_is_a_different_cpu_for_every_choice(monkeypatch):
     """ONEDNN_MAX_CPU_ISA=AVX2 makes torch's and OpenVINO's kernels those of an AVX2 CPU: the
     flags, the bf16 decision, the embed candidates and the calibration key must follow."""
     from llmkit.devices import cpu_flags, cpu_native_bf16, cpu_signature
-    from llmkit.embed.calibrate import candidates
+    from llmkit.embedding.calibrate import candidates
 
     full = cpu_signature()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
@@ -232,7 +232,7 @@ def test_a_gpu_backend_runs_on_its_gpu_or_says_there_is_none(capsys, tmp_path, d
     """On the GPU it names: the exact contract against the CPU reference (fp32 and fp16). On a
     machine without one: a one-line error naming what is missing, before any work."""
     from llmkit.devices import accelerator
-    from llmkit.embed.encoders import load_encoder
+    from llmkit.embedding.encoders import load_encoder
 
     (tmp_path / "a.txt").write_text("hello\n")
     if accelerator() == device:
@@ -271,9 +271,9 @@ def _vectors(path):
 
 
 def test_job_txt_to_parquet_dedups_and_records_the_encoder(tmp_path):
-    from llmkit.embed import embed
-    from llmkit.embed.job import embed_file, text_hash
-    from llmkit.embed.vectorfile import META_KEY
+    from llmkit.embedding import embed
+    from llmkit.embedding.job import embed_file, text_hash
+    from llmkit.embedding.vectorfile import META_KEY
 
     src = tmp_path / "in.txt"
     src.write_text("hello world\nthe cat sat\n\nhello world\nanother line\nthe cat sat\n")
@@ -304,7 +304,7 @@ def test_job_txt_to_parquet_dedups_and_records_the_encoder(tmp_path):
 
 
 def test_job_jsonl_csv_parquet_with_columns_and_passthrough(tmp_path):
-    from llmkit.embed.job import embed_file
+    from llmkit.embedding.job import embed_file
 
     rows = [{"doc": f"d{i}", "body": f"sentence number {i}", "lang": "en", "id": i * 10} for i in range(5)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -376,8 +376,8 @@ def test_job_long_texts_are_counted_or_chunked(capsys, tmp_path):
 
 def test_failing_batch_is_retried_then_the_bad_row_isolated(tmp_path):
     """A real encoder with one poisoned text (an injected fault): the rest of the job completes."""
-    from llmkit.embed.encoders import load_encoder
-    from llmkit.embed.job import embed_file
+    from llmkit.embedding.encoders import load_encoder
+    from llmkit.embedding.job import embed_file
 
     encoder = load_encoder()
     real, calls = encoder._encode, []
@@ -406,7 +406,7 @@ def test_failing_batch_is_retried_then_the_bad_row_isolated(tmp_path):
 
 @pytest.fixture(scope="module")
 def topics_vectors(tmp_path_factory):
-    from llmkit.embed.job import embed_file
+    from llmkit.embedding.job import embed_file
 
     out = tmp_path_factory.mktemp("topics") / "labelled.parquet"
     embed_file(REPO / "recipes/data/embed-labelled.csv", out)
@@ -430,7 +430,7 @@ def test_similar_exact_topk_and_similarity(capsys, topics_vectors):
 
 
 def test_faiss_index_recall_at_10_against_exact(tmp_path):
-    from llmkit.embed.search import Vectors, exact_topk, topk
+    from llmkit.embedding.search import Vectors, exact_topk, topk
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(200, 384))
@@ -451,7 +451,7 @@ def test_faiss_index_recall_at_10_against_exact(tmp_path):
 
 
 def test_querying_an_index_of_another_model_or_dimension(capsys, tmp_path, topics_vectors):
-    from llmkit.embed.vectorfile import META_KEY
+    from llmkit.embedding.vectorfile import META_KEY
 
     table = pq.read_table(topics_vectors)
     meta = json.loads(table.schema.metadata[META_KEY])
@@ -478,7 +478,7 @@ def test_querying_an_index_of_another_model_or_dimension(capsys, tmp_path, topic
 
 
 def test_loading_vectors_rejects_foreign_files(tmp_path):
-    from llmkit.embed.search import load_vectors
+    from llmkit.embedding.search import load_vectors
 
     pq.write_table(pa.table({"a": [1]}), tmp_path / "plain.parquet")
     with pytest.raises(LlmkitError, match="not a vectors file written by llmkit embed"):

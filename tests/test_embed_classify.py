@@ -22,7 +22,7 @@ cli = run_cli_inprocess
 
 @pytest.fixture(scope="module")
 def clf_dir(tmp_path_factory):
-    from llmkit.embed.classify import train
+    from llmkit.embedding.classify import train
 
     out = tmp_path_factory.mktemp("clf") / "topics"
     train(LABELLED, out, text_column="text", label_column="label")
@@ -48,8 +48,8 @@ def test_predict_matches_scikit_learn_and_streams(capsys, clf_dir):
     """Probabilities computed from the saved tensors equal sklearn's own predict_proba."""
     from sklearn.linear_model import LogisticRegression
 
-    from llmkit.embed import embed
-    from llmkit.embed.classify import load, read_labelled
+    from llmkit.embedding import embed
+    from llmkit.embedding.classify import load, read_labelled
 
     texts, labels = read_labelled(LABELLED, "text", "label")
     clf = load(clf_dir)
@@ -128,7 +128,7 @@ def test_classifier_whose_encoder_is_unavailable(capsys, clf_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def labelled_vectors(tmp_path_factory):
-    from llmkit.embed.job import embed_file
+    from llmkit.embedding.job import embed_file
 
     out = tmp_path_factory.mktemp("vec") / "labelled.parquet"
     embed_file(LABELLED, out)
@@ -172,7 +172,7 @@ def test_cluster_auto_finds_the_topics_a_person_sees(capsys, labelled_vectors, t
     assert result["k"] == 4 and result["adjusted_rand_index"] >= 0.9
     assert min(c["size"] for c in result["clusters"]) >= result["min_size"] == 3
 
-    from llmkit.embed.job import embed_file
+    from llmkit.embedding.job import embed_file
 
     questions = tmp_path / "questions.parquet"
     embed_file(UNLABELLED, questions)
@@ -194,7 +194,7 @@ def test_cluster_auto_finds_the_topics_a_person_sees(capsys, labelled_vectors, t
 
 
 def test_shipped_embedding_recipes_validate_and_bad_ones_list_every_error(tmp_path):
-    from llmkit.embed.recipe import SHIPPED, load
+    from llmkit.embedding.recipe import SHIPPED, load
     from llmkit.errors import RecipeError
 
     shipped = sorted(SHIPPED.glob("*.yaml"))
@@ -222,7 +222,7 @@ embed: {{input: {UNLABELLED}, output: out/q.parquet}}
 classify: {{data: {LABELLED}, output: out/clf}}
 cluster: {{k: 4, plot: out/q.png}}
 """)
-    from llmkit.embed.recipe import run
+    from llmkit.embedding.recipe import run
 
     summary = run(recipe, base=tmp_path)
     assert summary["embed"]["rows"] == 40 and summary["classify"]["accuracy"] >= 0.9

@@ -115,7 +115,7 @@ def test_saved_dataset_and_hf_dataset_by_name_offline(capsys, tmp_path):
 
 
 def test_unreadable_inputs_fail_in_one_line_before_the_model_loads(capsys, tmp_path, monkeypatch):
-    import llmkit.embed.job as job
+    import llmkit.embedding.job as job
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model loaded before the input was checked")

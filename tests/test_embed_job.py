@@ -57,7 +57,7 @@ def test_sigkilled_job_resumes_with_one_row_per_input_row_in_order(tmp_path):
 
 _RSS_SCRIPT = """
 import resource, sys
-from llmkit.embed.job import embed_file
+from llmkit.embedding.job import embed_file
 embed_file(sys.argv[1], sys.argv[2], commit_every=2048)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

@@ -11,8 +11,8 @@ from typing import get_args
 import pytest
 from conftest import run_cli_inprocess as cli
 
-from llmkit.embed.choices import BACKENDS, DEFAULT_MODEL, PRECISIONS
-from llmkit.embed.schema import EmbedRecipe
+from llmkit.embedding.choices import BACKENDS, DEFAULT_MODEL, PRECISIONS
+from llmkit.embedding.schema import EmbedRecipe
 from llmkit.errors import LlmkitError
 from llmkit.readers import SAMPLE_BY
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _recipe(encoder: dict, embed: dict | None = None):
-    from llmkit.embed.recipe import load
+    from llmkit.embedding.recipe import load
 
     return load(
         {"name": "t", "encoder": encoder, "embed": {"input": "a.txt", "output": "v.parquet", **(embed or {})}}
@@ -43,7 +43,7 @@ def test_the_recipe_takes_exactly_the_encoders_and_readers_choices():
 
 def test_every_backend_and_precision_the_recipe_accepts_builds_or_says_why_in_one_line():
     from llmkit.devices import accelerator
-    from llmkit.embed.encoders import load_encoder
+    from llmkit.embedding.encoders import load_encoder
 
     built, refused = {}, {}
     for backend, precision in product(BACKENDS, PRECISIONS):
@@ -100,7 +100,7 @@ def test_a_recipe_run_refuses_flags_it_would_ignore(capsys):
 
 
 def test_a_wrong_option_value_is_a_one_line_usage_error():
-    from llmkit.embed import embed_file
+    from llmkit.embedding import embed_file
     from llmkit.errors import InvalidArgument
 
     with pytest.raises(InvalidArgument, match="unknown sample_by 'word'") as err:
@@ -114,7 +114,7 @@ def test_the_job_opens_its_input_once(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     from llmkit import readers
-    from llmkit.embed.job import embed_file
+    from llmkit.embedding.job import embed_file
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -132,7 +132,7 @@ def _vectors(path):
 
 def _same_as_local(ray_out: Path, src: Path, tmp_path: Path, **options):
     """The local job's result; `ray_out` holds the same rows in the same order, the same vectors."""
-    from llmkit.embed.job import embed_file
+    from llmkit.embedding.job import embed_file
 
     local = embed_file(src, tmp_path / "local.parquet", **options)
     lt, lv = _vectors(tmp_path / "local.parquet")
@@ -242,11 +242,11 @@ def test_ray_driver_fails_a_text_in_later_shards_as_the_local_job_does(tmp_path)
     real encoder failing on one text (an injected fault, as in test_embed.py). Shard 1 takes the
     failure from shard 0 through the driver's cache; shard 2, written by a fresh call (as after a
     resume), from part 0's meta."""
-    from llmkit.embed.job import embed_file
-    from llmkit.embed.options import JobOptions
-    from llmkit.embed.ray_job import _EncodeActor, _write_input_shards, _write_parts
-    from llmkit.embed.vectorfile import merge_parts
-    from llmkit.embed.workdir import PartWriter, text_hash
+    from llmkit.embedding.job import embed_file
+    from llmkit.embedding.options import JobOptions
+    from llmkit.embedding.ray_job import _EncodeActor, _write_input_shards, _write_parts
+    from llmkit.embedding.vectorfile import merge_parts
+    from llmkit.embedding.workdir import PartWriter, text_hash
     from llmkit.readers import read_rows
 
     actor = _EncodeActor(JobOptions().encoder())

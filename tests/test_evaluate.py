@@ -77,7 +77,9 @@ def test_a_stop_that_cuts_answers_is_named(exported_run, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
     modelfile = broken / "Modelfile"
-    modelfile.write_text(modelfile.read_text() + 'PARAMETER stop " "\n')  # cuts every answer at its first word
+    modelfile.write_text(
+        modelfile.read_text() + 'PARAMETER stop " "\n'
+    )  # cuts every answer at its first word
     report = evaluate(broken, recipe, backends=("transformers", "llama.cpp"), limit=6)
     hf, cpp = report.scores
     assert all(" " not in a for a in cpp.answers) and hf.answers != cpp.answers

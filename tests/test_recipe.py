@@ -42,7 +42,7 @@ def test_shipped_recipes_of_both_kinds_resolve_by_name():
     for name in ("topics", "topics.yaml", "embed/topics", "embed/topics.yml"):
         assert find(name) == RECIPES_DIR / "embed" / "topics.yaml", name
         assert load_any(name).kind == "embed"
-    from llmkit.embed.recipe import load as load_embed
+    from llmkit.embedding.recipe import load as load_embed
 
     topics = load_embed("topics", ["cluster.k=4", "encoder.precision=fp32"])  # overrides, as for training
     assert topics.cluster.k == 4 and topics.encoder.precision == "fp32"
@@ -53,7 +53,7 @@ def test_shipped_recipes_of_both_kinds_resolve_by_name():
 
 
 def test_a_recipe_of_the_other_kind_is_refused_with_the_command_that_runs_it():
-    from llmkit.embed.recipe import load as load_embed
+    from llmkit.embedding.recipe import load as load_embed
 
     with pytest.raises(RecipeError, match="is an embedding recipe, not a training recipe") as err:
         load("topics")
@@ -119,7 +119,7 @@ def test_malformed_yaml_gives_file_line_col(tmp_path):
 
 def test_embed_recipe_errors_read_like_training_ones(tmp_path):
     """The same renderer: all problems at once, the nearest key for a typo, one line per union."""
-    from llmkit.embed.recipe import load as load_embed
+    from llmkit.embedding.recipe import load as load_embed
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -243,7 +243,7 @@ def test_training_paths_inputs_from_the_recipe_folder_outputs_from_the_cwd(tmp_p
 
 
 def test_embed_paths_inputs_from_the_recipe_folder_outputs_from_the_cwd(tmp_path, monkeypatch):
-    from llmkit.embed.recipe import load as load_embed
+    from llmkit.embedding.recipe import load as load_embed
 
     here = tmp_path / "project" / "recipes" / "embed"
     path = _recipe_in(
@@ -334,7 +334,7 @@ def test_every_shipped_training_recipe_trains_shrunk(shipped, tmp_path, monkeypa
 def test_the_shipped_embedding_recipe_runs(tmp_path, monkeypatch):
     """`llmkit embed topics.yaml` from a folder outside the checkout: inputs from the recipe's
     folder, every output under the current directory."""
-    from llmkit.embed.recipe import run
+    from llmkit.embedding.recipe import run
 
     monkeypatch.chdir(tmp_path)
     summary = run(Path("topics.yaml"))

@@ -93,8 +93,8 @@ def test_adapter_loads_with_peft_and_runs(run_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit.recipe import load
     from llmkit.inference import load_for_inference
+    from llmkit.recipe import load
 
     recipe = load(run_dir / "recipe.yaml")  # the resolved recipe loads from anywhere
     assert os.path.isabs(recipe.data.path) and recipe.train.output_dir == str(run_dir)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from llmkit.cli._app import _print_json, app
-from llmkit.embed.choices import BACKENDS, DEFAULT_MODEL, PRECISIONS
+from llmkit.embedding.choices import BACKENDS, DEFAULT_MODEL, PRECISIONS
 from llmkit.errors import InvalidArgument
 
 classify_app = typer.Typer(
@@ -111,10 +111,10 @@ def embed(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Embed a file of texts into vectors (streaming, deduplicated, resumable)."""
-    from llmkit.embed import embed_file
+    from llmkit.embedding import embed_file
 
     if Path(input).suffix in (".yaml", ".yml"):
-        from llmkit.embed.recipe import run
+        from llmkit.embedding.recipe import run
 
         given = [f for name, f in _JOB_FLAGS.items() if _from_command_line(ctx, name)]
         if given:
@@ -168,7 +168,7 @@ def similar(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Find the texts most similar to a query in a vectors file (cosine)."""
-    from llmkit.embed.search import similar as run_similar
+    from llmkit.embedding.search import similar as run_similar
 
     texts = [query] if query else []
     if queries:
@@ -192,7 +192,7 @@ def similarity(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Cosine similarity of two texts."""
-    from llmkit.embed.search import similarity as run_similarity
+    from llmkit.embedding.search import similarity as run_similarity
 
     score = run_similarity(a, b, model=model)
     if json_out:
@@ -224,7 +224,7 @@ def classify_train(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Train a logistic-regression classifier on embeddings; report on a held-out split."""
-    from llmkit.embed.classify import train
+    from llmkit.embedding.classify import train
 
     config = train(
         data,
@@ -253,7 +253,7 @@ def classify_predict(
     id_column: Annotated[str | None, typer.Option(help="Column to use as row id.")] = None,
 ) -> None:
     """Label each row: one JSON line per row with label and probabilities (streaming)."""
-    from llmkit.embed.classify import predict
+    from llmkit.embedding.classify import predict
 
     for row in predict(classifier, input, column=column, id_column=id_column):
         typer.echo(json.dumps(row, default=str))
@@ -268,7 +268,7 @@ def classify_eval(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Accuracy, macro-F1, per-class scores and confusion matrix on labelled data."""
-    from llmkit.embed.classify import evaluate
+    from llmkit.embedding.classify import evaluate
 
     rep = evaluate(classifier, data, text_column=text_column, label_column=label_column)
     return _print_json(rep) if json_out else _render_report(rep)
@@ -294,7 +294,7 @@ def cluster(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """k-means clusters of a vectors file; labels written back, nearest texts per centroid."""
-    from llmkit.embed.cluster import cluster as run_cluster
+    from llmkit.embedding.cluster import cluster as run_cluster
 
     result = run_cluster(
         vectors, k, output=output, plot=plot, top=top, min_size=min_size, labels_column=labels

@@ -146,7 +146,9 @@ def _hf_generate(model, tokenizer, ids: list[int], ends) -> tuple[list[int], boo
     return (new[:-1] if stopped else new), stopped
 
 
-def llama_generate(llm, ids: list[int], stops: list[str], max_tokens: int = MAX_TOKENS) -> tuple[list[int], bool]:
+def llama_generate(
+    llm, ids: list[int], stops: list[str], max_tokens: int = MAX_TOKENS
+) -> tuple[list[int], bool]:
     """Greedy tokens from llama.cpp, ending as Ollama does: at an end-of-generation token or
     when the text contains one of the Modelfile's stop strings (which is then cut).
     Also `llmkit eval`'s llama.cpp backend: the served model's answers."""

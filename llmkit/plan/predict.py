@@ -10,9 +10,6 @@ from llmkit.plan.advice import advise
 from llmkit.plan.config import _text_config, model_config
 from llmkit.plan.layout import _layout, _prepare_data
 
-# Decoding one token at a time reaches a small share of the matmul rate training gets (weights are
-# read for every token); with the KV cache and a group of 8 answers per pass: assumed, not measured.
-DECODE_SHARE = 0.25
 from llmkit.plan.memory import (
     _device_memory,
     _parse_size,
@@ -26,6 +23,10 @@ from llmkit.plan.probe import run_probe
 from llmkit.plan.result import PlanResult
 from llmkit.plan.timing import EFFICIENCY, device_flops, flops_per_token
 from llmkit.recipe import Recipe, load
+
+# Decoding one token at a time reaches a small share of the matmul rate training gets (weights are
+# read for every token); with the KV cache and a group of 8 answers per pass: assumed, not measured.
+DECODE_SHARE = 0.25
 
 
 def plan(

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmkit.embed.choices import BACKENDS, DEFAULT_MODEL, PRECISIONS
+from llmkit.embedding.choices import BACKENDS, DEFAULT_MODEL, PRECISIONS
 from llmkit.errors import InvalidArgument
 from llmkit.readers import SAMPLE_BY
 

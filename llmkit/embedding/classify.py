@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
+from llmkit.embedding.encoders import DEFAULT_MODEL, load_encoder
 from llmkit.errors import ClassifierError, DataError, InvalidArgument, LlmkitError
 from llmkit.files import atomic_dir
 from llmkit.readers import Bad, read_rows

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.vectorfile import merge_parts, write_parquet
+from llmkit.embedding.vectorfile import merge_parts, write_parquet
 from llmkit.errors import DataError, EncoderError, InvalidArgument, LlmkitError
 from llmkit.files import check_writable, write_json
 from llmkit.readers import Bad, Row

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmkit.embed.schema import EmbedRecipe
+from llmkit.embedding.schema import EmbedRecipe
 from llmkit.recipe import KINDS, load_any
 
 __all__ = ["SHIPPED", "EmbedRecipe", "load", "run"]
@@ -27,7 +27,7 @@ def run(
 
     Inputs resolve against the recipe file's folder, outputs against `base` (default: the
     current directory)."""
-    from llmkit.embed import classify, cluster, embed_file
+    from llmkit.embedding import classify, cluster, embed_file
 
     recipe = load(path, overrides)
 

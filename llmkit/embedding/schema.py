@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmkit.embed.options import EncoderOptions, JobFields, JobOptions
+from llmkit.embedding.options import EncoderOptions, JobFields, JobOptions
 from llmkit.readers import HF_PREFIX
 from llmkit.recipe_base import RecipeBase
 

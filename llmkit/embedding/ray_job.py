@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed import workdir
-from llmkit.embed.encoders import load_encoder
-from llmkit.embed.options import JobOptions
-from llmkit.embed.workdir import CACHE_ROWS, JobResult, PartWriter, text_hash
+from llmkit.embedding import workdir
+from llmkit.embedding.encoders import load_encoder
+from llmkit.embedding.options import JobOptions
+from llmkit.embedding.workdir import CACHE_ROWS, JobResult, PartWriter, text_hash
 from llmkit.errors import DataError, InvalidArgument, RayError
 from llmkit.files import write_json
 from llmkit.readers import Bad, Row, fingerprint, open_input, read_rows

@@ -9,7 +9,7 @@ moment loses at most one part of work, never a row.
 Identical texts are encoded once (exactly within a part, through a bounded cache across parts,
 so memory stays flat). A batch that fails is retried, then split in halves until the failing
 rows are isolated; those are reported in `<output>.errors.jsonl` and the rest completes.
-The same job on a Ray cluster is ray_job.py; `llmkit.embed.embed_file` picks one.
+The same job on a Ray cluster is ray_job.py; `llmkit.embedding.embed_file` picks one.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from llmkit.embed import workdir
-from llmkit.embed.encoders import Encoder, load_encoder
-from llmkit.embed.options import JobOptions
-from llmkit.embed.workdir import CACHE_ROWS, JobResult, PartWriter, text_hash
+from llmkit.embedding import workdir
+from llmkit.embedding.encoders import Encoder, load_encoder
+from llmkit.embedding.options import JobOptions
+from llmkit.embedding.workdir import CACHE_ROWS, JobResult, PartWriter, text_hash
 from llmkit.errors import DataError
 from llmkit.readers import Bad, Row, count_rows, fingerprint, open_input, read_rows
 

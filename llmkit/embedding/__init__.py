@@ -1,4 +1,4 @@
-"""Embeddings: texts → vectors, and what to do with them (search, classify, cluster).
+"""Embeddings (the package is `embedding`, so the name `llmkit.embed` stays the function): texts → vectors, and what to do with them (search, classify, cluster).
 
 Python API (mirrors the CLI):
     llmkit.embed(["a phrase", ...])            → float32 matrix, rows L2-normalized
@@ -9,9 +9,9 @@ Python API (mirrors the CLI):
 
 from __future__ import annotations
 
-from llmkit.embed.choices import DEFAULT_MODEL
-from llmkit.embed.encoders import load_encoder
-from llmkit.embed.options import JobOptions
+from llmkit.embedding.choices import DEFAULT_MODEL
+from llmkit.embedding.encoders import load_encoder
+from llmkit.embedding.options import JobOptions
 
 __all__ = ["embed", "embed_file", "load_encoder", "DEFAULT_MODEL", "JobOptions"]
 
@@ -45,14 +45,9 @@ def embed_file(
     keyword changes to its defaults (column=, model=, chunk=, ...)."""
     options = JobOptions.of(options, **changes)
     if ray:
-        from llmkit.embed.ray_job import embed_ray
+        from llmkit.embedding.ray_job import embed_ray
 
         return embed_ray(input, output, options, address=ray, workers=workers)
-    from llmkit.embed.job import embed_file as run_here
+    from llmkit.embedding.job import embed_file as run_here
 
     return run_here(input, output, options)
-
-
-from llmkit._callable import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, embed)

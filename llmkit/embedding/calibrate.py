@@ -26,7 +26,7 @@ import random
 import time
 from pathlib import Path
 
-from llmkit.embed.vectors import cosine_rows
+from llmkit.embedding.vectors import cosine_rows
 
 CALIBRATION_VERSION = "2"  # 2: batch budget 1024 (the speeds measured under 4096 are stale)
 EXACT_MEAN = 0.9999
@@ -105,7 +105,7 @@ def _versions() -> dict:
 
 def cache_path(model_key: str) -> Path:
     from llmkit.devices import accelerator_name, cpu_signature
-    from llmkit.embed.base import threads
+    from llmkit.embedding.base import threads
     from llmkit.files import home
 
     sig = json.dumps([CALIBRATION_VERSION, cpu_signature(), accelerator_name(), _versions(), threads()])

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.base import Encoder, _st_config  # noqa: F401  (Encoder: the interface, re-exported)
-from llmkit.embed.choices import BACKENDS, DEFAULT_ALIASES, DEFAULT_MODEL, GPU_BACKENDS, PRECISIONS
-from llmkit.embed.choices import TORCH_PRECISIONS as _TORCH_PRECISIONS
-from llmkit.embed.vectors import unit_rows
+from llmkit.embedding.base import Encoder, _st_config  # noqa: F401  (Encoder: the interface, re-exported)
+from llmkit.embedding.choices import BACKENDS, DEFAULT_ALIASES, DEFAULT_MODEL, GPU_BACKENDS, PRECISIONS
+from llmkit.embedding.choices import TORCH_PRECISIONS as _TORCH_PRECISIONS
+from llmkit.embedding.vectors import unit_rows
 from llmkit.errors import EncoderError, InvalidArgument
 
 __all__ = ["BACKENDS", "DEFAULT_MODEL", "GPU_BACKENDS", "PRECISIONS", "Encoder", "load_encoder"]
@@ -216,7 +216,7 @@ def _backend_for(precision: str) -> str:
 def _build(
     model_id: str, path: Path, backend: str, precision: str, normalize: bool, chunk: bool = False
 ) -> Encoder:
-    from llmkit.embed.onnx import OnnxEncoder, OpenVinoEncoder
+    from llmkit.embedding.onnx import OnnxEncoder, OpenVinoEncoder
 
     if backend in GPU_BACKENDS:
         return TorchEncoder(model_id, path, precision, normalize, device=backend, chunk=chunk)
@@ -235,7 +235,7 @@ def model_key(path: Path) -> str:
 
 
 def _calibrated(model_id: str, path: Path, contract: str, normalize: bool, chunk: bool) -> Encoder:
-    from llmkit.embed import calibrate
+    from llmkit.embedding import calibrate
 
     table = calibrate.measure(model_id, model_key(path), lambda b, p: _build(model_id, path, b, p, True))
     choice = calibrate.choose(table, contract)

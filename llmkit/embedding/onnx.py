@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.base import Encoder, _st_config
-from llmkit.embed.base import threads as _default_threads
-from llmkit.embed.vectors import unit_rows
+from llmkit.embedding.base import Encoder, _st_config
+from llmkit.embedding.base import threads as _default_threads
+from llmkit.embedding.vectors import unit_rows
 from llmkit.errors import EncoderError, InvalidArgument
 
 EXPORT_VERSION = "1"  # bump when the exported graph changes, so cached conversions are rebuilt

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.vectors import unit_rows
+from llmkit.embedding.vectors import unit_rows
 from llmkit.errors import InvalidArgument
 
 

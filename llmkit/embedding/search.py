@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.vectorfile import META_KEY
-from llmkit.embed.vectors import unit_rows
+from llmkit.embedding.vectorfile import META_KEY
+from llmkit.embedding.vectors import unit_rows
 from llmkit.errors import DataError, IndexMismatchError, InvalidArgument
 
 ANN_MIN_ROWS = 100_000
@@ -182,7 +182,7 @@ def similar(
     method: str = "auto",
 ) -> list[dict]:
     """Top-k neighbours of each query: [{query, hits: [{rank, id, score, text}]}]."""
-    from llmkit.embed.encoders import load_encoder
+    from llmkit.embedding.encoders import load_encoder
 
     if not queries:
         raise InvalidArgument("no queries given", "pass a query, or --queries FILE with one per line")
@@ -214,7 +214,7 @@ def similarity(
     a: str, b: str, *, model: str | None = None, backend: str = "auto", precision: str = "auto"
 ) -> float:
     """Cosine similarity of two texts."""
-    from llmkit.embed.encoders import DEFAULT_MODEL, load_encoder
+    from llmkit.embedding.encoders import DEFAULT_MODEL, load_encoder
 
     vec = load_encoder(model or DEFAULT_MODEL, backend, precision).encode([a, b])
     vec = unit_rows(vec)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embed.search import load_vectors
-from llmkit.embed.vectorfile import META_KEY
-from llmkit.embed.vectors import unit_rows
+from llmkit.embedding.search import load_vectors
+from llmkit.embedding.vectorfile import META_KEY
+from llmkit.embedding.vectors import unit_rows
 from llmkit.errors import DataError, InvalidArgument
 from llmkit.files import atomic_path
 
