@@ -66,8 +66,8 @@ def run_one(name: str, n_train: int, n_eval: int, threads: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmkit import data as datalib
-    from llmkit.sources import resolve
     from llmkit.methods.model import LossModel
+    from llmkit.sources import resolve
 
     base = resolve("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(base)
