@@ -49,6 +49,7 @@ class EvalReport:
     prompts: list[str]
     scores: list[BackendScore] = field(default_factory=list)
     tolerance: float = 1.0  # points out of 100 of the weighted total's range
+    weights: list[float] = field(default_factory=list)  # the rewards' weights: the scale of "points"
 
     def differences(self, limit: int = 5) -> list[str]:
         """Prompts whose served answer scored differently from the trained one, with why."""
@@ -65,10 +66,8 @@ class EvalReport:
     def passed(self) -> bool:
         if len(self.scores) < 2:
             return True
-        scale = max((abs(w) for w in self.weights), default=1.0) or 1.0
+        scale = sum(abs(w) for w in self.weights) or 1.0  # the total's range when each reward is 0-1
         return all(abs(s.mean - self.scores[0].mean) * 100 / scale <= self.tolerance for s in self.scores[1:])
-
-    weights: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -116,8 +115,8 @@ def evaluate(
     rows = read_rows(path)[: limit or None]
     rewards = grpo.load_rewards(recipe)
     check_rows(rewards, rows, str(path))
-    report = EvalReport([_prompt_text(r.get("prompt")) for r in rows], tolerance=tolerance)
-    report.weights = [w for _n, _f, w, _p in rewards]
+    weights = [w for _n, _f, w, _p in rewards]
+    report = EvalReport([_prompt_text(r.get("prompt")) for r in rows], tolerance=tolerance, weights=weights)
     length = recipe.grpo.max_completion_length
     for backend in backends:
         if backend == "transformers":
@@ -175,9 +174,6 @@ def served_template(run_dir: Path) -> tuple[str | None, list[str]]:
 
 
 def _llama_cpp(model_ref, rows, length: int) -> list[str]:
-    from llmkit.exporter.generation import llama_generate
-    from llmkit.exporter.gotemplate import render
-    from llmkit.exporter.templates import hf_render
     from llmkit.runs import RunLayout
 
     run = Path(model_ref)
@@ -187,22 +183,58 @@ def _llama_cpp(model_ref, rows, length: int) -> list[str]:
             f"the llama.cpp backend needs an exported run (a run dir with model.gguf), got {model_ref}",
             f"export the run first: llmkit export {model_ref}",
         )
-    go, stops = served_template(run)
-    import llama_cpp
     from transformers import AutoTokenizer
 
-    from llmkit.devices import free_cpus
+    go, stops = served_template(run)
+    return served_answers(gguf, go, stops, AutoTokenizer.from_pretrained(run / "adapter"), rows, length)
 
-    tok = AutoTokenizer.from_pretrained(run / "adapter")
-    llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=free_cpus(), verbose=False, logits_all=False)
+
+def served_answers(gguf: Path, go: str | None, stops: list[str], tokenizer, rows, length: int) -> list[str]:
+    """Greedy answers of a GGUF in llama.cpp, asked the way Ollama asks it: the Go TEMPLATE (or,
+    with none, the model's own chat template), BOS as llama.cpp adds it, the Modelfile's stops."""
+    import llama_cpp
+
+    from llmkit.devices import free_cpus
+    from llmkit.exporter.generation import llama_generate
+    from llmkit.exporter.gotemplate import render
+    from llmkit.exporter.templates import hf_render
+
+    llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=free_cpus(), verbose=False)
     out = []
     for row in rows:
         msgs = _messages(row.get("prompt"))
-        text = render(go, msgs) if go else hf_render(tok, tok.chat_template, msgs)
+        text = render(go, msgs) if go else hf_render(tokenizer, tokenizer.chat_template, msgs)
         ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         new, _stopped = llama_generate(llm, ids, stops, max_tokens=length)
         out.append(llm.detokenize(new, special=False).decode("utf-8", "replace"))
     return out
+
+
+def check_served(run_dir: Path, gguf: Path, go: str | None, stops: list[str], tokenizer,
+                 ollama_model: str | None = None, limit: int = 32) -> EvalReport:  # fmt: skip
+    """export --verify on a GRPO run: the recipe's rewards on held-out prompts, trained model vs
+    the GGUF as it will be served (and the Ollama model when one was created)."""
+    from llmkit.data import read_rows
+    from llmkit.methods import grpo
+    from llmkit.recipe import load
+    from llmkit.rewards import score, total
+
+    recipe = load(Path(run_dir) / "recipe.yaml")
+    rows = read_rows(recipe.resolve_path(recipe.data.eval_path or recipe.data.path))[:limit]
+    rewards = grpo.load_rewards(recipe)
+    length = recipe.grpo.max_completion_length
+    report = EvalReport(
+        [_prompt_text(r.get("prompt")) for r in rows], weights=[w for _n, _f, w, _p in rewards]
+    )
+    backends = [("transformers", lambda: _transformers(run_dir, rows, length, recipe.data.system))]
+    backends.append(("llama.cpp", lambda: served_answers(gguf, go, stops, tokenizer, rows, length)))
+    if ollama_model:
+        backends.append(("ollama", lambda: _ollama(ollama_model, rows, length)))
+    for name, answer in backends:
+        answers = answer()
+        values = score(rewards, answers, rows, [r.get("prompt") for r in rows])
+        report.scores.append(BackendScore(name, answers, values, total(rewards, values)))
+    return report
 
 
 def _run_ollama_name(model_ref) -> str:

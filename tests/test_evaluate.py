@@ -103,3 +103,15 @@ def test_eval_cli_prints_json(exported_run, llmkit_cli):
     report = json.loads(out.stdout)
     assert report["prompts"] == 3 and set(report["backends"]) == {"transformers"}
     assert set(report["backends"]["transformers"]) == {"total", "exact_answer", "length"}
+
+
+@pytest.mark.slow
+def test_export_verify_of_a_grpo_run_checks_the_served_reward(exported_run, tmp_path):
+    import llmkit
+
+    run, _ = exported_run
+    result = llmkit.export(run, gguf="f16", verify=True, output=tmp_path / "out")
+    rewards = result.verify["rewards"]
+    assert rewards["passed"] and set(rewards["backends"]) == {"transformers", "llama.cpp"}
+    assert rewards["backends"]["transformers"]["total"] == rewards["backends"]["llama.cpp"]["total"]
+    assert json.loads((tmp_path / "out" / "verify.json").read_text())["rewards"]["prompts"] > 0

@@ -141,8 +141,31 @@ def export(
 
     if ollama:
         serving.ollama_create(result, ollama, chat, system, params, quantize, version)
+    if verify and run is not None and run.recipe.train.method == "grpo":
+        _verify_rewards(
+            run.path, written.path, tokenizer, chat, result, ollama if result.ollama_model else None
+        )
     write_json(out_dir / "export.json", result.as_dict())
     return result
+
+
+def _verify_rewards(run_dir: Path, gguf: Path, tokenizer, chat, result: ExportResult, ollama: str | None):
+    """A GRPO run: the served model's reward on held-out prompts must be the trained model's."""
+    from llmkit.evaluate import check_served
+
+    report = check_served(
+        run_dir, gguf, chat.go if chat.target == "go" else None, chat.stops, tokenizer, ollama
+    )
+    result.verify = {**(result.verify or {}), "rewards": report.as_dict()}
+    write_json(result.out_dir / "verify.json", result.verify)
+    figures = ", ".join(f"{s.backend} {s.mean:.3f}" for s in report.scores)
+    info(f"rewards on {len(report.prompts)} held-out prompts (greedy): {figures}")
+    if not report.passed:
+        raise ExportError(
+            f"the served model's reward differs from the trained model's ({figures})",
+            "; ".join(report.differences(3))
+            or "compare with: llmkit eval RUN --backend transformers --backend llama.cpp",
+        )
 
 
 def _served_context(model_dir: Path, num_ctx: int | None, result: ExportResult) -> tuple[int | None, str]:
