@@ -40,6 +40,8 @@ test-slow: setup
 
 bench: setup
 	$(PY) bench/train_throughput.py
+	$(PY) bench/dpo_throughput.py
+	$(PY) bench/grpo_throughput.py
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/embed_batch_tokens.py
 	$(PY) bench/export.py
