@@ -121,3 +121,114 @@ def test_bad_images_are_one_line_errors(tmp_path, monkeypatch):
 def copy_photos(dest: Path, photos) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy(p, dest / p.name)) for p in photos]
+
+
+# ---- the embed job on images -------------------------------------------------------------------
+
+
+def read_vectors(path: Path) -> dict[str, np.ndarray]:
+    from llmkit.embedding.search import load_vectors
+
+    v = load_vectors(path)
+    return dict(zip(v.ids, v.matrix, strict=True))
+
+
+@pytest.mark.slow
+def test_embed_folder_dedups_and_reports_bad_images(tmp_path, capsys):
+    """A folder (recursive): a copy is encoded once, a truncated JPEG and a text file renamed
+    .jpg are failed rows in the report, and the job completes; similar and cluster read the
+    image vectors unchanged."""
+    from tests.conftest import run_cli_inprocess
+
+    photos = tmp_path / "photos"
+    copy_photos(photos, IMAGENET[:5])
+    copy_photos(photos / "cifar", CIFAR10[:3])
+    shutil.copy(IMAGENET[0], photos / "cifar" / "same-as-first.jpg")
+    data = IMAGENET[5].read_bytes()
+    (photos / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (photos / "notes.webp").write_text("not a picture")
+    (photos / ".partial.jpg").write_bytes(data[:100])  # a dot file: a writer's temp, not listed
+    out = tmp_path / "v.parquet"
+    code, stdout, stderr = run_cli_inprocess(capsys, "embed", str(photos), "-o", str(out), "--json")
+    assert code == 0, stderr
+    import json
+
+    s = json.loads(stdout)
+    assert (s["rows"], s["encoded"], s["duplicates"], s["failed"]) == (9, 8, 1, 2)
+    assert s["model"] == "efficientnet-lite0" and s["dim"] == 1280
+    errors = [json.loads(line) for line in (tmp_path / "v.parquet.errors.jsonl").read_text().splitlines()]
+    assert sorted(Path(e["id"]).name for e in errors) == ["cut.jpg", "notes.webp"]
+    assert "truncated" in " ".join(e["error"] for e in errors)
+    vecs = read_vectors(out)
+    np.testing.assert_array_equal(
+        vecs[str(photos / IMAGENET[0].name)], vecs[str(photos / "cifar/same-as-first.jpg")]
+    )
+    assert not any(p.name.startswith(".v.parquet") for p in tmp_path.iterdir())  # work dir gone
+
+    code, stdout, _ = run_cli_inprocess(
+        capsys, "similar", str(IMAGENET[3]), "--index", str(out), "-k", "1", "--json"
+    )
+    assert code == 0 and json.loads(stdout)[0]["hits"][0]["id"] == str(photos / IMAGENET[3].name)
+    code, _, stderr = run_cli_inprocess(capsys, "similar", "a bald eagle", "--index", str(out))
+    assert code == 2 and "image encoder and cannot embed text" in stderr
+    code, stdout, stderr = run_cli_inprocess(capsys, "cluster", str(out), "-k", "2", "--json")
+    assert code == 0 and json.loads(stdout)["rows"] == 9, stderr
+
+
+def test_image_job_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    from tests.conftest import run_cli_inprocess
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("no photos here")
+    mixed = tmp_path / "mixed"
+    copy_photos(mixed, IMAGENET[:1])
+    (mixed / "captions.txt").write_text("a bird\n")
+    (tmp_path / "notes.txt").write_text("a bird\n")
+    cases = [
+        ([str(tmp_path / "empty")], "no .parquet files and no images"),
+        ([str(mixed)], "mixes images"),
+        ([str(IMAGENET[0]), str(tmp_path / "notes.txt")], "is a text input, listed with images"),
+        ([str(IMAGENET[0]), str(tmp_path / "missing.jpg")], "missing.jpg not found"),
+        ([str(IMAGENET[0]), "--model", "all-MiniLM-L6-v2"], "text encoder and cannot embed images"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "v.parquet"
+        code, _, stderr = run_cli_inprocess(capsys, "embed", *args, "-o", str(out))
+        assert code != 0 and message in stderr, (args, stderr)
+        assert len(stderr.strip().splitlines()) <= 2  # the message and its hint
+        assert not out.exists() and not list(tmp_path.glob(".v.parquet*"))  # nothing half-written
+
+
+@pytest.mark.slow
+def test_image_job_resumes_after_a_kill(tmp_path):
+    """SIGKILL a real `llmkit embed` after its first committed part; the rerun resumes from it
+    and the output equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    photos = tmp_path / "photos"
+    copy_photos(photos, IMAGENET[:12])
+    out, ref = tmp_path / "v.parquet", tmp_path / "ref.parquet"
+    cmd = [sys.executable, "-m", "llmkit", "embed", str(photos), "--commit-every", "4"]
+    proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    work = tmp_path / ".v.parquet.llmkit-job"
+    deadline = time.time() + 120
+    while not (work / "part-000000.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (work / "part-000000.json").exists() and not out.exists()
+    again = subprocess.run([*cmd, "-o", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    import json
+
+    s = json.loads(again.stdout)
+    assert s["resumed_rows"] >= 4 and s["rows"] == 12 and "Resuming" in again.stderr
+    subprocess.run([*cmd, "-o", str(ref)], check=True, capture_output=True, timeout=300)
+    a, b = read_vectors(out), read_vectors(ref)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6)

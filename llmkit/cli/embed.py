@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from llmkit.cli._app import _print_json, app
-from llmkit.embedding.choices import BACKENDS, DEFAULT_MODEL, PRECISIONS
+from llmkit.embedding.choices import BACKENDS, DEFAULT_MODEL, IMAGE_SUFFIXES, PRECISIONS
 from llmkit.errors import InvalidArgument
 
 classify_app = typer.Typer(
@@ -72,7 +72,8 @@ def embed(
             help=".txt (a line each, see --sample-by), .jsonl, .json (array or JSON Lines), .csv, .parquet, "
             "a dir of .parquet, a saved dataset dir, "
             "hf:NAME (a Hugging Face dataset), any of those files or dirs at s3:// gs:// hdfs:// abfs:// "
-            "— or an embedding recipe .yaml."
+            "— or an embedding recipe .yaml; or images: a folder of photos (recursive) or image files "
+            "(.jpg .png .webp, EfficientNet-Lite0 by default)."
         ),
     ],
     overrides: Annotated[
@@ -110,7 +111,7 @@ def embed(
     workers: Annotated[int, typer.Option(help="--ray: encoder actors (one CPU each).")] = 2,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Embed a file of texts into vectors (streaming, deduplicated, resumable)."""
+    """Embed a file of texts, or images, into vectors (streaming, deduplicated, resumable)."""
     from llmkit.embedding import embed_file
 
     if Path(input).suffix in (".yaml", ".yml"):
@@ -123,7 +124,10 @@ def embed(
                 "set recipe keys with a.b=value overrides instead, e.g. embed.output=x.parquet encoder.model=NAME",
             )
         return _print_json(run(Path(input), overrides=overrides or []))
-    if overrides:
+    sources: str | list[str] = input
+    if overrides and any(Path(a).suffix.lower() in IMAGE_SUFFIXES for a in [input, *overrides]):
+        sources = [input, *overrides]  # several image files (a text file among them: refused there)
+    elif overrides:
         raise InvalidArgument(
             f"unexpected extra arguments {' '.join(overrides)!r}",
             "a.b=value overrides apply to a recipe .yaml",
@@ -131,7 +135,7 @@ def embed(
     if output is None:
         raise InvalidArgument("missing -o/--output", "e.g. llmkit embed texts.txt -o vectors.parquet")
     options = {name: ctx.params[name] for name in _JOB_FLAGS if name not in ("output", "ray", "workers")}
-    result = embed_file(input, output, ray=ray, workers=workers, **{**options, "sample_by": sample_by.value})
+    result = embed_file(sources, output, ray=ray, workers=workers, **{**options, "sample_by": sample_by.value})
     s = result.summary()
     if json_out:
         return _print_json(s)

@@ -44,6 +44,14 @@ def embed_file(
     "HOST:PORT") on an actor pool of `workers` encoders (ray_job.py). `options`: JobOptions, or
     keyword changes to its defaults (column=, model=, chunk=, ...)."""
     options = JobOptions.of(options, **changes)
+    from llmkit.embedding.image_job import embed_images, is_image_input
+
+    if is_image_input(input):  # a folder of photos or a list of image files (image_job.py)
+        if ray:
+            from llmkit.errors import InvalidArgument
+
+            raise InvalidArgument("--ray does not embed images yet", "drop --ray: images are embedded here")
+        return embed_images(input, output, options)
     if ray:
         from llmkit.embedding.ray_job import embed_ray
 
