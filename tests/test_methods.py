@@ -58,7 +58,7 @@ def _answer_logp(peft, ids: list[int], labels: list[int], *, reference: bool) ->
     return sum(float(logp[t - 1, labels[t]]) for t in range(1, len(ids)) if labels[t] != -100)
 
 
-@pytest.mark.parametrize("method", ["dpo", "orpo"])
+@pytest.mark.parametrize("method", ["dpo", "orpo", "dpo+nll"])
 def test_preference_losses_match_an_independent_computation(method, tiny_llama_dir, pairs_file):
     import math
 
@@ -69,10 +69,15 @@ def test_preference_losses_match_an_independent_computation(method, tiny_llama_d
     from llmkit.methods.model import Context, LossModel
     from llmkit.recipe import load
 
-    recipe = load(
-        "tiny",
-        [f"data.path={pairs_file}", f"train.method={method}", "data.packing=true", "data.eval_fraction=0"],
-    )
+    nll = method == "dpo+nll"
+    method = method.removesuffix("+nll")
+    overrides = [
+        f"data.path={pairs_file}",
+        f"train.method={method}",
+        "data.packing=true",
+        "data.eval_fraction=0",
+    ]
+    recipe = load("tiny", overrides + (["dpo.nll=0.5"] if nll else []))
     peft, tok = _tiny_peft(tiny_llama_dir)
     m = methods.get(method)
     dataset = m.prepare(recipe, tok, 0)
@@ -94,7 +99,9 @@ def test_preference_losses_match_an_independent_computation(method, tiny_llama_d
         if method == "dpo":
             ref = [_answer_logp(peft, i, lab, reference=True) for i, lab in sides]
             z = 0.1 * ((lp[0] - ref[0]) - (lp[1] - ref[1]))
-            want += math.log1p(math.exp(-z))  # -log sigmoid(z)
+            want += math.log1p(math.exp(-z)) + (
+                0.5 * -lp[0] / n[0] if nll else 0.0
+            )  # -log sigmoid(z) (+ RPO)
         else:
             a, b = lp[0] / n[0], lp[1] / n[1]
             log_odds = (a - b) - (math.log1p(-math.exp(a)) - math.log1p(-math.exp(b)))

@@ -23,6 +23,12 @@ class DpoSection(_Section):
     loss: Literal[DPO_LOSSES] = Field(  # type: ignore[valid-type]
         "sigmoid", description="sigmoid (the DPO paper), hinge (SLiC) or ipo (squared, length-averaged)."
     )
+    nll: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the chosen answer's NLL added to the loss (RPO): keeps the model "
+        "saying what the chosen answers say while it learns the preference. 0: plain DPO.",
+    )
 
 
 class OrpoSection(_Section):

@@ -6,6 +6,10 @@ z = beta * ((chosen - ref_chosen) - (rejected - ref_rejected)), the loss per pai
     sigmoid: -log sigmoid(z)               (Rafailov et al., 2023)
     hinge:   max(0, 1 - z)                 (SLiC)
     ipo:     (z' / beta - 1 / (2 beta))^2  with z' from per-token mean log-probabilities (Azar et al.)
+plus, with `nll: w`, w times the chosen answer's per-token NLL (RPO, Pang et al., 2024): plain DPO
+lowers the likelihood of both answers' shared content along with the rejected one, and a small
+model soon stops answering at all (measured on smollm2-135m-dpo: "Ahoy! Ahoy! I'm a Smol. I'm a
+Smol. …"); the NLL term keeps it saying what the chosen answers say.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ def loss(lm, batch, ctx):
         chosen, rejected = chosen / n_chosen, rejected / n_rejected
         ref_chosen, ref_rejected = ref_chosen / n_chosen, ref_rejected / n_rejected
     losses = pair_losses(chosen, rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss)
+    if cfg.nll:
+        nll = -(chosen if cfg.loss == "ipo" else chosen / n_chosen)  # per-token mean, either way
+        losses = losses + cfg.nll * nll
     reward_chosen = cfg.beta * (chosen - ref_chosen).detach()
     reward_rejected = cfg.beta * (rejected - ref_rejected).detach()
     n = len(losses)
