@@ -22,6 +22,7 @@ The path rule, the same for both kinds:
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -224,7 +225,11 @@ def shipped_recipes(kind: str | None = None) -> list[ShippedRecipe]:
         for path in sorted(folder.glob("*.yaml")):
             first = path.read_text(encoding="utf-8").splitlines()[:1]
             summary = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
-            out.append(ShippedRecipe(path.stem, path, summary, k))
+            if k == "embed" and re.search(r"(?m)^loss:", path.read_text(encoding="utf-8")):
+                k_found = "embed-train"  # trains an encoder: shipped in the same folder
+            else:
+                k_found = k
+            out.append(ShippedRecipe(path.stem, path, summary, k_found))
     return out
 
 
@@ -286,6 +291,11 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 
 def schema_for(kind: str) -> type[RecipeBase]:
+    if kind == "embed-train":
+        # light too (pydantic, readers' format table, the encoders' choices); the trainer is elsewhere
+        from llmkit.embedding.train_schema import EmbedTrainRecipe
+
+        return EmbedTrainRecipe
     if kind == "embed":
         # a light module (pydantic, the encoders' choice tables): it leads back to nothing here
         from llmkit.embedding.schema import EmbedRecipe
@@ -295,7 +305,10 @@ def schema_for(kind: str) -> type[RecipeBase]:
 
 
 def kind_of(data: dict, source: Path | None = None) -> str:
-    """Which kind a recipe is: from its shipped folder, else from its sections."""
+    """Which kind a recipe is: from its shipped folder, else from its sections. Training an
+    encoder (`llmkit embed train`) ships beside the embedding recipes and is told by its `loss:`."""
+    if "loss" in data and "embed" not in data:
+        return "embed-train"
     if source is not None and source.resolve().parent == KINDS["embed"].resolve():
         return "embed"
     return "embed" if "embed" in data and "model" not in data else "train"
@@ -364,12 +377,15 @@ def copy(name: str, dest: Path, *, force: bool = False) -> Path:
 
 
 def _label(kind: str) -> str:
-    return "embedding recipe" if kind == "embed" else "training recipe"
+    return {"embed": "embedding recipe", "embed-train": "embedding-training recipe"}.get(
+        kind, "training recipe"
+    )
 
 
 def _wrong_kind(where: str, found: str, wanted: str) -> RecipeError:
-    article = {"embed": "an", "train": "a"}
-    run = f"llmkit embed {where}" if found == "embed" else f"llmkit train {where}"
+    article = {"embed": "an", "embed-train": "an", "train": "a"}
+    command = {"embed": "llmkit embed", "embed-train": "llmkit embed train"}.get(found, "llmkit train")
+    run = f"{command} {where}"
     return RecipeError(
         f"{where} is {article[found]} {_label(found)}, not {article[wanted]} {_label(wanted)}",
         f"run it with `{run}`",

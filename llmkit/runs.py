@@ -5,6 +5,7 @@
       recipe.yaml        the resolved recipe (absolute paths: loads from anywhere)
       run.json           what the run was: base model, versions, hardware, steps, losses (write_info)
       adapter/           the finished PEFT adapter + tokenizer; renamed into place only when complete
+      encoder/           (embed train) the tuned encoder, a plain sentence-transformers model dir
       checkpoints/       step-NNNNNN/ (adapter, optimizer, scheduler, RNG, state.json); the newest kept
       metrics.jsonl      one JSON object per logged step: {"step", "loss", …} or {"step", "eval_loss"}
       tensorboard/       the same metrics as TensorBoard events
@@ -32,7 +33,16 @@ class RunLayout:
     path: Path
 
     # everything a run writes; --overwrite removes exactly these (anything else stays)
-    FILES = ("recipe.yaml", "run.json", "adapter", "checkpoints", "metrics.jsonl", "tensorboard", "loss.png")
+    FILES = (
+        "recipe.yaml",
+        "run.json",
+        "adapter",
+        "encoder",
+        "checkpoints",
+        "metrics.jsonl",
+        "tensorboard",
+        "loss.png",
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
@@ -40,6 +50,7 @@ class RunLayout:
     recipe = property(lambda self: self.path / "recipe.yaml")
     info = property(lambda self: self.path / "run.json")
     adapter = property(lambda self: self.path / "adapter")
+    encoder = property(lambda self: self.path / "encoder")
     checkpoints = property(lambda self: self.path / "checkpoints")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     tensorboard = property(lambda self: self.path / "tensorboard")

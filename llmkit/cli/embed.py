@@ -109,11 +109,21 @@ def embed(
         typer.Option("--ray", help="Run on a Ray cluster: auto (RAY_ADDRESS/running), HOST:PORT, or local."),
     ] = None,
     workers: Annotated[int, typer.Option(help="--ray: encoder actors (one CPU each).")] = 2,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="embed train: continue from the last checkpoint.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="embed train: replace the run directory.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Embed a file of texts, or images, into vectors (streaming, deduplicated, resumable)."""
     from llmkit.embedding import embed_file
 
+    if input == "train":  # `llmkit embed train RECIPE [a.b=value ...]`: fine-tune the encoder
+        from llmkit.cli.embed_train import embed_train
+
+        return embed_train(overrides or [], resume=resume, overwrite=overwrite, json_out=json_out)
     if Path(input).suffix in (".yaml", ".yml"):
         from llmkit.embedding.recipe import run
 

@@ -102,6 +102,13 @@ def report(y_true: list[str], y_pred: list[str], classes: list[str]) -> dict:
     }
 
 
+def fit(vectors: np.ndarray, labels: list[str]):
+    """The classifier `classify train` fits (also scored by `embed train`'s evaluation)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=2000, C=10.0).fit(vectors, labels)
+
+
 def train(
     data: Path,
     out_dir: Path,
@@ -117,7 +124,6 @@ def train(
 ) -> dict:
     """Fit on a stratified split, report on the held-out part, save the fitted model."""
     from safetensors.numpy import save_file
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
     out_dir = Path(out_dir)
@@ -142,7 +148,7 @@ def train(
         random_state=seed,
         stratify=labels if len(texts) * test_size >= len(classes) else None,
     )
-    clf = LogisticRegression(max_iter=2000, C=10.0).fit(x_tr, y_tr)
+    clf = fit(x_tr, y_tr)
     if list(clf.classes_) != classes:
         raise DataError(f"{data}: the training split lacks some labels", "add more examples per label")
     held_out = report(y_te, list(clf.predict(x_te)), classes)

