@@ -232,3 +232,56 @@ def test_image_job_resumes_after_a_kill(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-6)
+
+
+# ---- transfer learning: classify train / predict ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vehicles_vs_animals(tmp_path_factory) -> Path:
+    """CIFAR-10's 20 photos as a folder per class: 10 vehicles, 10 animals."""
+    root = tmp_path_factory.mktemp("photos") / "cifar"
+    for p in CIFAR10:
+        copy_photos(root / ("vehicle" if label_of(p) in VEHICLES else "animal"), [p])
+    return root
+
+
+@pytest.mark.slow
+def test_classify_train_and_predict_on_class_folders(vehicles_vs_animals, tmp_path, capsys):
+    import json
+
+    from tests.conftest import run_cli_inprocess
+
+    clf = tmp_path / "clf"
+    code, stdout, stderr = run_cli_inprocess(
+        capsys, "classify", "train", str(vehicles_vs_animals), "-o", str(clf), "--test-size", "0.3", "--json"
+    )
+    assert code == 0, stderr
+    config = json.loads(stdout)
+    assert config["classes"] == ["animal", "vehicle"] and config["encoder"]["model"] == "efficientnet-lite0"
+    assert config["held_out"]["n"] == 6 and config["held_out"]["accuracy"] >= 0.8, config["held_out"]
+    assert np.array(config["held_out"]["confusion"]["matrix"]).sum() == 6
+    # predict streams a row per image of a folder (train + held-out photos here: the plumbing)
+    code, stdout, stderr = run_cli_inprocess(
+        capsys, "classify", "predict", str(clf), str(vehicles_vs_animals)
+    )
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and len(rows) == 20, stderr
+    right = [r["label"] == Path(r["id"]).parent.name for r in rows]
+    assert np.mean(right) >= 0.9 and all(abs(sum(p for _, p in r["top"]) - 1) < 1e-3 for r in rows)
+    code, stdout, _ = run_cli_inprocess(capsys, "classify", "predict", "--imagenet", str(IMAGENET[17]))
+    assert code == 0 and json.loads(stdout)["label"] == "bald eagle"
+
+
+def test_classify_train_bad_layouts(tmp_path, capsys):
+    from tests.conftest import run_cli_inprocess
+
+    data = tmp_path / "birds"
+    copy_photos(data / "robin", CIFAR10[:3])
+    copy_photos(data / "eagle", IMAGENET[17:18])
+    code, _, stderr = run_cli_inprocess(capsys, "classify", "train", str(data), "-o", str(tmp_path / "c"))
+    assert code == 1 and f"{data / 'eagle'} has only one image" in stderr
+    shutil.rmtree(data / "eagle")
+    code, _, stderr = run_cli_inprocess(capsys, "classify", "train", str(data), "-o", str(tmp_path / "c"))
+    assert code == 1 and "only one class (robin)" in stderr
+    assert not (tmp_path / "c").exists()

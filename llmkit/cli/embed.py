@@ -145,7 +145,9 @@ def embed(
     if output is None:
         raise InvalidArgument("missing -o/--output", "e.g. llmkit embed texts.txt -o vectors.parquet")
     options = {name: ctx.params[name] for name in _JOB_FLAGS if name not in ("output", "ray", "workers")}
-    result = embed_file(sources, output, ray=ray, workers=workers, **{**options, "sample_by": sample_by.value})
+    result = embed_file(
+        sources, output, ray=ray, workers=workers, **{**options, "sample_by": sample_by.value}
+    )
     s = result.summary()
     if json_out:
         return _print_json(s)
@@ -228,7 +230,12 @@ def _render_report(rep: dict) -> None:
 
 @classify_app.command("train")
 def classify_train(
-    data: Annotated[Path, typer.Argument(help="Labelled .csv/.jsonl/.parquet.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Labelled .csv/.jsonl/.parquet; images: DIR/<label>/*.jpg or a CSV of path,label."
+        ),
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Classifier dir to write.")],
     text_column: Annotated[str, typer.Option(help="Column with the text.")] = "text",
     label_column: Annotated[str, typer.Option(help="Column with the label.")] = "label",
@@ -239,16 +246,20 @@ def classify_train(
 ) -> None:
     """Train a logistic-regression classifier on embeddings; report on a held-out split."""
     from llmkit.embedding.classify import train
+    from llmkit.embedding.image_classify import is_image_labelled, train_images
 
-    config = train(
-        data,
-        output,
-        text_column=text_column,
-        label_column=label_column,
-        model=model,
-        test_size=test_size,
-        force=force,
-    )
+    if is_image_labelled(data):  # a folder per class, or a CSV of path,label: images
+        config = train_images(data, output, model=model, test_size=test_size, force=force)
+    else:
+        config = train(
+            data,
+            output,
+            text_column=text_column,
+            label_column=label_column,
+            model=model,
+            test_size=test_size,
+            force=force,
+        )
     if json_out:
         return _print_json(config)
     typer.echo(
@@ -259,16 +270,32 @@ def classify_train(
 
 @classify_app.command("predict")
 def classify_predict(
-    classifier: Annotated[Path, typer.Argument(help="Classifier dir.")],
-    input: Annotated[Path, typer.Argument(help=".txt/.jsonl/.csv/.parquet to label.")],
+    classifier: Annotated[Path, typer.Argument(help="Classifier dir (with --imagenet: the input).")],
+    input: Annotated[
+        Path | None, typer.Argument(help=".txt/.jsonl/.csv/.parquet to label, or images (a folder, files).")
+    ] = None,
     column: Annotated[
         str | None, typer.Option(help="Text column (default: the one it was trained on).")
     ] = None,
     id_column: Annotated[str | None, typer.Option(help="Column to use as row id.")] = None,
+    imagenet: Annotated[
+        bool,
+        typer.Option("--imagenet", help="Images: the encoder's own 1000 ImageNet classes, no classifier."),
+    ] = False,
 ) -> None:
     """Label each row: one JSON line per row with label and probabilities (streaming)."""
     from llmkit.embedding.classify import predict
+    from llmkit.embedding.image_job import is_image_input
 
+    if imagenet or is_image_input(input):
+        from llmkit.embedding.image_classify import predict_images
+
+        clf, photos = (None, input or classifier) if imagenet else (classifier, input)
+        for row in predict_images(clf, photos, imagenet=imagenet):
+            typer.echo(json.dumps(row))
+        return
+    if input is None:
+        raise InvalidArgument("missing INPUT", "llmkit classify predict CLASSIFIER INPUT")
     for row in predict(classifier, input, column=column, id_column=id_column):
         typer.echo(json.dumps(row, default=str))
 

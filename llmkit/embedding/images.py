@@ -95,7 +95,8 @@ def to_tensor(pixels: np.ndarray):
     """uint8 (n, h, w, 3) → float32 (n, 3, h, w), (x − 127) / 128."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
+    # np.require W: one photo's pixels come read-only from PIL, which torch warns about
+    x = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(0, 3, 1, 2).float()
     return (x - 127.0) / 128.0
 
 
