@@ -285,3 +285,97 @@ def test_classify_train_bad_layouts(tmp_path, capsys):
     code, _, stderr = run_cli_inprocess(capsys, "classify", "train", str(data), "-o", str(tmp_path / "c"))
     assert code == 1 and "only one class (robin)" in stderr
     assert not (tmp_path / "c").exists()
+
+
+# ---- classify watch: a real subprocess, files arriving, a half-written file, a restart ----------
+
+
+def _logged(log: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _wait_for(log: Path, name: str, proc, timeout: float = 180) -> dict:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        hits = [r for r in _logged(log) if r["path"] == name]
+        if hits:
+            return hits[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError(f"{name} not logged in {timeout} s")
+
+
+@pytest.mark.slow
+def test_watch_classifies_each_new_image_once_across_a_restart(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from llmkit.embedding.images import imagenet_classes
+
+    names = imagenet_classes()
+    cam, log = tmp_path / "cam", tmp_path / "seen.jsonl"
+    cam.mkdir()
+    cmd = [sys.executable, "-m", "llmkit", "classify", "watch", "--imagenet", str(cam), "--log", str(log)]
+    cmd += ["--interval", "0.1", "--settle", "1.5"]
+
+    def start():
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    proc = start()
+    shutil.copy(IMAGENET[17], cam / "eagle.jpg")
+    assert _wait_for(log, "eagle.jpg", proc)["label"] == "bald eagle"
+    # a photo written in three pieces, 0.3 s apart: never read before it is whole
+    data = IMAGENET[0].read_bytes()
+    with open(cam / "dog.jpg", "wb") as fh:
+        for piece in (
+            data[: len(data) // 3],
+            data[len(data) // 3 : 2 * len(data) // 3],
+            data[2 * len(data) // 3 :],
+        ):
+            fh.write(piece)
+            fh.flush()
+            time.sleep(0.3)
+    dog = _wait_for(log, "dog.jpg", proc)
+    assert "error" not in dog and dog["label"] == names[243] and dog["size"] == len(data)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    # while it is down: a new photo, and a broken one that stays broken
+    (cam / "sub").mkdir()
+    shutil.copy(IMAGENET[1], cam / "sub" / "chair.jpg")
+    (cam / "cut.jpg").write_bytes(data[:5000])
+    proc = start()
+    assert _wait_for(log, "sub/chair.jpg", proc)["label"] == names[559]
+    assert "truncated" in _wait_for(log, "cut.jpg", proc)["error"]
+    time.sleep(2)  # a few more polls: nothing is classified twice
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    paths = [r["path"] for r in _logged(log)]
+    assert sorted(paths) == ["cut.jpg", "dog.jpg", "eagle.jpg", "sub/chair.jpg"], paths
+
+
+@pytest.mark.slow
+def test_watch_once_with_a_classifier_writes_csv_and_repairs_a_cut_log(vehicles_vs_animals, tmp_path):
+    import csv
+
+    from llmkit.embedding.image_classify import train_images
+    from llmkit.embedding.watch import watch
+
+    clf = tmp_path / "clf"
+    train_images(vehicles_vs_animals, clf)
+    cam = tmp_path / "cam"
+    copy_photos(cam, CIFAR10[:3])
+    log = tmp_path / "seen.csv"
+    assert watch(clf, cam, log, interval=0.05, settle=0.2, once=True) == 3
+    with open(log, "a") as fh:
+        fh.write("2026-01-01T00:00:00,half-a-li")  # a crash in the middle of a line
+    copy_photos(cam, CIFAR10[3:4])
+    assert watch(clf, cam, log, interval=0.05, settle=0.2, once=True) == 1
+    rows = list(csv.DictReader(log.read_text().splitlines()))
+    assert [r["path"] for r in rows] == [p.name for p in CIFAR10[:4]]
+    assert {r["label"] for r in rows} <= {"animal", "vehicle"} and not any(r["error"] for r in rows)

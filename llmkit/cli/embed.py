@@ -300,6 +300,37 @@ def classify_predict(
         typer.echo(json.dumps(row, default=str))
 
 
+@classify_app.command("watch")
+def classify_watch(
+    classifier: Annotated[Path, typer.Argument(help="Classifier dir (with --imagenet: the folder).")],
+    folder: Annotated[Path | None, typer.Argument(help="Folder a camera writes images into.")] = None,
+    log: Annotated[
+        Path | None,
+        typer.Option("--log", help="Append results here: .jsonl or .csv (default DIR.predictions.jsonl)."),
+    ] = None,
+    imagenet: Annotated[bool, typer.Option("--imagenet", help="The encoder's own ImageNet classes.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between looks at the folder.")] = 1.0,
+    settle: Annotated[float, typer.Option(help="Seconds a file's size must hold before it is read.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Stop when every image present is logged.")] = False,
+) -> None:
+    """Classify each new image in a folder once, as it appears; survives restarts (the log)."""
+    from llmkit.embedding.watch import watch
+
+    clf, folder = (None, folder or classifier) if imagenet else (classifier, folder)
+    if folder is None:
+        raise InvalidArgument("missing DIR", "llmkit classify watch CLASSIFIER DIR (or --imagenet DIR)")
+    log = log or folder.with_name(folder.name + ".predictions.jsonl")
+    typer.echo(f"watching {folder} → {log} (Ctrl-C to stop)", err=True)
+
+    def show(record: dict) -> None:
+        typer.echo(f"{record['path']}: {record.get('label') or 'error: ' + record.get('error', '')}")
+
+    count = watch(
+        clf, folder, log, imagenet=imagenet, interval=interval, settle=settle, once=once, on_result=show
+    )
+    typer.echo(f"{count} image(s) classified → {log}", err=True)
+
+
 @classify_app.command("eval")
 def classify_eval(
     classifier: Annotated[Path, typer.Argument(help="Classifier dir.")],
