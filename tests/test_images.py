@@ -248,6 +248,8 @@ def vehicles_vs_animals(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_classify_train_and_predict_on_class_folders(vehicles_vs_animals, tmp_path, capsys):
+    """Measured on CIFAR-10's 32-px photos: held-out accuracy 5/6 (0.83) with --test-size 0.3
+    (14 train), 4/4 with the default 0.2 (16 train)."""
     import json
 
     from tests.conftest import run_cli_inprocess
