@@ -117,8 +117,10 @@ def train(recipe, overrides=(), *, resume: bool = False, overwrite: bool = False
 def _model_dir(recipe) -> Path:
     from llmkit.embedding.encoders import resolve_model_dir
 
-    _, path = resolve_model_dir(recipe.model.name)
-    return encoder_dir(path, "model.name")
+    local = recipe.resolve_input(recipe.model.name)  # a dir beside the recipe, or an id / alias
+    if local.is_dir():
+        return encoder_dir(local, "model.name")  # the error names the recipe key
+    return resolve_model_dir(recipe.model.name)[1]
 
 
 def _load_model(path: Path, recipe):
