@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+from llmkit.errors import first_line
 from llmkit.files import home, human_size
 
 
@@ -86,7 +87,7 @@ def _embed_rows() -> list[dict]:
         model_id, path = resolve_model_dir(DEFAULT_MODEL)
         table = calibrate.cached(model_key(path))
     except Exception as exc:
-        return [_row("embed paths", "unavailable", None, str(exc).splitlines()[0])]
+        return [_row("embed paths", "unavailable", None, first_line(exc))]
     if table is None:
         return [
             _row(

@@ -7,6 +7,14 @@ tracebacks are shown only with `--debug`.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of an error (or text), at most `limit` characters: what a one-line
+    message quotes from a library's multi-line exception. An empty message gives the type's name."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else (type(exc).__name__ if not isinstance(exc, str) else "error")
+    return line[:limit]
+
+
 class LlmkitError(Exception):
     exit_code = 1
 

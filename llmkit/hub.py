@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from llmkit.errors import SourceError
+from llmkit.errors import SourceError, first_line
 from llmkit.files import sha256_file
 from llmkit.ui import info, warn
 
@@ -108,15 +108,15 @@ def download(
                 f"the Hub rejected the token for {where} (invalid or expired)",
                 "set HF_TOKEN or pass --token with a valid token (huggingface.co/settings/tokens)",
             ) from None
-        raise SourceError(f"the Hub refused {where}: {_first_line(exc)}") from None
+        raise SourceError(f"the Hub refused {where}: {first_line(exc)}") from None
     except (OSError, *_network_errors()) as exc:  # the Hub is unreachable (or the disk is full)
         cached = _cached_snapshot(repo_id, revision, include, exclude)
         if cached is None:
             raise SourceError(
-                f"cannot download {where} and it is not in the local cache: {_first_line(exc)}",
+                f"cannot download {where} and it is not in the local cache: {first_line(exc)}",
                 "check the network and free disk; HF_HUB_OFFLINE=1 uses only the cache",
             ) from None
-        warn(f"the Hub is unreachable ({_first_line(exc)}); using the cached copy of {where}")
+        warn(f"the Hub is unreachable ({first_line(exc)}); using the cached copy of {where}")
         path = cached
     return Path(path)
 
@@ -248,10 +248,6 @@ def _check_weights_format(repo_id, revision, token, allow_pickle, include=(), ex
     return [f for f in tree if f.path in kept]
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def config_snapshot(ref: str, revision: str | None) -> Path:
     """A Hub model's config and tokenizer files only (cached, else downloaded: kilobytes, no weights)."""
     from huggingface_hub import snapshot_download
@@ -265,7 +261,7 @@ def config_snapshot(ref: str, revision: str | None) -> Path:
         except Exception as exc:
             if not local:
                 raise SourceError(
-                    f"cannot read the config of {ref}: not cached, and the Hub says: {_first_line(exc)}",
+                    f"cannot read the config of {ref}: not cached, and the Hub says: {first_line(exc)}",
                     "check the name (org/name[@revision]); `llmkit pull` it once, or pass a local dir",
                 ) from None
     raise AssertionError("unreachable")
@@ -292,5 +288,5 @@ def cached_models() -> list[dict]:
                 )
     except Exception as exc:  # no cache yet, or an unreadable one
         if "not found" not in str(exc).lower() and "does not exist" not in str(exc).lower():
-            warn(f"could not scan the Hugging Face cache: {_first_line(exc)}")
+            warn(f"could not scan the Hugging Face cache: {first_line(exc)}")
     return rows

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import DataError
+from llmkit.errors import DataError, first_line
 from llmkit.remote import RemotePath, hint_for, is_uri
 
 FORMATS = (".txt", ".json", ".jsonl", ".csv", ".parquet")
@@ -473,7 +473,7 @@ def _parquet(path: Path):
 
 
 def _not_parquet(path: Path, exc: Exception) -> DataError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    first = first_line(exc, 200)
     return DataError(
         f"{path} is not a readable Parquet file ({first})",
         "the file is damaged or not Parquet: write it again (pandas .to_parquet, pyarrow.parquet.write_table)",
@@ -510,7 +510,7 @@ def _load_from_disk(path: Path, split: str):
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:  # missing or damaged arrow files
         raise DataError(
-            f"cannot load the saved dataset {path}: {str(exc).splitlines()[0][:200]}",
+            f"cannot load the saved dataset {path}: {first_line(exc, 200)}",
             "save it again with Dataset.save_to_disk",
         ) from None
     if isinstance(ds, datasets.DatasetDict):
@@ -539,7 +539,7 @@ def _hf_source(path, kind: str, split: str, config: str | None, streaming: bool 
                 name, config, split=split, **({"streaming": True} if streaming else {})
             )
         except Exception as exc:  # Hub unreachable, unknown name, bad split ...
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first = first_line(exc, 200)
             raise DataError(
                 f"cannot load Hugging Face dataset '{name}' (split {split}): {first}",
                 "check the name and split (a local file needs its suffix, e.g. data.jsonl); "

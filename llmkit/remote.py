@@ -14,7 +14,7 @@ import io
 from pathlib import Path
 from types import SimpleNamespace
 
-from llmkit.errors import DataError
+from llmkit.errors import DataError, first_line
 
 SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
@@ -147,7 +147,7 @@ class _Raw(io.RawIOBase):
 
 
 def _one_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return first_line(exc, 200)
 
 
 def hint_for(uri) -> str:

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from llmkit import hub
-from llmkit.errors import InvalidArgument, SourceError
+from llmkit.errors import InvalidArgument, SourceError, first_line
 from llmkit.files import atomic_dir, dir_size, home, sha256_file, write_json
 from llmkit.headers import GGUFHeader, read_gguf, read_safetensors
 from llmkit.tiny import TINY
@@ -209,10 +209,6 @@ def _not_a_model_hint(path: Path) -> str:
     return "a Hugging Face model directory holds config.json, *.safetensors weights and tokenizer files"
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 # ----------------------------------------------------------------------------- GGUF
 
 
@@ -248,7 +244,7 @@ def _assembled(name: str, spec: dict) -> Path:
         os.replace(partial, target)
     except (OSError, ValueError) as exc:
         raise SourceError(
-            f"could not assemble the built-in model '{name}': {_first_line(exc)}",
+            f"could not assemble the built-in model '{name}': {first_line(exc)}",
             f"reinstall: {spec['install']}",
         ) from None
     finally:
@@ -319,7 +315,7 @@ def convert_gguf(path: Path, *, extra: dict | None = None) -> Path:
     except SourceError:
         raise
     except Exception as exc:
-        raise SourceError(f"transformers could not load {path.name}: {_first_line(exc)}") from None
+        raise SourceError(f"transformers could not load {path.name}: {first_line(exc)}") from None
     # A GGUF-loaded model carries a quantizer marker and refuses save_pretrained; rebuild it
     # as a plain model from a clean config and copy the dequantized weights in.
     for attr in ("quantization_config", "_pre_quantization_dtype"):

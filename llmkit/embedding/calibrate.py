@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from llmkit.embedding.vectors import cosine_rows
+from llmkit.errors import first_line
 
 CALIBRATION_VERSION = "2"  # 2: batch budget 1024 (the speeds measured under 4096 are stale)
 EXACT_MEAN = 0.9999
@@ -241,4 +242,4 @@ def choose(table: dict, contract: str) -> dict:
 
 
 def _one_line(exc: Exception) -> str:
-    return (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["error"])[0][:300]
+    return first_line(f"{type(exc).__name__}: {exc}")

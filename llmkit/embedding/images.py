@@ -30,7 +30,7 @@ import numpy as np
 from llmkit.embedding.base import Encoder, threads
 from llmkit.embedding.choices import DEFAULT_IMAGE_MODEL, DEFAULT_MODEL, IMAGE_ALIASES, IMAGE_SUFFIXES
 from llmkit.embedding.vectors import unit_rows
-from llmkit.errors import DataError, EncoderError, InvalidArgument
+from llmkit.errors import DataError, EncoderError, InvalidArgument, first_line
 
 SIZE = 224
 MAX_PIXELS = 64_000_000  # a 60 MP camera frame passes; Pillow's own warning starts at 89 MP
@@ -87,7 +87,7 @@ def read_image(source, name: str | None = None, size: int = SIZE) -> np.ndarray:
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(f"{name}: not a readable image ({reason})", hint) from None
 
 

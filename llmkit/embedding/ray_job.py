@@ -35,7 +35,7 @@ from llmkit.embedding import workdir
 from llmkit.embedding.encoders import load_encoder
 from llmkit.embedding.options import JobOptions
 from llmkit.embedding.workdir import CACHE_ROWS, JobResult, PartWriter, text_hash
-from llmkit.errors import DataError, InvalidArgument, RayError
+from llmkit.errors import DataError, InvalidArgument, RayError, first_line
 from llmkit.files import write_json
 from llmkit.readers import Bad, Row, fingerprint, open_input, read_rows
 
@@ -77,7 +77,7 @@ def connect(address: str):
                 ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RayError(
-                f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0][:200]}",
+                f"cannot connect to the Ray cluster at {address!r}: {first_line(exc, 200)}",
                 "start one (ray start --head) or pass its address, e.g. --ray 127.0.0.1:6379; "
                 "--ray local starts one in this process",
             ) from exc

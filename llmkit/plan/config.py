@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from llmkit.errors import first_line
 from llmkit.recipe import Recipe
 
 
@@ -45,7 +46,7 @@ def model_config(recipe: Recipe):
         except SourceError:
             raise
         except Exception as exc:
-            raise SourceError(f"transformers could not read {gguf.name}: {_first_line(exc)}") from None
+            raise SourceError(f"transformers could not read {gguf.name}: {first_line(exc)}") from None
     else:
         if ref in sources.TINY_NAMES or Path(ref).expanduser().is_dir():
             path = sources.resolve(ref)  # tiny models are built in seconds; local dirs are checked
@@ -55,7 +56,7 @@ def model_config(recipe: Recipe):
             config = AutoConfig.from_pretrained(path, trust_remote_code=m.trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=m.trust_remote_code)
         except Exception as exc:
-            raise SourceError(f"cannot read the config/tokenizer in {path}: {_first_line(exc)}") from None
+            raise SourceError(f"cannot read the config/tokenizer in {path}: {first_line(exc)}") from None
     if m.chat_template:
         p = recipe.resolve_path(m.chat_template) if len(m.chat_template) < 256 else None
         tokenizer.chat_template = p.read_text() if p and p.is_file() else m.chat_template
@@ -88,7 +89,3 @@ def _hub_config_dir(ref: str, revision: str | None) -> Path:
 
 def _text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

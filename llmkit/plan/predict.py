@@ -9,7 +9,6 @@ from llmkit.files import human_size
 from llmkit.plan.advice import advise
 from llmkit.plan.config import _text_config, model_config
 from llmkit.plan.layout import _layout, _prepare_data
-
 from llmkit.plan.memory import (
     _device_memory,
     _parse_size,
