@@ -282,3 +282,18 @@ def test_resume_after_kill_9_reaches_the_same_weights(tmp_path):
     whole = json.loads((tmp_path / "whole" / "run.json").read_text())["evaluation"]
     resumed = json.loads((tmp_path / "killed" / "run.json").read_text())["evaluation"]
     assert whole == resumed  # the figures before come back from metrics.jsonl
+
+
+@pytest.mark.slow
+def test_auto_measures_the_paths_again_for_the_tuned_weights(support_run):
+    from llmkit.embedding import calibrate
+    from llmkit.embedding.encoders import load_encoder, model_key, resolve_model_dir
+
+    out, _ = support_run
+    key = model_key(out / "encoder")  # the tuned weights' hash: its own measurements
+    assert key != model_key(resolve_model_dir("all-minilm-l6-v2")[1])
+    encoder = load_encoder(str(out))  # backend auto, precision auto: the exact contract
+    table = calibrate.cached(key)
+    assert table is not None and table["model"] == str((out / "encoder").resolve())
+    assert encoder.choice["cos_mean"] >= calibrate.EXACT_MEAN
+    assert encoder.model == str((out / "encoder").resolve())
