@@ -388,3 +388,25 @@ def test_trains_on_a_hub_dataset_by_name(hub_datasets, llmkit_cli, tmp_path):
     assert missing.returncode == 1
     assert missing.stderr.startswith("Error: cannot load Hugging Face dataset 'llmkit-test/nope'")
     assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_tiny_trains_on_cuda_in_its_best_precision(method, tmp_path):
+    """On a CUDA machine the same recipe trains on the GPU, in bf16 (or fp16), through the same loop."""
+    import llmkit
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": f"Q{i}?", "chosen": f"Ahoy! A{i}.", "rejected": f"A{i}."}) + "\n"
+            for i in range(8)
+        )
+    )
+    extra = [f"data.path={pairs}", "train.method=dpo"] if method == "dpo" else []
+    run = llmkit.train(
+        "tiny", [*extra, "train.max_steps=2", "train.precision=auto", f"train.output_dir={tmp_path / 'run'}"]
+    )
+    info = json.loads((run / "run.json").read_text())
+    assert info["hardware"]["device"] == "cuda" and info["precision"] in ("bf16", "fp16")
+    assert info["method"] == method
