@@ -20,8 +20,8 @@ def run(recipe, overrides=(), *, resume: bool = False, overwrite: bool = False, 
 
     recipe = load(recipe, list(overrides))
     info(f"[bold]1/3 pull[/bold] {recipe.model.name}")
-    resolve(recipe.model.name, revision=recipe.model.revision)
+    base_dir = resolve(recipe.model.name, revision=recipe.model.revision)
     info(f"[bold]2/3 train[/bold] → {recipe.train.output_dir}")
-    run_dir: Path = train(recipe, resume=resume, overwrite=overwrite)
+    run_dir: Path = train(recipe, resume=resume, overwrite=overwrite, base_dir=base_dir)  # resolved once
     info(f"[bold]3/3 export[/bold] {run_dir}")
     return export(run_dir, verify=verify)

@@ -55,9 +55,15 @@ __all__ = ["train", "load_tokenizer", "load_model", "tokens_per_pass"]
 
 
 def train(
-    recipe: str | Path | Recipe | dict, overrides=(), *, resume: bool = False, overwrite: bool = False
+    recipe: str | Path | Recipe | dict,
+    overrides=(),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    base_dir: Path | None = None,
 ) -> Path:
-    """Fine-tune the recipe's model with LoRA; returns the run directory."""
+    """Fine-tune the recipe's model with LoRA; returns the run directory. `base_dir`: the model
+    already resolved by the caller (`llmkit run`), so it is not looked up twice."""
     from llmkit.sources import check_reference
 
     recipe = load(recipe, list(overrides))
@@ -93,7 +99,7 @@ def train(
     started = time.time()
 
     method = methods.get(t.method)
-    tokenizer, base_dir = load_tokenizer(recipe)
+    tokenizer, base_dir = load_tokenizer(recipe, base_dir)
     dataset = method.prepare(recipe, tokenizer, t.seed)  # data errors show before the model loads
     model = load_model(recipe, base_dir, precision, accelerator)
     plan = Plan(dataset.train, recipe, accelerator.num_processes, packing=method.packing)
@@ -236,14 +242,14 @@ def tokens_per_pass(recipe: Recipe, hw, accelerator) -> int:
 # ----------------------------------------------------------------------------- model and loss
 
 
-def load_tokenizer(recipe: Recipe):
+def load_tokenizer(recipe: Recipe, base_dir: Path | None = None):
     """The base model's local dir and tokenizer, with the recipe's chat template if it names one."""
     from transformers import AutoTokenizer
 
     from llmkit.sources import resolve
 
     m = recipe.model
-    base_dir = resolve(m.name, revision=m.revision)
+    base_dir = base_dir or resolve(m.name, revision=m.revision)
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=m.trust_remote_code)
     if m.chat_template:
         path = recipe.resolve_path(m.chat_template) if len(m.chat_template) < 256 else None
