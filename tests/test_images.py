@@ -29,7 +29,7 @@ def label_of(path: Path) -> int:
 def encoder():
     from llmkit.embedding.encoders import load_encoder
 
-    return load_encoder("efficientnet-lite0")
+    return load_encoder("efficientnet-lite0", "torch")  # the reference (auto: test_images_fast.py)
 
 
 def test_photos_are_there():

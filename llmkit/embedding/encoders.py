@@ -182,7 +182,7 @@ def load_encoder(
     if precision not in PRECISIONS:
         raise InvalidArgument(f"unknown precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
     if model in IMAGE_ALIASES:  # images (images.py): same interface, pixels instead of tokens
-        from llmkit.embedding.images import load_image_encoder
+        from llmkit.embedding.image_fast import load_image_encoder
 
         return load_image_encoder(model, backend, precision, normalize)
     if model.startswith("ollama:") or backend == "ollama":

@@ -213,13 +213,3 @@ def imagenet_classes() -> list[str]:
     if len(names) != 1000:
         raise EncoderError(f"{path} has {len(names)} class names, not 1000", "reinstall imagenet-classes")
     return names
-
-
-def load_image_encoder(model: str, backend: str = "auto", precision: str = "auto", normalize: bool = True):
-    """An image encoder by name (the torch fp32 reference for now)."""
-    if backend not in ("auto", "torch") or precision not in ("auto", "fp32"):
-        raise InvalidArgument(
-            f"{model}: --backend {backend} --precision {precision} is not available for images yet",
-            "use --backend auto --precision auto (torch fp32)",
-        )
-    return EfficientNetLite0(normalize)
