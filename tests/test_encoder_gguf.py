@@ -1,0 +1,99 @@
+"""Sentence-transformers encoders (BERT) exported to GGUF: llama.cpp embeds like sentence-transformers.
+
+Real components throughout: the bundled all-MiniLM-L6-v2, gguf-py, llama.cpp (llama-cpp-python),
+sentence-transformers, and the Ollama HTTP double driven through the official client.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from llmkit.errors import ExportError
+from llmkit.exporter.encoder_gguf import (
+    PROBE,
+    encoder_source,
+    export_encoder,
+    read_encoder,
+    write_encoder_gguf,
+)
+
+MINILM = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="module")
+def minilm_dir():
+    return encoder_source(MINILM)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("out_type", ["f16", "f32"])
+def test_minilm_exports_and_verifies(out_type, tmp_path, minilm_dir):
+    result = export_encoder(MINILM, minilm_dir, gguf=out_type, output=tmp_path, verify=True)
+    report = json.loads((tmp_path / "verify.json").read_text())
+    assert report["passed"] and report["rows"] == len(PROBE) >= 30
+    assert report["min_cosine"] >= 0.999
+    import gguf
+
+    reader = gguf.GGUFReader(str(result.gguf))
+    kv = {f.name: f for f in reader.fields.values()}
+    assert bytes(kv["general.architecture"].parts[-1]).decode() == "bert"
+    assert int(kv["bert.pooling_type"].parts[-1][0]) == int(gguf.PoolingType.MEAN)
+    assert bool(kv["bert.attention.causal"].parts[-1][0]) is False
+    assert bytes(kv["tokenizer.ggml.model"].parts[-1]).decode() == "bert"
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    assert embd.tensor_type.name == out_type.upper()
+    modelfile = (tmp_path / "Modelfile").read_text()
+    assert "FROM ./model.gguf" in modelfile and "TEMPLATE" not in modelfile.replace("no TEMPLATE", "")
+    assert "normalise" in modelfile
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.slow
+def test_verify_failure_leaves_no_gguf(tmp_path, minilm_dir):
+    """A GGUF that embeds differently (CLS pooling for a mean-pooled model) fails in one line, no file."""
+    enc = read_encoder(minilm_dir, "minilm")
+    enc.pooling = "CLS"
+    with pytest.raises(ExportError) as err:
+        write_encoder_gguf(enc, tmp_path / "model.gguf", "f16", verify=True)
+    assert "\n" not in err.value.message and "cosine" in err.value.message and "row" in err.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
+def _non_bert_encoder(tmp_path):
+    """A sentence-transformers dir whose transformer is MPNet (llama.cpp's bert arch cannot run it)."""
+    d = tmp_path / "mpnet-encoder"
+    d.mkdir()
+    (d / "config.json").write_text(
+        json.dumps({"architectures": ["MPNetModel"], "model_type": "mpnet", "hidden_size": 8})
+    )
+    (d / "modules.json").write_text(
+        json.dumps([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}])
+    )
+    return d
+
+
+def test_non_bert_encoder_is_one_line_naming_bert(tmp_path):
+    d = _non_bert_encoder(tmp_path)
+    assert encoder_source(d) == d
+    with pytest.raises(ExportError) as err:
+        export_encoder(d, d, output=tmp_path / "out")
+    assert "\n" not in err.value.message and "mpnet" in err.value.message
+    assert "bert" in err.value.hint
+    assert not (tmp_path / "out" / "model.gguf").exists()
+
+
+def test_encoder_source_finds_runs_and_ignores_llms(tmp_path, minilm_dir):
+    run = tmp_path / "runs" / "tuned"
+    shutil.copytree(minilm_dir, run / "encoder")
+    (run / "recipe.yaml").write_text("name: tuned\n")
+    assert encoder_source(run) == run / "encoder"
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    (llm / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
+    assert encoder_source(llm) is None
+    assert encoder_source("not-a-thing") is None
