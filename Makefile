@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/grpo_throughput.py
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/embed_batch_tokens.py
+	$(PY) bench/embed_train.py
 	$(PY) bench/image_embed.py
 	$(PY) bench/export.py
 	$(PY) bench/export_memory.py
