@@ -202,6 +202,9 @@ class OllamaDouble:
     partial: dict = field(default_factory=dict)  # digest → bytes already downloaded
     loaded: dict = field(default_factory=dict)  # name:tag → expires_at
     responder: object = None  # callable(model, messages, options) -> str
+    # callable(gguf_path, texts) -> vectors: /api/embed runs the model's GGUF (as the real server
+    # does, in llama.cpp) instead of the hashed bag of words; rows are L2-normalised like Ollama's
+    embedder: object = None
     host: str = ""
 
     def __post_init__(self):
@@ -763,6 +766,14 @@ class OllamaDouble:
             raise ApiError(400, "invalid input type")
         dim = self.model(found)["config"].get("embedding_length", 384)
         vectors = [embed_text(t, dim) for t in inputs]
+        model_layer = next(
+            (x for x in self.manifest(found)["layers"] if x["mediaType"] == MT + "model"), None
+        )
+        if self.embedder is not None and model_layer and inputs:
+            rows = [
+                [float(x) for x in v] for v in self.embedder(self.blob_path(model_layer["digest"]), inputs)
+            ]
+            vectors = [[x / (math.sqrt(sum(y * y for y in v)) or 1.0) for x in v] for v in rows]
         if body.get("dimensions"):
             n = body["dimensions"]
             if n < 1 or n > dim:
@@ -996,6 +1007,8 @@ def gguf_config(path: Path) -> dict:
         "file_type": FILE_TYPES.get(kv.get("general.file_type", 0), "unknown"),
         "embedding_length": kv.get(f"{arch}.embedding_length", 384),
         "context_length": kv.get(f"{arch}.context_length", 4096),
+        # Ollama: a GGUF with <arch>.pooling_type is an embedding model (capability "embedding")
+        **({"embedding_only": True} if f"{arch}.pooling_type" in kv else {}),
         "model_info": info,
         "os": "linux",
         "architecture": "amd64",

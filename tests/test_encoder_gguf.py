@@ -9,14 +9,19 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli_inprocess as cli
 
 from llmkit.errors import ExportError
 from llmkit.exporter.encoder_gguf import (
     PROBE,
     encoder_source,
     export_encoder,
+    llama_vectors,
     read_encoder,
+    reference_vectors,
     write_encoder_gguf,
 )
 
@@ -97,3 +102,46 @@ def test_encoder_source_finds_runs_and_ignores_llms(tmp_path, minilm_dir):
     )
     assert encoder_source(llm) is None
     assert encoder_source("not-a-thing") is None
+
+
+@pytest.mark.slow
+def test_export_to_ollama_then_embed_through_it(capsys, ollama_double, tmp_path, minilm_dir):
+    """llmkit export --ollama creates an embedding model; llmkit embed --backend ollama then gives
+    sentence-transformers' vectors (the double runs the uploaded GGUF in llama.cpp, as Ollama does)."""
+    out = tmp_path / "exp"
+    code, stdout, err = cli(
+        capsys, "export", MINILM, "--gguf", "f16", "-o", str(out), "--ollama", "minilm-st", "--json"
+    )
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["ollama_model"] == "minilm-st" and result["gguf_type"] == "f16"
+    model = ollama_double.model("minilm-st")
+    assert model["config"]["model_family"] == "bert" and model["config"].get("embedding_only")
+    assert model["template"] is None  # no TEMPLATE: an embedding model
+    created = [b for m, p, b in ollama_double.requests if p == "/api/create"]
+    assert created[-1]["parameters"] == {"num_ctx": 256} and "template" not in created[-1]
+
+    ollama_double.embedder = llama_vectors
+    src = tmp_path / "in.txt"
+    texts = [t for t in PROBE if t.strip()][:20]
+    src.write_text("\n".join(texts) + "\n")
+    vectors = tmp_path / "v.parquet"
+    code, _, err = cli(
+        capsys, "embed", str(src), "-o", str(vectors), "--backend", "ollama", "--model", "minilm-st"
+    )
+    assert code == 0, err
+    table = pq.read_table(vectors)
+    got = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+    ref = reference_vectors(minilm_dir, table.column("text").to_pylist())
+    cos = (got / np.linalg.norm(got, axis=1, keepdims=True) * ref).sum(axis=1)
+    print(f"ollama (double running llama.cpp) vs sentence-transformers: min cosine {cos.min():.6f}")
+    assert cos.min() >= 0.999
+
+
+def test_cli_non_bert_encoder_is_one_line(capsys, tmp_path):
+    d = _non_bert_encoder(tmp_path)
+    code, _, err = cli(capsys, "export", str(d), "-o", str(tmp_path / "out"))
+    assert code == 1
+    assert "llama.cpp cannot run this encoder's architecture (mpnet" in err
+    assert "supported encoder architectures: bert" in err
+    assert not (tmp_path / "out" / "model.gguf").exists()

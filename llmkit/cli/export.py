@@ -14,7 +14,10 @@ from llmkit.exporter import types as gguf_types
 @app.command()
 def export(
     source: Annotated[
-        str, typer.Argument(help="Training run dir (base + adapter), model dir or model reference.")
+        str,
+        typer.Argument(
+            help="Training run dir (base + adapter), model dir or model reference; or a text encoder (sentence-transformers dir, `embed train` run, all-minilm-l6-v2) → an Ollama embedding model."
+        ),
     ],
     gguf: Annotated[
         str | None,

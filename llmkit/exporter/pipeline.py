@@ -4,6 +4,7 @@
     export("tiny-qwen2", gguf="q8_0", output="out", verify=True)
     export("runs/tiny", ollama="tiny-chat", quantize="q4_K_M")
     export("runs/tiny", adapter_only=True, ollama="tiny-lora")   # adapter.gguf on the base
+    export("all-minilm-l6-v2", ollama="minilm", verify=True)     # a text encoder: encoder_gguf.py
 
 Each thing is decided once and passed on: the base directory, the tokenizer (loaded once, as
 training loads it), the chat template and whether Ollama gets it as Go or the model's own (chosen
@@ -42,9 +43,18 @@ def export(
 
     Values not given come from the run's recipe `export:` section, then the defaults (f16).
     """
+    from llmkit.exporter.encoder_gguf import encoder_source, export_encoder
     from llmkit.exporter.modelfile import check_name
     from llmkit.runs import RunLayout, is_run_dir, open_run
 
+    encoder = encoder_source(source)  # a text encoder (sentence-transformers, `embed train` run)
+    if encoder is not None:
+        if quantize or template or system or parameters or adapter_only:
+            raise InvalidArgument(
+                f"{source} is a text encoder: --quantize/--template/--system/--adapter-only are for LLMs",
+                "export it with --gguf f16|f32, --verify and --ollama NAME",
+            )
+        return export_encoder(source, encoder, gguf=gguf, output=output, ollama=ollama, verify=verify)
     run = None
     if is_run_dir(source):
         run = open_run(source)
