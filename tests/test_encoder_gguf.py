@@ -145,3 +145,26 @@ def test_cli_non_bert_encoder_is_one_line(capsys, tmp_path):
     assert "llama.cpp cannot run this encoder's architecture (mpnet" in err
     assert "supported encoder architectures: bert" in err
     assert not (tmp_path / "out" / "model.gguf").exists()
+
+
+@pytest.mark.slow
+def test_tuned_run_exports_into_the_run(tmp_path, minilm_dir):
+    """An `embed train` run (encoder/ inside it) with changed weights exports into the run dir and verifies."""
+    from safetensors.numpy import load_file, save_file
+
+    from llmkit.exporter import export
+
+    run = tmp_path / "runs" / "tuned"
+    shutil.copytree(minilm_dir, run / "encoder")
+    (run / "recipe.yaml").write_text("name: tuned\n")
+    weights = load_file(str(run / "encoder" / "model.safetensors"))
+    rng = np.random.default_rng(0)
+    for name, value in weights.items():  # stand-in for fine-tuning: every matrix moves a little
+        if value.ndim == 2:
+            weights[name] = (value + rng.normal(0, 0.01, value.shape)).astype(value.dtype)
+    save_file(weights, str(run / "encoder" / "model.safetensors"))
+    result = export(run, verify=True)
+    assert result.gguf == run / "model.gguf" and result.verify["min_cosine"] >= 0.999
+    stock = reference_vectors(minilm_dir, PROBE[:4])
+    tuned = llama_vectors(result.gguf, PROBE[:4])
+    assert (stock * tuned).sum(axis=1).min() < 0.9999  # the tuned weights are what was exported
