@@ -94,12 +94,20 @@ class Context:
         entry[1] += float(count)
 
     def pop_stats(self) -> dict[str, float]:
-        """The means logged since the last call, over all processes."""
+        """The means logged since the last call, over all processes. Every process calls it at the
+        same point; one that logged nothing (no held-out rows fell to it) still joins the sum."""
         names = sorted(self.stats)
+        several = self.accelerator is not None and self.accelerator.num_processes > 1
+        if several:  # the union of names, in one order everywhere, or the reduce below never meets
+            from accelerate.utils import gather_object
+
+            names = sorted({n for part in gather_object([names]) for n in part})
         if not names:
             return {}
-        sums = torch.tensor([self.stats[n] for n in names], dtype=torch.float64, device=self.device)
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
+        sums = torch.tensor(
+            [self.stats.get(n, [0.0, 0.0]) for n in names], dtype=torch.float64, device=self.device
+        )
+        if several:
             sums = self.accelerator.reduce(sums, "sum")
         self.stats.clear()
         return {n: round(float(s / c), 6) for n, (s, c) in zip(names, sums.tolist(), strict=True) if c}
