@@ -88,6 +88,11 @@ class TrainSection(_Section):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16 or AMX), else fp32; "
+        "weights and optimizer stay fp32.",
+    )
     seed: int = 42
     save_every: int = Field(50, ge=0, description="Steps between checkpoints (0 = only at the end).")
     log_every: int = Field(1, ge=1)
