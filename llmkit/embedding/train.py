@@ -28,7 +28,7 @@ import random
 import time
 from pathlib import Path
 
-from llmkit.embedding import train_data, train_eval
+from llmkit.embedding import train_data, train_eval, train_mine
 from llmkit.embedding.tuned import encoder_dir
 from llmkit.errors import LlmkitError, RecipeError
 from llmkit.files import atomic_dir, atomic_file, write_json
@@ -48,6 +48,7 @@ def train(recipe, overrides=(), *, resume: bool = False, overwrite: bool = False
     layout = RunLayout(recipe.resolve_output(t.output_dir))
     data = train_data.load(recipe)  # every data check before a model loads
     _check_loss(recipe, data)
+    train_mine.check(data, recipe.data.mine_negatives)
     check_run_dir(layout.path, resume=resume, overwrite=overwrite)
     model_dir = _model_dir(recipe)
     import torch
@@ -59,6 +60,7 @@ def train(recipe, overrides=(), *, resume: bool = False, overwrite: bool = False
     quiet_transformers()
     model = _load_model(model_dir, recipe)
     loss_fn = _loss(model, recipe)  # dims checked against the model here, still nothing written
+    negatives = _negatives(layout, recipe, data, model, resume)
     steps = train_data.schedule(data.train, t.batch_size, t.seed, t.epochs, t.max_steps)
     optimizer, scheduler = _optimizer(model, recipe, len(steps))
     precision = _precision(t.precision)
@@ -104,7 +106,7 @@ def train(recipe, overrides=(), *, resume: bool = False, overwrite: bool = False
             if done % t.log_every == 0 or done == len(steps):
                 log.write(done, loss=value, lr=scheduler.get_last_lr()[0], examples_per_s=round(eps, 2))
             if (t.save_every and done % t.save_every == 0) or done == len(steps):
-                _save_checkpoint(layout, done, model, optimizer, scheduler, t.keep_checkpoints)
+                _save_checkpoint(layout, done, model, optimizer, scheduler, t.keep_checkpoints, negatives)
     train_seconds = time.perf_counter() - loop_start
     after = train_eval.evaluate(_encoder(model), data, recipe.eval.k)
     log.fh.write(json.dumps({"step": len(steps), "after": after}) + "\n")
@@ -179,6 +181,18 @@ def _features(model, rows: list) -> tuple[list[dict], object]:
     features = [prepare([r.texts[c] for r in rows]) for c in range(columns)]
     scores = [r.score if r.score is not None else 1.0 for r in rows]
     return features, torch.tensor(scores, dtype=torch.float32)
+
+
+def _negatives(layout, recipe, data, model, resume: bool) -> dict | None:
+    """data.mine_negatives: mined once with the untrained model (a resumed run reads them back from
+    its checkpoint), then added to the training examples."""
+    k = recipe.data.mine_negatives
+    if not k:
+        return None
+    found = resume and layout.finished_checkpoints() and train_mine.load(layout.finished_checkpoints()[-1])
+    negatives = found or train_mine.mine(data, _encoder(model), k)
+    train_mine.apply(data, negatives)
+    return negatives
 
 
 def _precision(choice: str) -> str:
@@ -258,7 +272,7 @@ def _write_recipe(layout: RunLayout, recipe) -> None:
         fh.write(dump(load(data)))
 
 
-def _save_checkpoint(layout, step, model, optimizer, scheduler, keep) -> None:
+def _save_checkpoint(layout, step, model, optimizer, scheduler, keep, negatives=None) -> None:
     import torch
     from safetensors.torch import save_model
 
@@ -267,6 +281,8 @@ def _save_checkpoint(layout, step, model, optimizer, scheduler, keep) -> None:
         torch.save(optimizer.state_dict(), d / "optimizer.pt")
         torch.save(scheduler.state_dict(), d / "scheduler.pt")
         torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, d / "rng.pt")
+        if negatives is not None:
+            train_mine.save(d, negatives)
         write_json(d / "state.json", {"step": step})  # last: its presence means complete
     prune_checkpoints(layout, keep)
 
@@ -307,7 +323,7 @@ def _write_info(
         "run_dir": str(layout.path),
         "encoder": layout.encoder.name,
         "loss": recipe.loss.model_dump(),
-        "data": data.summary(),
+        "data": {**data.summary(), "mine_negatives": recipe.data.mine_negatives},
         "steps": steps,
         "precision": precision,
         "evaluation": {"before": before, "after": after, "k": recipe.eval.k},

@@ -30,6 +30,7 @@ class Example:
     texts: tuple[str, ...]  # (anchor, positive[, negative])
     score: float | None = None
     keys: frozenset = frozenset()  # what may appear once per batch
+    avoid: frozenset = frozenset()  # keys no other row of its batch may hold (mined negatives)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class TrainData:
     # labelled data: the classifier's train/held-out texts and labels
     labelled: dict | None = None
     rows: int = 0
+    positives: dict[str, set[str]] = field(default_factory=dict)  # anchor → its positives, whole file
 
     def summary(self) -> dict:
         return {
@@ -89,6 +91,9 @@ def load(recipe) -> TrainData:
         for text in ex.texts[1:]:
             index.setdefault(text, len(index))
     data.corpus = list(index)
+    for ex in rows:
+        if ex.score is None or ex.score >= 0.5:
+            data.positives.setdefault(ex.texts[0], set()).add(ex.texts[1])
     for i in held:
         ex = rows[i]
         if ex.score is None or ex.score >= 0.5:  # a scored pair is a match from 0.5 up
@@ -195,18 +200,20 @@ def _labelled(records, names, held, kept, where, rng) -> TrainData:
 
 
 def epoch_batches(examples: list[Example], size: int, seed: int, epoch: int) -> list[list[int]]:
-    """One epoch's batches: a seeded order, each batch free of repeated keys (texts or labels).
+    """One epoch's batches: a seeded order, each batch free of repeated keys (texts or labels) and
+    of a row holding a key another row must avoid (its mined negative would be that row's match).
     A leftover batch of one row is dropped: alone it has no negatives."""
     order = list(range(len(examples)))
     random.Random(seed * 100_003 + epoch).shuffle(order)
     out: list[list[int]] = []
     while order:
-        batch, seen, rest = [], set(), []
+        batch, seen, avoid, rest = [], set(), set(), []
         for i in order:
-            keys = examples[i].keys
-            if len(batch) < size and not keys & seen:
+            ex = examples[i]
+            if len(batch) < size and not (ex.keys & seen or ex.avoid & seen or ex.keys & avoid):
                 batch.append(i)
-                seen |= keys
+                seen |= ex.keys
+                avoid |= ex.avoid
             else:
                 rest.append(i)
         out.append(batch)

@@ -10,6 +10,8 @@ modules only) because the recipe loader imports it to validate.
               scored    anchor, positive, score in 0-1  (CoSENT)
               labelled  text, label → pairs of rows with the same label
             `auto` tells them apart by the columns present. Column names are keys of their own.
+            `mine_negatives: K` adds K hard negatives per anchor, mined with the model being
+            trained (train_mine.py).
     loss:   mnrl | cached_mnrl | cosent, wrapped in Matryoshka when `dims` is given
     train:  the loop (output_dir is the run directory: the llmkit run contract)
     eval:   held-out fraction and the k of recall@k
@@ -55,6 +57,12 @@ class DataSection(_Section):
     label: str = "label"
     split: str = Field("train", description="Split of a saved dataset or hf:NAME.")
     limit: int | None = Field(None, ge=1, description="Use only the first N rows (quick trials).")
+    mine_negatives: int | None = Field(
+        None,
+        ge=1,
+        description="Mine K hard negatives per anchor from the corpus with the model being trained "
+        "(its nearest texts that are not the anchor's positives): pairs become triplets.",
+    )
 
 
 class LossSection(_Section):
