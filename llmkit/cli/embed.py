@@ -242,6 +242,13 @@ def classify_train(
     model: Annotated[str, _MODEL_OPT] = DEFAULT_MODEL,
     test_size: Annotated[float, typer.Option(help="Held-out fraction for the report.")] = 0.2,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing dir.")] = False,
+    fine_tune: Annotated[
+        bool,
+        typer.Option(
+            "--fine-tune",
+            help="Images: also fine-tune the encoder's last block with the head; both reported on one split.",
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Train a logistic-regression classifier on embeddings; report on a held-out split."""
@@ -249,7 +256,14 @@ def classify_train(
     from llmkit.embedding.image_classify import is_image_labelled, train_images
 
     if is_image_labelled(data):  # a folder per class, or a CSV of path,label: images
-        config = train_images(data, output, model=model, test_size=test_size, force=force)
+        config = train_images(
+            data, output, model=model, test_size=test_size, force=force, fine_tune=fine_tune
+        )
+    elif fine_tune:
+        raise InvalidArgument(
+            f"--fine-tune applies to images, and {data} is not labelled images",
+            "give DIR/<label>/*.jpg or a CSV of path,label; for texts drop --fine-tune (or: llmkit embed train)",
+        )
     else:
         config = train(
             data,
@@ -265,7 +279,24 @@ def classify_train(
     typer.echo(
         f"classifier → {output} ({len(config['classes'])} classes, {config['train_rows']} training rows)"
     )
+    if config.get("fine_tuned"):
+        _render_comparison(config)
     _render_report(config["held_out"])
+
+
+def _render_comparison(config: dict) -> None:
+    """Frozen encoder + logistic regression vs fine-tuned, on the same held-out images."""
+    frozen, tuned, ft = config["frozen_held_out"], config["held_out"], config["fine_tuned"]
+    typer.echo(
+        f"held-out split: {config['train_rows']} training, {tuned['n']} held-out images (the same for both)"
+    )
+    typer.echo(f"  {'classifier':<50} {'accuracy':>8}  {'macro-F1':>8}")
+    typer.echo(
+        f"  {'frozen encoder + logistic regression':<50} {frozen['accuracy']:>8.4f}  {frozen['macro_f1']:>8.4f}"
+    )
+    what = f"fine-tuned last block + head ({ft['epochs']} epochs, {ft['seconds']} s)"
+    typer.echo(f"  {what:<50} {tuned['accuracy']:>8.4f}  {tuned['macro_f1']:>8.4f}")
+    typer.echo("saved: the fine-tuned classifier; its held-out report:")
 
 
 @classify_app.command("predict")

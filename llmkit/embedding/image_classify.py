@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.embedding.choices import DEFAULT_IMAGE_MODEL, DEFAULT_MODEL, IMAGE_SUFFIXES
+from llmkit.embedding.choices import DEFAULT_IMAGE_MODEL, DEFAULT_MODEL, IMAGE_ALIASES, IMAGE_SUFFIXES
 from llmkit.embedding.image_job import image_files
 from llmkit.embedding.images import read_image
 from llmkit.errors import DataError, InvalidArgument
@@ -85,8 +85,11 @@ def train_images(
     test_size: float = 0.2,
     seed: int = 0,
     force: bool = False,
+    fine_tune: bool = False,
 ) -> dict:
-    """Fit logistic regression on the encoder's vectors; report on a stratified held-out split."""
+    """Fit logistic regression on the encoder's vectors; report on a stratified held-out split.
+    `fine_tune`: also fine-tune the encoder's last block with the head (image_finetune.py) on the
+    same split, report both, and save the fine-tuned classifier."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
@@ -96,6 +99,12 @@ def train_images(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise InvalidArgument(f"{out_dir} already exists", "pick another -o or pass --force to replace it")
+    model = DEFAULT_IMAGE_MODEL if model == DEFAULT_MODEL else model
+    if fine_tune and model not in IMAGE_ALIASES:
+        raise InvalidArgument(
+            f"--fine-tune is available for {DEFAULT_IMAGE_MODEL} only, not {model}",
+            f"drop --fine-tune (a frozen-encoder classifier), or use --model {DEFAULT_IMAGE_MODEL}",
+        )
     paths, labels = labelled_images(Path(data))
     encoder = load_encoder(DEFAULT_IMAGE_MODEL if model == DEFAULT_MODEL else model)
     pixels, kept, skipped = [], [], []
@@ -109,26 +118,45 @@ def train_images(
         from llmkit.ui import warn
 
         warn(f"left out {len(skipped)} unreadable image(s): {skipped[0]}")
-    vectors = encoder.encode_pixels(np.stack(pixels))
+    pixels = np.stack(pixels)
+    vectors = encoder.encode_pixels(pixels)
     classes = sorted(set(kept))
     n_test = max(round(len(kept) * test_size), len(classes))
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        vectors, kept, test_size=n_test, random_state=seed, stratify=kept
-    )
-    clf = LogisticRegression(max_iter=2000, C=10.0).fit(x_tr, y_tr)
+    # indices, so the fine-tuned model is held to the very same split (same draw as splitting rows)
+    i_tr, i_te = train_test_split(np.arange(len(kept)), test_size=n_test, random_state=seed, stratify=kept)
+    y_tr, y_te = [kept[i] for i in i_tr], [kept[i] for i in i_te]
+    clf = LogisticRegression(max_iter=2000, C=10.0).fit(vectors[i_tr], y_tr)
     config = {
         "encoder": {**encoder.info(), "normalized": True},
         "input": "images",
         "train_rows": len(y_tr),
-        "held_out": report(y_te, list(clf.predict(x_te)), classes),
+        "held_out": report(y_te, list(clf.predict(vectors[i_te])), classes),
         "skipped_images": len(skipped),
         "data": str(data),
     }
-    return save(out_dir, classes, clf.coef_, clf.intercept_, config)
+    if not fine_tune:
+        return save(out_dir, classes, clf.coef_, clf.intercept_, config)
+    from llmkit.embedding import image_finetune as ft
+
+    y = np.array([classes.index(c) for c in kept])
+    run = ft.fine_tune(pixels, y, i_tr, i_te, clf.coef_, clf.intercept_, seed=seed)
+    config["frozen_held_out"] = config["held_out"]
+    config["held_out"] = report(y_te, [classes[i] for i in run["predicted"]], classes)
+    config["encoder"] = {**config["encoder"], "model": ft.MODEL_NAME, "backend": "torch"}
+    config["fine_tuned"] = {
+        "weights": ft.ENCODER_WEIGHTS,
+        "base": DEFAULT_IMAGE_MODEL,
+        "trained": run["trained"],
+        **ft.settings(),
+        "train_loss": run["losses"],
+        "seconds": run["seconds"],
+    }
+    return save(out_dir, classes, run["coef"], run["intercept"], config, {ft.ENCODER_WEIGHTS: run["tensors"]})
 
 
-def save(out_dir: Path, classes: list[str], coef, intercept, config: dict) -> dict:
-    """The text classifier's dir format (classify.FORMAT): classify.load reads it back."""
+def save(out_dir: Path, classes: list[str], coef, intercept, config: dict, extra: dict | None = None) -> dict:
+    """The text classifier's dir format (classify.FORMAT): classify.load reads it back; `extra`:
+    {file name: {tensor name: array}} saved alongside (a fine-tuned encoder's tensors)."""
     from safetensors.numpy import save_file
 
     from llmkit.embedding.classify import CONFIG, FORMAT, WEIGHTS
@@ -139,6 +167,8 @@ def save(out_dir: Path, classes: list[str], coef, intercept, config: dict) -> di
         # ascontiguousarray: sklearn may hand back Fortran-ordered arrays, which safetensors would scramble
         tensors = {"coef": coef, "intercept": intercept}
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        for name, more in (extra or {}).items():
+            save_file({k: np.ascontiguousarray(v) for k, v in more.items()}, str(tmp / name))
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return config
 
@@ -163,7 +193,12 @@ class ImagePredictor:
                     f"{clf_dir} classifies text, not images",
                     "train one on images: llmkit classify train PHOTOS/",
                 )
-            self.encoder = self.clf.encoder()
+            if self.clf.config.get("fine_tuned"):
+                from llmkit.embedding.image_finetune import FineTunedLite0
+
+                self.encoder = FineTunedLite0(clf_dir, self.clf.config["encoder"].get("normalized", True))
+            else:
+                self.encoder = self.clf.encoder()
 
     def predict(self, path, data: bytes | None = None) -> dict:
         """{id, label, score, top} for one image, or {id, error} when it cannot be decoded."""
