@@ -25,7 +25,6 @@ from llmkit.embedding.choices import (
     DEFAULT_ALIASES,
     DEFAULT_MODEL,
     GPU_BACKENDS,
-    IMAGE_ALIASES,
     PRECISIONS,
 )
 from llmkit.embedding.choices import TORCH_PRECISIONS as _TORCH_PRECISIONS
@@ -181,7 +180,9 @@ def load_encoder(
         raise InvalidArgument(f"unknown backend {backend!r}", f"choose one of: {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise InvalidArgument(f"unknown precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
-    if model in IMAGE_ALIASES:  # images (images.py): same interface, pixels instead of tokens
+    from llmkit.embedding.images import is_image_model
+
+    if is_image_model(model):  # images (images.py, image_models.py): same interface, pixels in
         from llmkit.embedding.image_fast import load_image_encoder
 
         return load_image_encoder(model, backend, precision, normalize)

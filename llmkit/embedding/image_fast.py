@@ -318,7 +318,19 @@ def load_image_encoder(
     model: str, backend: str = "auto", precision: str = "auto", normalize: bool = True
 ) -> ImageEncoder:
     """An image encoder by name. --backend auto: the path measured fastest on this CPU that keeps
-    every calibration photo at cosine ≥ 0.9999 to torch fp32; torch/onnx/openvino: that path."""
+    every calibration photo at cosine ≥ 0.9999 to torch fp32; torch/onnx/openvino: that path.
+    A transformers image model dir (image_models.py) runs in torch fp32."""
+    from llmkit.embedding.choices import IMAGE_ALIASES
+
+    if model not in IMAGE_ALIASES:
+        if backend not in ("auto", "torch") or precision not in ("auto", "fp32"):
+            raise InvalidArgument(
+                f"{model}: --backend {backend} --precision {precision} is not available for this image model",
+                "a transformers image model runs on --backend torch (or auto) in fp32",
+            )
+        from llmkit.embedding.image_models import HFImageEncoder
+
+        return HFImageEncoder(model, normalize)
     if backend not in ("auto", *BACKENDS) or precision not in ("auto", "fp32"):
         raise InvalidArgument(
             f"{model}: --backend {backend} --precision {precision} is not available for images",

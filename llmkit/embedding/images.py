@@ -43,7 +43,12 @@ def max_pixels() -> int:
 
 
 def is_image_model(model: str) -> bool:
-    return model in IMAGE_ALIASES
+    """The embedded encoder's names, or a local model dir saved with an image processor (a
+    transformers ViT/CLIP/SigLIP/…: image_models.py, which checks it further)."""
+    if model in IMAGE_ALIASES:
+        return True
+    path = Path(model).expanduser()
+    return (path / "preprocessor_config.json").is_file() and (path / "config.json").is_file()
 
 
 def is_image_path(item) -> bool:
