@@ -25,7 +25,12 @@ class SampleBy(str, Enum):  # a Typer choice: a wrong value is a usage error (ex
     document = "document"
 
 
-_MODEL_OPT = typer.Option("--model", "-m", help="sentence-transformers dir/HF id, or ollama:NAME.")
+_MODEL_OPT = typer.Option(
+    "--model",
+    "-m",
+    help="sentence-transformers dir/HF id, or ollama:NAME; images: efficientnet-lite0 (default) "
+    "or a transformers image model dir (ViT, CLIP/SigLIP vision, … with its image processor).",
+)
 _BACKEND_HELP = {
     "auto": "auto (measured on this machine, GPU included)",
     "torch": "torch (CPU, exact reference)",
