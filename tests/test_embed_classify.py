@@ -194,10 +194,11 @@ def test_cluster_auto_finds_the_topics_a_person_sees(capsys, labelled_vectors, t
 
 
 def test_shipped_embedding_recipes_validate_and_bad_ones_list_every_error(tmp_path):
-    from llmkit.embedding.recipe import SHIPPED, load
+    from llmkit.embedding.recipe import load
     from llmkit.errors import RecipeError
+    from llmkit.recipe import shipped_recipes
 
-    shipped = sorted(SHIPPED.glob("*.yaml"))
+    shipped = [r.path for r in shipped_recipes("embed") if r.kind == "embed"]  # not the embed-train ones
     assert shipped
     for path in shipped:
         recipe = load(path)
