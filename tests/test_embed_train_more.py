@@ -6,7 +6,6 @@ data; and LoRA (`train.lora`) on the real all-MiniLM-L6-v2, merged into a plain 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +126,90 @@ def test_a_short_run_with_mined_negatives_trains_and_beats_the_stock_model(tmp_p
     assert after["recall@1"] > before["recall@1"] + 0.05 and after["mrr"] > before["mrr"]
     saved = json.loads((tmp_path / "run" / "checkpoints" / "step-000008" / "negatives.json").read_text())
     assert len(saved) > 300 and all(len(v) == 2 for v in saved.values())  # each training anchor's two
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+# all-MiniLM-L6-v2: 6 layers, each with query/key/value/attention-output (384→384), intermediate
+# (384→1536) and output (1536→384): r·(4·768 + 2·1920) = 6912·r adapter weights per layer
+LORA_PER_RANK = 6 * (4 * (384 + 384) + 2 * (384 + 1536))
+
+
+@pytest.mark.slow
+def test_lora_makes_only_the_adapters_trainable(stock):
+    import copy
+
+    from llmkit.embedding import train as embed_train
+    from llmkit.embedding.train_schema import LoraSection
+
+    model = copy.deepcopy(stock)
+    total = sum(p.numel() for p in model.parameters())
+    embed_train._lora(model, LoraSection(r=4))
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(trainable.values()) == 4 * LORA_PER_RANK == 165_888
+    assert all(".lora_A." in n or ".lora_B." in n for n in trainable) and len(trainable) == 6 * 6 * 2
+    assert not any("pooler" in n for n in trainable)
+    assert sum(p.numel() for p in model.parameters()) == total + 4 * LORA_PER_RANK
+
+
+@pytest.mark.slow
+def test_a_lora_run_saves_a_plain_encoder_and_resumes_from_a_checkpoint(stock, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+    from safetensors.numpy import load_file
+    from sentence_transformers import SentenceTransformer
+
+    from llmkit.embedding.train import train
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread: the same sums in the same order
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    whole = tmp_path / "whole"
+    overrides = [
+        f"train.output_dir={whole}",
+        "train.max_steps=4",
+        "train.save_every=2",
+        "train.lr=1e-3",
+        "train.lora={r: 8, alpha: 16, dropout: 0.1}",
+        "data.mine_negatives=1",
+    ]
+    try:
+        info = train("minilm-support", overrides)
+        assert info["parameters"]["trainable"] == 8 * LORA_PER_RANK == 331_776
+        assert info["lora"] == {"r": 8, "alpha": 16.0, "dropout": 0.1}
+        ckpt = whole / "checkpoints" / "step-000002"
+        adapters = load_file(str(ckpt / "model.safetensors"))  # the trained state only: 1.3 MB, not 90
+        assert sum(v.size for v in adapters.values()) == 331_776
+        # the run stopped after step 2: its last checkpoint, no encoder, no run.json; then --resume
+        cut = tmp_path / "cut"
+        shutil.copytree(whole, cut)
+        for gone in ("encoder", "run.json", "checkpoints/step-000004"):
+            shutil.rmtree(cut / gone) if (cut / gone).is_dir() else (cut / gone).unlink()
+        resumed = train(load_any(cut / "recipe.yaml"), [f"train.output_dir={cut}"], resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed["evaluation"] == info["evaluation"]
+    a = load_file(str(whole / "encoder" / "model.safetensors"))
+    b = load_file(str(cut / "encoder" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+    # a plain sentence-transformers dir: the stock model's weights by name, no adapter files
+    assert set(a) == {n for n, _ in stock[0].model.named_parameters()}
+    assert not list((whole / "encoder").rglob("adapter_*"))
+    texts = ["I forgot my card PIN", "freeze my debit card", "where is my parcel"]
+    tuned = SentenceTransformer(str(whole / "encoder"), device="cpu").encode(texts, normalize_embeddings=True)
+    assert np.max(np.abs(tuned - stock.encode(texts, normalize_embeddings=True))) > 1e-3
+    after, before = info["evaluation"]["after"], info["evaluation"]["before"]
+    assert after["recall@1"] > before["recall@1"]
+
+    # the GGUF writer takes the merged weights as they are (every tensor a llama.cpp 'bert' one).
+    # The Encoder is spelled out, not read_encoder(run): sentence-transformers 6.3 saves the Pooling
+    # config as {"pooling_mode": "mean"}, which encoder_gguf.read_encoder does not read yet.
+    from llmkit.exporter.encoder_gguf import Encoder, encoder_source, write_encoder_gguf
+
+    path = encoder_source(whole)
+    config = json.loads((path / "config.json").read_text())
+    enc = Encoder(path=path, name="tuned", config=config, pooling="MEAN", normalize=True, max_seq_length=256)
+    gguf, _ = write_encoder_gguf(enc, tmp_path / "tuned.gguf", "f32", verify=False)
+    assert gguf.stat().st_size > 80e6

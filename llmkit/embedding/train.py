@@ -60,7 +60,12 @@ def train(recipe, overrides=(), *, resume: bool = False, overwrite: bool = False
     quiet_transformers()
     model = _load_model(model_dir, recipe)
     loss_fn = _loss(model, recipe)  # dims checked against the model here, still nothing written
-    negatives = _negatives(layout, recipe, data, model, resume)
+    negatives = _negatives(layout, recipe, data, model, resume)  # with the untrained weights
+    _lora(model, t.lora)
+    params = (
+        [p.numel() for p in model.parameters() if p.requires_grad],
+        [p.numel() for p in model.parameters()],
+    )
     steps = train_data.schedule(data.train, t.batch_size, t.seed, t.epochs, t.max_steps)
     optimizer, scheduler = _optimizer(model, recipe, len(steps))
     precision = _precision(t.precision)
@@ -107,6 +112,8 @@ def train(recipe, overrides=(), *, resume: bool = False, overwrite: bool = False
                 log.write(done, loss=value, lr=scheduler.get_last_lr()[0], examples_per_s=round(eps, 2))
             if (t.save_every and done % t.save_every == 0) or done == len(steps):
                 _save_checkpoint(layout, done, model, optimizer, scheduler, t.keep_checkpoints, negatives)
+    if t.lora:  # the adapters folded into the weights: encoder/ is a plain model directory
+        model[0].model = model[0].model.merge_and_unload()
     train_seconds = time.perf_counter() - loop_start
     after = train_eval.evaluate(_encoder(model), data, recipe.eval.k)
     log.fh.write(json.dumps({"step": len(steps), "after": after}) + "\n")
@@ -115,7 +122,7 @@ def train(recipe, overrides=(), *, resume: bool = False, overwrite: bool = False
         model.save(str(tmp), create_model_card=False)
     plot_loss(layout)
     return _write_info(
-        layout, recipe, model_dir, data, len(steps), before, after, started, train_seconds, precision
+        layout, recipe, model_dir, data, len(steps), before, after, started, train_seconds, precision, params
     )
 
 
@@ -195,6 +202,24 @@ def _negatives(layout, recipe, data, model, resume: bool) -> dict | None:
     return negatives
 
 
+def _lora(model, spec) -> None:
+    """train.lora: PEFT LoRA adapters on every linear of the encoder's layers (BERT: query, key,
+    value, attention output, intermediate, output; the unused pooler is left out); all else frozen."""
+    if spec is None:
+        return
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    inner = model[0].model
+    targets = [
+        name
+        for name, module in inner.named_modules()
+        if isinstance(module, torch.nn.Linear) and not name.startswith("pooler")
+    ]
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets)
+    model[0].model = get_peft_model(inner, config)
+
+
 def _precision(choice: str) -> str:
     """auto → bf16 where the CPU has native bf16 math (measured faster there, score held), else fp32."""
     if choice != "auto":
@@ -219,7 +244,8 @@ def _optimizer(model, recipe, total: int):
     t = recipe.train
     decay, no_decay = [], []
     for p in model.parameters():  # no weight decay on biases and norms (as BERT trained)
-        (no_decay if p.ndim < 2 else decay).append(p)
+        if p.requires_grad:  # LoRA: the adapters only
+            (no_decay if p.ndim < 2 else decay).append(p)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=t.lr,
@@ -274,10 +300,14 @@ def _write_recipe(layout: RunLayout, recipe) -> None:
 
 def _save_checkpoint(layout, step, model, optimizer, scheduler, keep, negatives=None) -> None:
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     with atomic_dir(layout.checkpoint(step), replace=True) as d:
-        save_model(model, str(d / "model.safetensors"))
+        trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        if len(trained) < len(list(model.parameters())):  # LoRA: the adapters are the whole state
+            save_file(trained, str(d / "model.safetensors"))
+        else:
+            save_model(model, str(d / "model.safetensors"))
         torch.save(optimizer.state_dict(), d / "optimizer.pt")
         torch.save(scheduler.state_dict(), d / "scheduler.pt")
         torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, d / "rng.pt")
@@ -289,10 +319,20 @@ def _save_checkpoint(layout, step, model, optimizer, scheduler, keep, negatives=
 
 def _load_checkpoint(layout, model, optimizer, scheduler) -> int:
     import torch
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
 
     path = layout.finished_checkpoints()[-1]
-    load_model(model, str(path / "model.safetensors"))
+    if all(p.requires_grad for p in model.parameters()):
+        load_model(model, str(path / "model.safetensors"))
+    else:  # LoRA: the adapters only, every one of them
+        state = load_file(str(path / "model.safetensors"))
+        wanted = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(state) != wanted:
+            raise LlmkitError(
+                f"{path}: the checkpoint's adapters do not match train.lora of the recipe",
+                "resume with the recipe the run started with (its recipe.yaml)",
+            )
+        model.load_state_dict(state, strict=False)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=False)  # our own file: Python's RNG state is a tuple
@@ -308,7 +348,7 @@ def _metrics(layout) -> list[dict]:
 
 
 def _write_info(
-    layout, recipe, model_dir, data, steps, before, after, started, train_seconds, precision
+    layout, recipe, model_dir, data, steps, before, after, started, train_seconds, precision, params
 ) -> dict:
     import sentence_transformers
     import torch
@@ -324,6 +364,8 @@ def _write_info(
         "encoder": layout.encoder.name,
         "loss": recipe.loss.model_dump(),
         "data": {**data.summary(), "mine_negatives": recipe.data.mine_negatives},
+        "lora": recipe.train.lora.model_dump() if recipe.train.lora else None,
+        "parameters": {"trainable": sum(params[0]), "total": sum(params[1])},
         "steps": steps,
         "precision": precision,
         "evaluation": {"before": before, "after": after, "k": recipe.eval.k},

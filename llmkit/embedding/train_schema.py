@@ -13,7 +13,8 @@ modules only) because the recipe loader imports it to validate.
             `mine_negatives: K` adds K hard negatives per anchor, mined with the model being
             trained (train_mine.py).
     loss:   mnrl | cached_mnrl | cosent, wrapped in Matryoshka when `dims` is given
-    train:  the loop (output_dir is the run directory: the llmkit run contract)
+    train:  the loop (output_dir is the run directory: the llmkit run contract); `lora: {r, alpha,
+            dropout}` trains low-rank adapters instead of every weight, merged at the end
     eval:   held-out fraction and the k of recall@k
 
 Paths follow the recipe rule (recipe_base.py): data paths against the recipe file's folder,
@@ -84,6 +85,12 @@ class LossSection(_Section):
         return self
 
 
+class LoraSection(_Section):
+    r: int = Field(8, ge=1, description="Rank of the low-rank update.")
+    alpha: float = Field(16.0, gt=0, description="Scale: the update is multiplied by alpha / r.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+
+
 class TrainSection(_Section):
     output_dir: str = Field("runs/embed-train", description="Run directory (encoder, checkpoints, metrics).")
     epochs: float = Field(1.0, gt=0)
@@ -100,6 +107,11 @@ class TrainSection(_Section):
         "auto",
         description="auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16 or AMX), else fp32; "
         "weights and optimizer stay fp32.",
+    )
+    lora: LoraSection | None = Field(
+        None,
+        description="LoRA on the encoder's attention and feed-forward linears (PEFT), merged into the "
+        "saved encoder; unset: full fine-tune.",
     )
     seed: int = 42
     save_every: int = Field(50, ge=0, description="Steps between checkpoints (0 = only at the end).")
