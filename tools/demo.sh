@@ -47,4 +47,15 @@ $LLMKIT similarity "It is raining" "Wet weather today"
 $LLMKIT classify train recipes/data/embed-labelled.csv --text-column text --label-column label -o "$OUT/topics" --force
 $LLMKIT cluster "$OUT/questions.parquet" -k auto --plot "$OUT/clusters.png"
 
+step "Photos too: what bird is this? (EfficientNet-Lite0, embedded; foolbox's labelled ImageNet photos)"
+BIRDS=runs/demo-birds
+mkdir -p "$BIRDS"
+"$(dirname "$LLMKIT")/python" - "$BIRDS" <<'PY'
+import importlib.util, pathlib, shutil, sys
+data = pathlib.Path(importlib.util.find_spec("foolbox").origin).parent / "data"
+for name in ("imagenet_14_129.jpg", "imagenet_15_99.jpg", "imagenet_17_22.jpg"):  # spoonbill, goose, bald eagle
+    shutil.copy(data / name, sys.argv[1])
+PY
+$LLMKIT classify predict --imagenet "$BIRDS"
+
 header "Done. Run dir: $RUN (adapter, metrics, loss.png, model.gguf, Modelfile); embeddings: $OUT"
