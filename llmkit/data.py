@@ -14,6 +14,9 @@ the prompt tokens are exactly those the model sees at inference (the prompt alon
 Packing: several examples share one row; their position ids restart at 0, so transformers
 builds a block-diagonal causal mask (sdpa/eager) or uses varlen kernels (flash attention):
 examples never attend to each other, and a packed row gives the same loss as separate rows.
+
+Over 400 lines on purpose: reading, tokenizing and batching are one contract (the labels a row gets
+decide how it packs and pads); the preference and reward methods reuse it rather than copy it.
 """
 
 from __future__ import annotations

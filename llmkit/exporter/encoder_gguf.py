@@ -12,6 +12,9 @@ they are), non-causal attention, and `bert.pooling_type` taken from the model's 
 `--verify` embeds a probe set in llama.cpp and needs cosine >= 0.999 per row against
 sentence-transformers; the GGUF is written to a temporary path and only renamed into place once it
 is complete (and verified), so a failure leaves no file behind.
+
+Over 400 lines on purpose: finding the encoder, writing its GGUF and proving it in llama.cpp are one
+export; the LLM exporter's modules are shaped for decoders and share nothing with it but gguf-py.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ converter does (hash of the token ids of a fixed text), then the way Ollama's co
 the regexes llama.cpp runs, compared with the regex lists llama.cpp implements). Whatever the
 source, `tokprobe.prove` then tokenizes a probe corpus in llama.cpp and in transformers and
 refuses the vocabulary unless every id matches.
+
+Over 400 lines on purpose: both tokenizer kinds and the three ways of naming the pre-tokenizer are
+one decision, read top to bottom; splitting them would scatter the fallback order.
 """
 
 from __future__ import annotations
