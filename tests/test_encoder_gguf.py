@@ -168,3 +168,21 @@ def test_tuned_run_exports_into_the_run(tmp_path, minilm_dir):
     stock = reference_vectors(minilm_dir, PROBE[:4])
     tuned = llama_vectors(result.gguf, PROBE[:4])
     assert (stock * tuned).sum(axis=1).min() < 0.9999  # the tuned weights are what was exported
+
+
+@pytest.mark.parametrize(
+    ("written", "pooling"), [({"pooling_mode": "mean"}, "MEAN"), ({"pooling_mode": "cls"}, "CLS")]
+)
+def test_pooling_as_newer_sentence_transformers_write_it(written, pooling, tmp_path, minilm_dir):
+    """sentence-transformers >= 5 saves `{"pooling_mode": "mean"}` (what `llmkit embed train` writes
+    here), older versions `pooling_mode_mean_tokens: true`: both name the same llama.cpp pooling."""
+    import json
+    import shutil
+
+    from llmkit.exporter.encoder_gguf import read_encoder
+
+    model = tmp_path / "enc"
+    shutil.copytree(minilm_dir, model)
+    pooling_dir = next(p for p in model.iterdir() if p.name.endswith("Pooling"))
+    (pooling_dir / "config.json").write_text(json.dumps({"embedding_dimension": 384, **written}))
+    assert read_encoder(model, "enc").pooling == pooling

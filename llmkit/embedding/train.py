@@ -141,6 +141,10 @@ def _model_dir(recipe) -> Path:
 def _load_model(path: Path, recipe):
     from sentence_transformers import SentenceTransformer
 
+    from llmkit.ui import quiet_transformers
+
+    quiet_transformers()  # no "Loading weights" bar under our own output
+
     try:
         model = SentenceTransformer(str(path), device="cpu")
     except Exception as exc:  # a config that sentence-transformers cannot build an encoder from

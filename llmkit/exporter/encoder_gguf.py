@@ -38,6 +38,10 @@ _ENCODER_TYPES = (
     "deberta-v2", "nomic_bert", "modernbert", "new", "albert",
 )  # fmt: skip
 _POOLING = {"pooling_mode_mean_tokens": "MEAN", "pooling_mode_cls_token": "CLS"}
+_POOLING_MODE = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+}  # sentence-transformers >= 5 writes {"pooling_mode": "mean"}
 _TYPES = {"f16": "F16", "f32": "F32"}
 
 PROBE = [
@@ -136,7 +140,11 @@ def read_encoder(path: Path, name: str) -> Encoder:
     pooling_cfg = (
         _json(path / pooling_dir / "config.json") if pooling_dir else {"pooling_mode_mean_tokens": True}
     )
-    modes = [k for k, v in (pooling_cfg or {}).items() if k.startswith("pooling_mode") and v]
+    pooling_cfg = dict(pooling_cfg or {})
+    mode = pooling_cfg.pop("pooling_mode", None)
+    if isinstance(mode, str):  # the newer spelling of the same choice
+        pooling_cfg[_POOLING_MODE.get(mode, f"pooling_mode_{mode}")] = True
+    modes = [k for k, v in pooling_cfg.items() if k.startswith("pooling_mode") and v]
     if len(modes) != 1 or modes[0] not in _POOLING:
         raise ExportError(
             f"{path / (pooling_dir or '')}: pooling {'+'.join(modes) or 'none'} has no llama.cpp pooling type",
@@ -307,6 +315,10 @@ def llama_vectors(path: Path, texts: list[str], pooling: str = "MEAN") -> np.nda
 def reference_vectors(path: Path, texts: list[str]) -> np.ndarray:
     """sentence-transformers' own embeddings (fp32, CPU), as unit rows."""
     from sentence_transformers import SentenceTransformer
+
+    from llmkit.ui import quiet_transformers
+
+    quiet_transformers()  # no "Loading weights" bar under our own output
 
     model = SentenceTransformer(str(path), device="cpu")
     return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
