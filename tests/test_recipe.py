@@ -65,7 +65,10 @@ def test_a_recipe_of_the_other_kind_is_refused_with_the_command_that_runs_it():
 def test_shipped_recipes_are_listed():
     names = {r.name for r in shipped_recipes()}
     assert {"tiny", "smollm2-135m-chat", "topics"} <= names
-    assert {(r.name, r.kind) for r in shipped_recipes("embed")} == {("topics", "embed")}
+    assert {(r.name, r.kind) for r in shipped_recipes("embed")} == {
+        ("topics", "embed"),
+        ("minilm-support", "embed-train"),
+    }
     assert {r.kind for r in TRAIN} == {"train"} and "topics" not in {r.name for r in TRAIN}
 
 
@@ -387,7 +390,7 @@ print(tiny.data.path, tiny.resolve_path(tiny.data.path).is_file())
 rows = []
 for s in r.shipped_recipes():
     recipe = r.load_any(s.name)  # by its shipped name
-    outputs = [recipe.train.output_dir] if s.kind == "train" else [recipe.embed.output]
+    outputs = [recipe.train.output_dir] if s.kind in ("train", "embed-train") else [recipe.embed.output]
     rows.append(dict(
         name=s.name, kind=s.kind, loaded_as=recipe.kind, path=str(s.path),
         inputs={{k: [str(p.resolve()), p.is_file()] for k, p in recipe.inputs().items()}},
@@ -402,7 +405,7 @@ print(json.dumps(rows))
     rows = json.loads(rows)
     # the same recipes as the checkout ships, of both kinds
     assert sorted((r["kind"], r["name"]) for r in rows) == sorted((r.kind, r.name) for r in SHIPPED)
-    assert {r["kind"] for r in rows} == {"train", "embed"}
+    assert {r["kind"] for r in rows} == {"train", "embed", "embed-train"}
     package = str((site / "llmkit").resolve())
     for row in rows:
         where = f"{row['kind']} {row['name']}"

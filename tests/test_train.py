@@ -70,7 +70,9 @@ def test_run_layout_is_the_contract(run_dir, tmp_path):
     from llmkit.runs import RunLayout, last_checkpoint, read_info, read_metrics
 
     run = RunLayout(run_dir)
-    assert {p.name for p in run_dir.iterdir()} == set(RunLayout.FILES)
+    assert {p.name for p in run_dir.iterdir()} == set(RunLayout.FILES) - {
+        "encoder"
+    }  # encoder/: embed train's
     parts = (run.recipe, run.info, run.adapter, run.checkpoints, run.metrics, run.tensorboard, run.loss_plot)
     assert all(p.exists() for p in parts) and run.has_run() and run.has_adapter()
     assert read_info(run_dir) == json.loads(run.info.read_text()) and read_info(tmp_path) == {}
