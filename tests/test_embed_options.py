@@ -133,6 +133,8 @@ def test_a_bare_dataset_name_means_the_same_to_train_and_embed(tmp_path, monkeyp
     from llmkit.readers import as_input, read_rows
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the refusal, without waiting on an unreachable Hub
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     assert as_input("llmkit-test/nope") == "hf:llmkit-test/nope"
     assert as_input("texts.jsonl") == Path("texts.jsonl")  # a data file's name: a (missing) local file
     (tmp_path / "llmkit-test" / "nope").mkdir(parents=True)

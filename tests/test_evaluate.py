@@ -27,7 +27,8 @@ export: {{gguf: f16, ollama: one-word-test}}
 
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory):
-    """A one-step GRPO run of SmolLM2 on the shipped one-word prompts, exported to F16."""
+    """A one-step GRPO run of SmolLM2 on the shipped one-word prompts, exported to F16 with --verify
+    (once for the module: the served-reward check is part of it)."""
     import llmkit
     from llmkit.recipe import RECIPES_DIR
 
@@ -36,8 +37,8 @@ def exported_run(tmp_path_factory):
     data = RECIPES_DIR / "data" / "one-word-eval.jsonl"
     recipe.write_text(RECIPE.format(data=data, out=tmp / "run"))
     run = llmkit.train(str(recipe))
-    llmkit.export(run, gguf="f16")
-    return run, recipe
+    result = llmkit.export(run, gguf="f16", verify=True)
+    return run, recipe, result
 
 
 @pytest.mark.slow
@@ -46,7 +47,7 @@ def test_trained_gguf_and_ollama_model_score_the_same(exported_run, ollama_doubl
     from llmkit.exporter.generation import llama_generate
     from llmkit.ollama.models import create_model
 
-    run, recipe = exported_run
+    run, recipe, _ = exported_run
     import llama_cpp
 
     llm = llama_cpp.Llama(str(run / "model.gguf"), n_ctx=512, verbose=False)
@@ -73,7 +74,7 @@ def test_a_stop_that_cuts_answers_is_named(exported_run, tmp_path):
 
     from llmkit.evaluate import evaluate
 
-    run, recipe = exported_run
+    run, recipe, _ = exported_run
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
     modelfile = broken / "Modelfile"
@@ -97,7 +98,7 @@ def test_eval_refuses_a_recipe_without_rewards_and_an_unknown_backend():
 
 @pytest.mark.slow
 def test_eval_cli_prints_json(exported_run, llmkit_cli):
-    run, recipe = exported_run
+    run, recipe, _ = exported_run
     out = llmkit_cli("eval", str(run), "--rewards", str(recipe), "--limit", "3", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -106,12 +107,9 @@ def test_eval_cli_prints_json(exported_run, llmkit_cli):
 
 
 @pytest.mark.slow
-def test_export_verify_of_a_grpo_run_checks_the_served_reward(exported_run, tmp_path):
-    import llmkit
-
-    run, _ = exported_run
-    result = llmkit.export(run, gguf="f16", verify=True, output=tmp_path / "out")
+def test_export_verify_of_a_grpo_run_checks_the_served_reward(exported_run):
+    run, _, result = exported_run
     rewards = result.verify["rewards"]
     assert rewards["passed"] and set(rewards["backends"]) == {"transformers", "llama.cpp"}
     assert rewards["backends"]["transformers"]["total"] == rewards["backends"]["llama.cpp"]["total"]
-    assert json.loads((tmp_path / "out" / "verify.json").read_text())["rewards"]["prompts"] > 0
+    assert json.loads((run / "verify.json").read_text())["rewards"]["prompts"] > 0
