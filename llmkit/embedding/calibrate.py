@@ -145,14 +145,8 @@ def measure(model_id: str, model_key: str, build) -> dict:
             enc.encode(texts[:8])  # warm-up: first-call allocations, lazy init
             encoders[key] = enc
         except Exception as exc:  # a path that cannot run here is not a choice, not a failure
-            rows[key] = {"backend": backend, "precision": precision, "error": _one_line(exc)}
-    times: dict[str, list[float]] = {k: [] for k in encoders}
-    vectors = {}
-    for _ in range(ROUNDS):
-        for key, enc in encoders.items():
-            t0 = time.perf_counter()
-            vectors[key] = enc.encode(texts)
-            times[key].append(time.perf_counter() - t0)
+            rows[key] = {"backend": backend, "precision": precision, "error": error_line(exc)}
+    vectors, times = timed_rounds(encoders, lambda enc: enc.encode(texts))
     ref = vectors["torch/fp32"]
     ref_s = min(times["torch/fp32"])
     for key, enc in encoders.items():
@@ -180,6 +174,19 @@ def measure(model_id: str, model_key: str, build) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, table)
     return table
+
+
+def timed_rounds(encoders: dict, run, rounds: int = ROUNDS) -> tuple[dict, dict[str, list[float]]]:
+    """Each encoder's last output and its times over `rounds` interleaved rounds: every path sees
+    the same drift of a shared machine, so their ratios hold where single timings do not."""
+    times: dict[str, list[float]] = {k: [] for k in encoders}
+    vectors = {}
+    for _ in range(rounds):
+        for key, enc in encoders.items():
+            t0 = time.perf_counter()
+            vectors[key] = run(enc)
+            times[key].append(time.perf_counter() - t0)
+    return vectors, times
 
 
 def choose(table: dict, contract: str) -> dict:
@@ -241,5 +248,5 @@ def choose(table: dict, contract: str) -> dict:
     }
 
 
-def _one_line(exc: Exception) -> str:
+def error_line(exc: Exception) -> str:
     return first_line(f"{type(exc).__name__}: {exc}")

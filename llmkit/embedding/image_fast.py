@@ -17,7 +17,6 @@ Without the photos nothing is measured and auto stays on torch fp32 (with a note
 from __future__ import annotations
 
 import importlib.util
-import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -238,15 +237,9 @@ def measure() -> dict | None:
             rows[f"{backend}/fp32"] = {
                 "backend": backend,
                 "precision": "fp32",
-                "error": calibrate._one_line(exc),
+                "error": calibrate.error_line(exc),
             }
-    times: dict[str, list[float]] = {k: [] for k in encoders}
-    vectors = {}
-    for _ in range(ROUNDS):
-        for backend, enc in encoders.items():
-            t0 = time.perf_counter()
-            vectors[backend] = enc.encode_pixels(pixels)
-            times[backend].append(time.perf_counter() - t0)
+    vectors, times = calibrate.timed_rounds(encoders, lambda enc: enc.encode_pixels(pixels), ROUNDS)
     ref, ref_s = vectors["torch"], min(times["torch"])
     for backend in encoders:
         cos = cosine_rows(vectors[backend], ref)

@@ -34,8 +34,8 @@ class _Paths(BaseModel):
     output: str
 
 
-class EmbedSection(JobFields, _Paths):  # input and output first, then the job's fields
-    pass
+class EmbedSection(JobFields, _Paths):
+    """The `embed:` section: input and output first, then the job's fields (one JobFields)."""
 
 
 class ClassifySection(_Section):
