@@ -69,16 +69,16 @@ def test_onnx_fp32_matches_sentence_transformers(reference):
 def test_raw_int8_kernel_is_cached_and_only_roughly_close(reference):
     """--backend onnx --precision int8 is the raw dynamic-int8 kernel: no quality contract (its
     minimum cosine differs by CPU: 0.949 on Sapphire Rapids); only `fast` carries one."""
-    from llmkit.embedding.encoders import load_encoder
-    from llmkit.files import home
+    from llmkit.embedding.encoders import load_encoder, resolve_model_dir
+    from llmkit.embedding.onnx import onnx_model
 
     vec = load_encoder(backend="onnx", precision="int8").encode(TEXTS)
     cos = (vec * reference[1]).sum(1)
     assert cos.mean() > 0.9, cos  # a broken quantization (wrong scales) lands far below
-    # the export cache is shared by the session's tests: other models (images, tuned runs) have dirs too
-    text_dirs = [d for d in (home() / "embed").glob("onnx-*") if not d.name.startswith("onnx-image-")]
-    cached = [sorted(p.name for p in d.glob("*.onnx")) for d in text_dirs if (d / "model-int8.onnx").exists()]
-    assert cached == [["model-fp32.onnx", "model-int8.onnx"]]
+    # the export cache is keyed by the weights (other models, and earlier sessions, have their own
+    # dirs): this model's dir holds the fp32 export and its int8 quantization, nothing else
+    int8 = onnx_model(resolve_model_dir("all-minilm-l6-v2")[1], "int8")
+    assert sorted(p.name for p in int8.parent.glob("*.onnx")) == ["model-fp32.onnx", "model-int8.onnx"]
 
 
 def _calibration_table():

@@ -293,8 +293,8 @@ def test_auto_measures_the_paths_again_for_the_tuned_weights(support_run):
     key = model_key(out / "encoder")  # the tuned weights' hash: its own measurements
     assert key != model_key(resolve_model_dir("all-minilm-l6-v2")[1])
     encoder = load_encoder(str(out))  # backend auto, precision auto: the exact contract
-    table = calibrate.cached(key)
-    assert table is not None and table["model"] == str((out / "encoder").resolve())
+    table = calibrate.cached(key)  # keyed by weights: the same weights elsewhere share it
+    assert table is not None and table["model"].endswith("encoder")
     assert encoder.choice["cos_mean"] >= calibrate.EXACT_MEAN
     assert encoder.model == str((out / "encoder").resolve())
 
