@@ -155,8 +155,10 @@ def write_info(
     train_seconds: float,
     method: str = "sft",
     evaluation: dict | None = None,
+    **speed,
 ) -> dict:
-    """Write run.json (the run's record; written last, so its presence means the run finished)."""
+    """Write run.json (the run's record; written last, so its presence means the run finished).
+    `speed`: how the run was computed and how fast (padding_free, mfu, flops_per_token, peak_flops)."""
     info = {
         "base_model": recipe.model.name,
         "base_path": str(base_dir),
@@ -176,6 +178,7 @@ def write_info(
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
         "train_seconds": round(train_seconds, 2),  # the loop only (this session): no loading/saving
+        **speed,
     }
     write_json(layout.info, info)
     return info

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
+from llmkit import attention, devices, methods
 from llmkit import data as datalib
-from llmkit import devices, methods
 from llmkit.checkpoints import load_checkpoint, save_adapter, save_checkpoint
+from llmkit.dropout import use_fast_dropout
 from llmkit.errors import LlmkitError, TrainError
 from llmkit.lora import lora_targets
 from llmkit.methods.model import Context, LossModel
@@ -46,6 +47,7 @@ from llmkit.runs import (
 from llmkit.steps import Plan
 from llmkit.turns import end_of_turn
 from llmkit.ui import field, info, progress_items, quiet_transformers, warn
+from llmkit.utilisation import Utilisation
 
 # Measured on 2 cores with SmolLM2-135M: tokens/s is flat from 512 to 4096 tokens per pass,
 # while activation memory grows ~3 MB per token, so CPU passes stay at 1024 tokens.
@@ -107,7 +109,11 @@ def train(
     ends = list(
         end_of_turn(tokenizer, model.generation_config).ids
     )  # GRPO's answers end where a served turn does
-    ctx = Context(recipe, tokenizer, model, pad_id, accelerator, budget, end_ids=ends)
+    flat = attention.uses_segments(model.get_base_model())
+    ctx = Context(recipe, tokenizer, model, pad_id, accelerator, budget, end_ids=ends, flat=flat)
+    mfu = None if t.method == "grpo" else Utilisation(
+        model, t.method, dataset.train, hw.device, precision, accelerator.num_processes
+    )  # fmt: skip
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
@@ -123,12 +129,18 @@ def train(
     if resume:
         start_step, tokens_seen = load_checkpoint(run, accelerator, loss_model, optimizer, scheduler)
         info(f"Resuming {run.path} from step {start_step}/{plan.total_steps}")
+    start_tokens = tokens_seen
     if main:
         write_recipe(run, recipe)
         info(
             f"Training {recipe.model.name} ({t.method}) on {hw.device} ({precision}, {accelerator.num_processes} process(es)): "
             f"{len(dataset.train)} examples, {plan.total_steps} steps → {run.path}"
         )
+        if mfu:
+            info(
+                f"Model FLOPs: {mfu.flops_per_token / 1e6:,.0f} M per token; this machine's peak "
+                f"{mfu.peak / 1e9:,.0f} GFLOP/s ({mfu.source})"
+            )
         if dataset.dropped:
             warn("dropped rows: " + ", ".join(f"{n} {why}" for why, n in dataset.dropped.most_common()))
     log = Metrics(run, start_step, enabled=main)
@@ -137,10 +149,10 @@ def train(
         return {k: v.to(accelerator.device) for k, v in batch.items()}
 
     evaluation, loop_start = {}, time.perf_counter()
-    bar = progress_items(field("loss"), field("tps", "tok/s"))
+    bar = progress_items(field("loss"), field("tps", "tok/s"), field("mfu", "MFU"))
     bar.disable = bar.disable or not main  # one bar, from the main process
     with bar, oom_guard(recipe, run.path, budget):  # CUDA OOM → the plan's figures + what to change
-        task = bar.add_task("train", total=plan.total_steps, completed=start_step, loss="-", tps="-")
+        task = bar.add_task("train", total=plan.total_steps, completed=start_step, loss="-", tps="-", mfu="-")
         for step in range(start_step, plan.total_steps):
             loss_model.train()
             micro_batches = [
@@ -151,7 +163,9 @@ def train(
             n_units = plan.units(step)  # over all processes and micro-batches of this step
             step_start, step_loss = time.perf_counter(), 0.0
             for k, rows in enumerate(micro_batches):
-                batch = to_device(method.build(dataset.train, rows, ctx))  # 1. batch (GRPO: sample, score)
+                batch = to_device(
+                    method.build(dataset.train, ctx.layout(rows), ctx)
+                )  # 1. batch (GRPO: sample, score)
                 last = k == len(micro_batches) - 1
                 with accelerator.no_sync(loss_model) if not last else contextlib.nullcontext():
                     loss_sum = loss_model(**batch)  # 2. forward pass + loss (summed over units)
@@ -170,7 +184,10 @@ def train(
             train_loss = accelerator.reduce(step_loss.reshape(1), "sum").item() / n_units
             figures = ctx.pop_stats()  # the method's own: preference accuracy, rewards, ...
             tps = step_tokens / (time.perf_counter() - step_start)
-            bar.update(task, completed=done, loss=f"{train_loss:.4f}", tps=f"{tps:,.0f}")
+            if mfu:
+                figures["mfu"] = round(mfu.of(tps), 4)
+            shown = f"{figures['mfu']:.0%}" if mfu else "-"
+            bar.update(task, completed=done, loss=f"{train_loss:.4f}", tps=f"{tps:,.0f}", mfu=shown)
             if done % t.log_every == 0 or done == plan.total_steps:
                 log.write(
                     done,
@@ -212,6 +229,8 @@ def train(
             method=t.method,
             started=started,
             train_seconds=train_seconds,
+            padding_free=flat,
+            **(mfu.figures((tokens_seen - start_tokens) / max(train_seconds, 1e-9)) if mfu else {}),
         )
         info(f"Done: adapter in {run.adapter}  (chat with it: llmkit chat {run.path})")
     accelerator.wait_for_everyone()
@@ -279,6 +298,14 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
         kwargs["device_map"] = {"": accelerator.local_process_index}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     model.config.use_cache = False
+    cpu = (
+        accelerator.device.type == "cpu"
+    )  # measured there (bench/train_throughput.py); GPUs keep their kernels
+    if cpu and not m.attn_implementation:  # a recipe that names an attention gets exactly that one
+        longest = recipe.data.max_length + (
+            recipe.grpo.max_completion_length if recipe.train.method == "grpo" else 0
+        )
+        attention.use_segments(model, longest)
     gc = recipe.train.gradient_checkpointing
     if m.load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -303,7 +330,10 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
         use_rslora=lo.use_rslora,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if cpu:
+        use_fast_dropout(model)
+    return model
 
 
 # ----------------------------------------------------------------------------- python -m llmkit.training

@@ -184,7 +184,7 @@ def build(examples, rows, ctx):
         for e, group in zip(chosen, [answers[k * n : (k + 1) * n] for k in range(len(chosen))], strict=True)
         for a in group
     ]
-    batch = datalib.collate(seqs, [[k] for k in range(len(seqs))], ctx.pad_id, segments=True)
+    batch = datalib.collate(seqs, ctx.layout([[k] for k in range(len(seqs))]), ctx.pad_id, segments=True)
     batch["advantages"] = advantages.flatten().float()
     batch["norm"] = torch.tensor(float(n * g.max_completion_length))
     return batch

@@ -3,7 +3,8 @@
 LossModel wraps the PEFT model so that one forward call returns the method's loss: everything
 runs inside forward, so DDP, FSDP and DeepSpeed see a normal forward pass. Position ids restart
 per packed sequence; no attention mask is passed, which lets transformers derive the
-block-diagonal (packed) causal mask from them. The output layer runs only where a label
+block-diagonal (packed) causal mask from them, or, on a padding-free model (llmkit.attention),
+the sequence bounds that attention runs within. The output layer runs only where a label
 exists: with a 49k vocabulary and answers-only loss that skips a large share of the work.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from llmkit import attention
 from llmkit.data import IGNORE
 
 
@@ -37,6 +39,7 @@ class LossModel(torch.nn.Module):
             for a in ("final_logit_softcapping", "logit_scale", "logits_scaling")
         )
         self.fast = not special and lm.get_output_embeddings() is not None
+        self.segments = attention.uses_segments(lm)
 
     def forward(self, **batch):
         if self.method is None:  # SFT's loss, for callers that wrap a model directly
@@ -54,11 +57,16 @@ class LossModel(torch.nn.Module):
         lm = self.model.get_base_model()
         targets = labels[:, 1:]
         keep = targets != IGNORE
+        kw = attention.segment_kwargs(position_ids) if self.segments else {}
         if self.fast:
-            hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)[0]
+            hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw)[
+                0
+            ]
             logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # output layer on label positions only
         else:
-            logits = lm(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1][keep]
+            logits = lm(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw).logits[:, :-1][
+                keep
+            ]
         return -F.cross_entropy(logits.float(), targets[keep], reduction="none")
 
 
@@ -86,7 +94,13 @@ class Context:
     budget: int = 0  # most tokens in one forward/backward pass (0: no limit)
     rewards: list = field(default_factory=list)  # GRPO: loaded reward functions
     end_ids: list[int] = field(default_factory=list)  # tokens that end an answer
+    flat: bool = False  # padding-free passes: a micro-batch's rows laid end to end in one row
     stats: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
+
+    def layout(self, rows: list[list[int]]) -> list[list[int]]:
+        """The rows a pass is collated into: all in one row when passes are padding-free (the
+        sequences keep their order, so per-sequence sums come out in the same order)."""
+        return [[i for row in rows for i in row]] if self.flat else rows
 
     def log(self, name: str, total, count: float = 1.0) -> None:
         entry = self.stats[name]
@@ -141,7 +155,7 @@ def eval_loss(lm, examples, ctx: Context, build, *, packing: bool) -> dict[str, 
     total = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     with torch.no_grad():
         for rows in batches[rank::world]:
-            batch = {k: v.to(ctx.device) for k, v in build(examples, rows, ctx).items()}
+            batch = {k: v.to(ctx.device) for k, v in build(examples, ctx.layout(rows), ctx).items()}
             total[0] += float(lm(**batch))
             total[1] += sum(examples[i].units for row in rows for i in row)
     if world > 1:

@@ -43,7 +43,7 @@ def advise(result: PlanResult, counts, tc, recipe, layout, examples, device, act
     for budget in (4096, 2048, 1024, 512, 256, 128):
         if result.max_batch_tokens and budget >= result.max_batch_tokens:
             continue
-        lay = _layout(examples, recipe, budget)
+        lay = _layout(examples, recipe, budget, layout.get("padding_free", False))
         pk = peak_with(result.activation_bytes_per_token, lay["pass_tokens"], lay["pass_labels"])
         if pk <= room:
             out.append(f"train.max_batch_tokens={budget} (peak {human_size(m.peak)} → {human_size(pk)})")

@@ -11,8 +11,10 @@ def _prepare_data(recipe: Recipe, tokenizer):
     return methods.get(recipe.train.method).prepare(recipe, tokenizer, recipe.train.seed)
 
 
-def _layout(examples, recipe: Recipe, budget: int) -> dict:
-    """The run's steps and passes, exactly as train.py lays them out (one process)."""
+def _layout(examples, recipe: Recipe, budget: int, flat: bool = False) -> dict:
+    """The run's steps and passes, exactly as train.py lays them out (one process). `flat`:
+    padding-free passes (llmkit.attention): a pass holds its real tokens only, and each
+    sequence attends within itself."""
     from llmkit import data as datalib
     from llmkit import methods
     from llmkit.steps import Plan
@@ -25,13 +27,19 @@ def _layout(examples, recipe: Recipe, budget: int) -> dict:
             for piece in datalib.split_by_tokens(examples, rows, budget):
                 width = max(sum(examples[i].cost for i in row) for row in piece)
                 labels = sum(examples[i].n_labels for row in piece for i in row)
-                best = max(best, (width * len(piece), labels, width))
+                tokens = sum(examples[i].cost for row in piece for i in row) if flat else width * len(piece)
+                best = max(best, (tokens, labels, width))
     epoch = p.epochs[0]
-    padded = sum(
-        len(rows) * max(sum(examples[i].cost for i in row) for row in rows) for rows in epoch if rows
-    )
     labels = sum(examples[i].n_labels for rows in epoch for row in rows for i in row)
-    n_rows = sum(len(rows) for rows in epoch)
+    if flat:  # attention spans one sequence: a token's mean context is sum L^2 / sum L, halved
+        lengths = [n for rows in epoch for row in rows for i in row for n in examples[i].lengths]
+        padded = sum(lengths)
+        mean_width = sum(n * n for n in lengths) / max(1, padded)
+    else:
+        padded = sum(
+            len(rows) * max(sum(examples[i].cost for i in row) for row in rows) for rows in epoch if rows
+        )
+        mean_width = padded / max(1, sum(len(rows) for rows in epoch))
     return {
         "steps": p.total_steps,
         "steps_per_epoch": p.steps_per_epoch,
@@ -40,6 +48,7 @@ def _layout(examples, recipe: Recipe, budget: int) -> dict:
         "pass_width": best[2],
         "tokens_per_epoch": padded,
         "labels_per_epoch": labels,
-        "mean_width": padded / max(1, n_rows),
+        "mean_width": mean_width,
+        "padding_free": flat,
         "real_tokens_per_epoch": sum(e.cost for e in examples),
     }

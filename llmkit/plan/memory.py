@@ -27,7 +27,7 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def activation_bytes_per_token(
-    tc, recipe: Recipe, act: str, checkpointing: bool, counts: dict, width: int = 0
+    tc, recipe: Recipe, act: str, checkpointing: bool, counts: dict, width: int = 0, flat: bool = False
 ) -> int:
     """Bytes autograd keeps per token for the backward pass (all layers).
 
@@ -37,6 +37,8 @@ def activation_bytes_per_token(
                                            output copy)
       attention      a (2 nh d + 2 nkv d) + 4 nh    rope'd q, k, v, the sdpa output, log-sum-exp
                      + 2 a nh w            eager attention only: probabilities for a row of width w
+                     + (4 - a)(...)        padding-free passes under mixed precision: attention
+                                           runs on fp32 copies (llmkit.attention)
       MLP            4 a i                 gate, SiLU(gate), up, their product
       LoRA           a r per module; with dropout also (a + 1) in (the dropped copy and its mask)
     Counted with autograd's saved-tensor hooks on SmolLM2-135M: 1.213 MB/token fp32 (formula:
@@ -49,6 +51,8 @@ def activation_bytes_per_token(
     mixed = a != 4
     norms = 2 * (4 * h + a * h) + (2 * a * h + a * nh * d if mixed else 0)
     attn = a * (2 * nh * d + 2 * nkv * d) + 4 * nh
+    if flat and mixed:
+        attn += (4 - a) * (2 * nh * d + 2 * nkv * d)
     if (recipe.model.attn_implementation or counts.get("attn")) == "eager":
         attn += 2 * a * nh * width
     mlp = 4 * a * i

@@ -18,25 +18,8 @@ def count_parameters(config, recipe: Recipe) -> dict:
 
     with torch.device("meta"), warnings_off():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
-    seen: set[int] = set()
-    total = embed = head = experts = 0
-    emb = model.get_input_embeddings()
-    out = model.get_output_embeddings()
-    emb_ids = {id(p) for p in emb.parameters()} if emb is not None else set()
-    head_ids = {id(p) for p in out.parameters()} if out is not None else set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if id(p) in emb_ids:
-            embed += p.numel()
-        elif id(p) in head_ids:
-            head += p.numel()
-        elif ".experts." in name or name.endswith(".experts"):
-            experts += p.numel()
-    tied = out is not None and emb is not None and out.weight is emb.weight
-    head_params = out.weight.numel() if out is not None else 0
+    tc = _text_config(config)
+    counts = _weights(model, tc)
     lo = recipe.lora
     targets = lora_targets(model, lo.target_modules)
     lcfg = LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=0.0, **targets, use_dora=lo.use_dora)
@@ -50,7 +33,44 @@ def count_parameters(config, recipe: Recipe) -> dict:
             if ".lora_A" in n
         }
     )
-    tc = _text_config(config)
+    return {
+        **counts,
+        "lora": lora,
+        "lora_modules": modules,
+        "lora_per_token_dims": _lora_dims(peft_model),
+        "layer_linear": _linear_params(model),
+        "attn": getattr(model.config, "_attn_implementation", None),
+    }
+
+
+def trained_counts(peft_model) -> dict:
+    """The same counts for a live PEFT model (the one a run trains): its LoRA weights apart."""
+    base = peft_model.get_base_model()
+    lora = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    return {**_weights(base, _text_config(base.config), skip="lora_"), "lora": lora}
+
+
+def _weights(model, tc, skip: str | None = None) -> dict:
+    """Parameters by role: embedding, output layer, experts (and how many of them one token runs)."""
+    seen: set[int] = set()
+    total = embed = head = experts = 0
+    emb = model.get_input_embeddings()
+    out = model.get_output_embeddings()
+    emb_ids = {id(p) for p in emb.parameters()} if emb is not None else set()
+    head_ids = {id(p) for p in out.parameters()} if out is not None else set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen or (skip and skip in name):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if id(p) in emb_ids:
+            embed += p.numel()
+        elif id(p) in head_ids:
+            head += p.numel()
+        elif ".experts." in name or name.endswith(".experts"):
+            experts += p.numel()
+    tied = out is not None and emb is not None and out.weight is emb.weight
+    head_params = out.weight.numel() if out is not None else 0
     n_exp = _first(tc, "num_experts", "num_local_experts", "n_routed_experts") or 0
     top_k = _first(tc, "num_experts_per_tok") or 0
     active_experts = experts * top_k / n_exp if n_exp else experts
@@ -63,11 +83,6 @@ def count_parameters(config, recipe: Recipe) -> dict:
         "body_active": int(body),
         "active": int(body + head_params),
         "experts": experts,
-        "lora": lora,
-        "lora_modules": modules,
-        "lora_per_token_dims": _lora_dims(peft_model),
-        "layer_linear": _linear_params(model),
-        "attn": getattr(model.config, "_attn_implementation", None),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmkit.attention import exact_for
 from llmkit.errors import DoesNotFit, InvalidArgument
 from llmkit.files import human_size
 from llmkit.plan.advice import advise
@@ -72,12 +73,16 @@ def plan(
     counts = count_parameters(config, loaded)
     dataset = _prepare_data(loaded, tokenizer)
     budget = t.max_batch_tokens if t.max_batch_tokens is not None else (1024 if device == "cpu" else 0)
-    layout = _layout(dataset.train, loaded, budget)
+    longest = loaded.data.max_length + (loaded.grpo.max_completion_length if t.method == "grpo" else 0)
+    flat = (
+        device == "cpu" and not loaded.model.attn_implementation and exact_for(arch, counts["attn"], longest)
+    )
+    layout = _layout(dataset.train, loaded, budget, flat)
 
     act = precision if precision in ("bf16", "fp16") else "fp32"
     wdtype = "nf4" if loaded.model.load_in_4bit else act
     per_token = {
-        gc: activation_bytes_per_token(arch, loaded, act, gc, counts, layout["pass_width"])
+        gc: activation_bytes_per_token(arch, loaded, act, gc, counts, layout["pass_width"], flat)
         for gc in (False, True)
     }
     gc = t.gradient_checkpointing

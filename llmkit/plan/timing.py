@@ -49,6 +49,19 @@ def flops_per_token(counts, tc, layout, *, train_base: bool = False) -> float:
     return float(k * (body + head) + attn + lora)
 
 
+def trained_token_flops(counts, tc, examples) -> float:
+    """FLOPs per real (non-padding) token of a run's data: `flops_per_token` with the data's own
+    answer share and attention context (each sequence attends within itself: sum L^2 / sum L)."""
+    lengths = [n for e in examples for n in e.lengths]
+    tokens = max(1, sum(lengths))
+    layout = {
+        "labels_per_epoch": sum(e.n_labels for e in examples),
+        "tokens_per_epoch": tokens,
+        "mean_width": sum(n * n for n in lengths) / tokens,
+    }
+    return flops_per_token(counts, tc, layout)
+
+
 def device_flops(device: str, act: str, tc, here: bool, name: str) -> tuple[float, str]:
     """Achievable matmul FLOP/s at the training precision: measured here when the device is here."""
     if not here:

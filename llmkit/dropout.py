@@ -1,0 +1,65 @@
+"""LoRA dropout on CPU, drawn several times faster than torch's own.
+
+torch draws dropout masks on CPU with a Mersenne Twister, one thread: on 2 cores that was 20 %
+of a SmolLM2-135M LoRA step (210 masks per pass, 6 ms each). NumPy's PCG64 draws the same
+bits about 5x faster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * mask / (1 - p), keeping only the boolean mask for backward (as torch's dropout does)."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale: float):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x, 0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
+
+
+class FastDropout(torch.nn.Module):
+    """Dropout with torch's semantics, its mask drawn by NumPy on CPU.
+
+    Each call takes one 62-bit seed from torch's own generator and draws the mask from NumPy's
+    PCG64 with it: torch's RNG state stays the only state, so a resumed run (which restores
+    it) and gradient checkpointing's recompute (which replays it) draw the same masks. The
+    drop probability is p rounded to a multiple of 1/65536."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 65536) - 32768  # uniform int16 below this: dropped
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return torch.nn.functional.dropout(x, self.p, self.training)
+        seed = int(torch.randint(0, 2**62, (1,)))
+        n = x.numel()
+        raw = np.random.PCG64(seed).random_raw((n + 3) // 4)  # 64 bits: four int16 draws each
+        draw = torch.from_numpy(raw.view(np.int16)[:n]).view(x.shape)
+        return _MaskedScale.apply(x, draw >= self.threshold, 1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_fast_dropout(peft_model) -> int:
+    """Swap every LoRA dropout for FastDropout (the same p); returns how many were swapped."""
+    n = 0
+    for module in peft_model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if isinstance(drops, torch.nn.ModuleDict):
+            for name, drop in drops.items():
+                if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
+                    drops[name] = FastDropout(drop.p)
+                    n += 1
+    return n

@@ -1,0 +1,150 @@
+"""The CPU training fast paths keep every contract: padding-free passes give the padded passes'
+losses and gradients (four families), the NumPy-drawn LoRA dropout is dropout (and replays
+exactly under gradient checkpointing), and a run reports its model FLOPs utilisation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmkit import attention
+from llmkit import data as datalib
+from llmkit.dropout import FastDropout
+from llmkit.methods.model import LossModel
+
+LENGTHS = (7, 3, 8, 5)  # ≤ tiny-gemma3's sliding window (8): the windowed layers are exact too
+
+
+def _examples(vocab: int) -> list[datalib.Example]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for n in LENGTHS:
+        ids = torch.randint(3, vocab, (n,), generator=g).tolist()
+        labels = [datalib.IGNORE] * 2 + ids[2:]  # answers-only: the first two are the prompt
+        out.append(datalib.Example(ids, labels))
+    return out
+
+
+def _lora(model_dir, segments: bool):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    switched = attention.use_segments(model, max(LENGTHS)) if segments else False
+    torch.manual_seed(0)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, lora_dropout=0.0
+    )
+    return get_peft_model(model, cfg), switched
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-qwen2", "tiny-gemma3", "tiny-qwen3moe"])
+def test_padding_free_passes_give_the_padded_losses_and_gradients(family):
+    from llmkit.tiny import tiny_model_dir
+
+    model_dir = tiny_model_dir(family)
+    results = []
+    for segments in (False, True):
+        peft, switched = _lora(model_dir, segments)
+        assert switched == segments
+        lm = LossModel(peft)
+        examples = _examples(peft.get_base_model().config.vocab_size)
+        rows = [[0], [1], [2], [3]]
+        batch = datalib.collate(examples, [[0, 1, 2, 3]] if segments else rows, 0, segments=True)
+        assert batch["input_ids"].shape == ((1, sum(LENGTHS)) if segments else (4, max(LENGTHS)))
+        values = lm.token_logps(batch["input_ids"], batch["position_ids"], batch["labels"])
+        values.sum().backward()
+        grads = {n: p.grad.clone() for n, p in peft.named_parameters() if p.grad is not None}
+        results.append((values.detach(), grads))
+    (padded, g1), (flat, g2) = results
+    assert padded.shape == flat.shape == (sum(n - 2 for n in LENGTHS),)
+    torch.testing.assert_close(flat, padded, rtol=1e-5, atol=1e-5)
+    assert g1.keys() == g2.keys() and g1
+    for name in g1:
+        scale = float(g1[name].abs().max())  # float sums in another order: ~1e-6 of the largest
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_padding_free_only_where_it_is_exact():
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.tiny import tiny_model_dir
+
+    def switched(family, longest, impl="sdpa"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(family), attn_implementation=impl)
+        return attention.use_segments(model, longest)
+
+    assert switched("tiny-gemma3", 8)
+    assert not switched("tiny-gemma3", 9)  # sequences longer than its sliding window
+    assert not switched("tiny-gemma2", 4, "eager")  # soft-capped attention
+    assert not switched("tiny-llama", 64, "eager")  # a recipe that names its attention gets it
+
+
+def test_fast_dropout_is_dropout():
+    torch.manual_seed(0)
+    x = torch.randn(512, 384, requires_grad=True)
+    drop = FastDropout(0.1).train()
+    y = drop(x)
+    kept = y != 0
+    n = kept.numel()
+    assert abs(kept.float().mean().item() - 0.9) < 4 * (0.9 * 0.1 / n) ** 0.5  # 4 sigma
+    torch.testing.assert_close(y[kept], x[kept] / 0.9)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)  # the same mask, scaled, backwards
+    assert not torch.equal(drop(x) != 0, kept)  # a fresh mask per call
+    torch.manual_seed(5)
+    a = drop(x)
+    torch.manual_seed(5)
+    assert torch.equal(drop(x), a)  # torch's RNG decides: a restored state replays the masks
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_fast_dropout_replays_under_gradient_checkpointing():
+    """Checkpointing recomputes the forward pass in backward, restoring torch's RNG first: the
+    recomputed masks are the ones the forward pass used, so gradients match a plain run."""
+    from torch.utils.checkpoint import checkpoint
+
+    lin = torch.nn.Linear(64, 64)
+    drop = FastDropout(0.3).train()
+    x = torch.randn(32, 64)
+
+    def grads(ckpt: bool):
+        lin.zero_grad()
+        torch.manual_seed(3)
+        f = lambda t: lin(drop(t)).tanh()  # noqa: E731
+        out = checkpoint(f, x, use_reentrant=False) if ckpt else f(x)
+        out.square().sum().backward()
+        return lin.weight.grad.clone()
+
+    torch.testing.assert_close(grads(True), grads(False), rtol=0, atol=0)
+
+
+def test_a_run_reports_its_model_flops_utilisation(tmp_path, llmkit_cli):
+    from transformers import AutoConfig
+
+    from llmkit.plan.config import _text_config
+    from llmkit.plan.params import count_parameters
+    from llmkit.plan.timing import trained_token_flops
+    from llmkit.recipe import load
+    from llmkit.tiny import tiny_model_dir
+    from llmkit.training import load_tokenizer
+
+    out = tmp_path / "run"
+    overrides = [f"train.output_dir={out}", "train.max_steps=3", "train.eval_every=0"]
+    result = llmkit_cli("train", "tiny", *overrides, "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    info = json.loads((out / "run.json").read_text())
+    assert shown["mfu"] == info["mfu"] and 0 < info["mfu"] < 1.5
+    assert info["padding_free"] is True and info["peak_flops"] > 1e8 and "fp32" in info["peak_source"]
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["mfu"] < 1.5 for r in rows if "loss" in r)
+    # the planner's count of the same model and data
+    recipe = load("tiny", overrides)
+    tokenizer, _ = load_tokenizer(recipe)
+    examples = datalib.prepare(recipe, tokenizer, seed=recipe.train.seed).train
+    config = AutoConfig.from_pretrained(tiny_model_dir("tiny-llama"))
+    expected = trained_token_flops(count_parameters(config, recipe), _text_config(config), examples)
+    assert info["flops_per_token"] == round(expected)
