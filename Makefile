@@ -40,6 +40,8 @@ test-slow: setup
 
 bench: setup
 	$(PY) bench/train_throughput.py
+	for m in "smollm2-135m-instruct --train 512" "gemma3-270m --train 128" "moe-small --train 256"; do \
+		$(PY) bench/train_throughput.py --model $$m --configs today llmkit today-bf16 llmkit-bf16 || exit 1; done
 	$(PY) bench/dpo_throughput.py
 	$(PY) bench/grpo_throughput.py
 	$(PY) bench/embed_throughput.py

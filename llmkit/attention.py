@@ -34,8 +34,8 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     gqa = query.shape[1] != key.shape[1]
-    dtype, cpu = query.dtype, query.device.type == "cpu"
-    if cpu and dtype != torch.float32:
+    dtype, cpu = value.dtype, query.device.type == "cpu"  # rope may have made q, k fp32 already
+    if cpu and torch.bfloat16 in (query.dtype, key.dtype, dtype):
         # PyTorch's CPU flash kernel is slower in bf16 than in fp32 on short sequences (its
         # backward: 4.2 ms vs 2.3 ms at 128 tokens); the upcast costs little and loses nothing.
         # Autocast would cast back to bf16, so it is off for this call.

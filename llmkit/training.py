@@ -6,7 +6,10 @@
 
 Each optimizer step: for every micro-batch, build the batch → forward pass → loss → backward
 pass; then one optimizer step. The method (llmkit.methods) decides how a batch is built (GRPO
-samples and scores answers there) and what the loss is; the loop is the same for all. A loss is
+samples and scores answers there) and what the loss is; the loop is the same for all. On CPU a
+micro-batch's sequences run end to end in one row, without padding (llmkit.attention), and the
+LoRA dropout masks are drawn by NumPy (llmkit.dropout); the progress line, metrics and run.json
+show the model FLOPs utilisation (llmkit.utilisation). A loss is
 summed over the step's units (answer tokens for SFT, pairs for DPO/ORPO, prompts for GRPO) and
 divided by their number, so gradient accumulation and several processes give the same update
 as one big batch.
@@ -31,7 +34,8 @@ from llmkit import data as datalib
 from llmkit.checkpoints import load_checkpoint, save_adapter, save_checkpoint
 from llmkit.dropout import use_fast_dropout
 from llmkit.errors import LlmkitError, TrainError
-from llmkit.lora import lora_targets
+from llmkit.lora import fp32_lora_sums, lora_targets
+from llmkit.methods.config import longest_sequence
 from llmkit.methods.model import Context, LossModel
 from llmkit.plan import oom_guard
 from llmkit.recipe import Recipe, load
@@ -111,9 +115,9 @@ def train(
     )  # GRPO's answers end where a served turn does
     flat = attention.uses_segments(model.get_base_model())
     ctx = Context(recipe, tokenizer, model, pad_id, accelerator, budget, end_ids=ends, flat=flat)
-    mfu = None if t.method == "grpo" else Utilisation(
-        model, t.method, dataset.train, hw.device, precision, accelerator.num_processes
-    )  # fmt: skip
+    mfu = None  # GRPO's steps are mostly sampling, which MFU does not measure
+    if t.method != "grpo":
+        mfu = Utilisation(model, t.method, dataset.train, hw.device, precision, accelerator.num_processes)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
@@ -163,9 +167,8 @@ def train(
             n_units = plan.units(step)  # over all processes and micro-batches of this step
             step_start, step_loss = time.perf_counter(), 0.0
             for k, rows in enumerate(micro_batches):
-                batch = to_device(
-                    method.build(dataset.train, ctx.layout(rows), ctx)
-                )  # 1. batch (GRPO: sample, score)
+                rows = ctx.layout(rows)  # padding-free passes: the rows end to end in one
+                batch = to_device(method.build(dataset.train, rows, ctx))  # 1. batch (GRPO: sample, score)
                 last = k == len(micro_batches) - 1
                 with accelerator.no_sync(loss_model) if not last else contextlib.nullcontext():
                     loss_sum = loss_model(**batch)  # 2. forward pass + loss (summed over units)
@@ -298,14 +301,10 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
         kwargs["device_map"] = {"": accelerator.local_process_index}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     model.config.use_cache = False
-    cpu = (
-        accelerator.device.type == "cpu"
-    )  # measured there (bench/train_throughput.py); GPUs keep their kernels
+    # The CPU fast paths (measured there: bench/train_throughput.py); GPUs keep their own kernels.
+    cpu = accelerator.device.type == "cpu"
     if cpu and not m.attn_implementation:  # a recipe that names an attention gets exactly that one
-        longest = recipe.data.max_length + (
-            recipe.grpo.max_completion_length if recipe.train.method == "grpo" else 0
-        )
-        attention.use_segments(model, longest)
+        attention.use_segments(model, longest_sequence(recipe))
     gc = recipe.train.gradient_checkpointing
     if m.load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -333,6 +332,8 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
     model = get_peft_model(model, config)
     if cpu:
         use_fast_dropout(model)
+    if cpu and precision == "bf16":
+        fp32_lora_sums(model)
     return model
 
 

@@ -148,3 +148,39 @@ def test_a_run_reports_its_model_flops_utilisation(tmp_path, llmkit_cli):
     config = AutoConfig.from_pretrained(tiny_model_dir("tiny-llama"))
     expected = trained_token_flops(count_parameters(config, recipe), _text_config(config), examples)
     assert info["flops_per_token"] == round(expected)
+
+
+def test_bf16_keeps_small_lora_updates_that_a_bf16_sum_rounds_away():
+    """Under bf16 autocast a LoRA update far below a bf16 step of the layer's output is lost in a
+    bf16 sum (each output moves by 0 or a whole step); with the sums in fp32 the forward pass
+    sees the update itself."""
+    from peft import LoraConfig, get_peft_model
+
+    from llmkit.lora import fp32_lora_sums
+
+    def seen_vs_true(hooked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        base = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16)
+        with torch.no_grad():
+            base[0].bias.fill_(4.0)  # outputs near 4: a bf16 step there is 1/32
+        model = get_peft_model(
+            base, LoraConfig(r=4, lora_alpha=8, target_modules=["0"], init_lora_weights=False)
+        )
+        layer = model.base_model.model[0]
+        with torch.no_grad():
+            layer.lora_B["default"].weight.fill_(1e-4)  # updates of ~1e-3, far below 1/32
+        if hooked:
+            assert fp32_lora_sums(model) == 1
+        x = torch.randn(8, 64, dtype=torch.bfloat16)
+        a, b = layer.lora_A["default"].weight.float(), layer.lora_B["default"].weight.float()
+        true = x.float() @ a.T @ b.T * 2.0  # alpha / r
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x).float()
+            with model.disable_adapter():
+                plain = model(x).float()
+        return out - plain, true
+
+    seen, true = seen_vs_true(True)
+    assert (seen - true).abs().max() < 0.02 * true.abs().max()  # the update, to bf16 matmul precision
+    seen, true = seen_vs_true(False)
+    assert (seen - true).abs().mean() > 0.5 * true.abs().mean()  # 0 or a whole step, never the update

@@ -79,3 +79,9 @@ SECTIONS: dict[str, type[_Section] | None] = {
     "grpo": GrpoSection,
 }
 METHODS = tuple(SECTIONS)
+
+
+def longest_sequence(recipe) -> int:
+    """The most tokens one sequence of a run may hold: data.max_length, plus a GRPO answer."""
+    grpo = recipe.train.method == "grpo"
+    return recipe.data.max_length + (recipe.grpo.max_completion_length if grpo else 0)

@@ -7,6 +7,7 @@ from pathlib import Path
 from llmkit.attention import exact_for
 from llmkit.errors import DoesNotFit, InvalidArgument
 from llmkit.files import human_size
+from llmkit.methods.config import longest_sequence
 from llmkit.plan.advice import advise
 from llmkit.plan.config import _text_config, model_config
 from llmkit.plan.layout import _layout, _prepare_data
@@ -21,7 +22,7 @@ from llmkit.plan.memory import (
 from llmkit.plan.params import count_parameters
 from llmkit.plan.probe import run_probe
 from llmkit.plan.result import PlanResult
-from llmkit.plan.timing import EFFICIENCY, device_flops, flops_per_token
+from llmkit.plan.timing import CPU_BF16_EFFICIENCY, EFFICIENCY, device_flops, flops_per_token
 from llmkit.recipe import Recipe, load
 
 # Decoding one token at a time reaches a small share of the matmul rate training gets (weights are
@@ -73,7 +74,7 @@ def plan(
     counts = count_parameters(config, loaded)
     dataset = _prepare_data(loaded, tokenizer)
     budget = t.max_batch_tokens if t.max_batch_tokens is not None else (1024 if device == "cpu" else 0)
-    longest = loaded.data.max_length + (loaded.grpo.max_completion_length if t.method == "grpo" else 0)
+    longest = longest_sequence(loaded)
     flat = (
         device == "cpu" and not loaded.model.attn_implementation and exact_for(arch, counts["attn"], longest)
     )
@@ -81,8 +82,10 @@ def plan(
 
     act = precision if precision in ("bf16", "fp16") else "fp32"
     wdtype = "nf4" if loaded.model.load_in_4bit else act
+    # CPU bf16 keeps an fp32 residual stream (lora.fp32_lora_sums): activations as in fp32
+    act_memory = "fp32" if device == "cpu" else act
     per_token = {
-        gc: activation_bytes_per_token(arch, loaded, act, gc, counts, layout["pass_width"], flat)
+        gc: activation_bytes_per_token(arch, loaded, act_memory, gc, counts, layout["pass_width"], flat)
         for gc in (False, True)
     }
     gc = t.gradient_checkpointing
@@ -91,7 +94,8 @@ def plan(
 
     flops_tok = flops_per_token(counts, arch, layout, train_base=False)
     dev_flops, source = device_flops(device, act, arch, here and measure, hw.name)
-    eff = EFFICIENCY[device] * (0.75 if gc else 1.0)  # recomputing the forward costs ~1/3 more
+    base_eff = CPU_BF16_EFFICIENCY if (device, act) == ("cpu", "bf16") else EFFICIENCY[device]
+    eff = base_eff * (0.75 if gc else 1.0)  # recomputing the forward costs ~1/3 more
     work = layout["tokens_per_epoch"] * flops_tok
     if t.method == "dpo":  # the reference: one more forward pass (2N of LoRA's 4N per token)
         work *= 1.5

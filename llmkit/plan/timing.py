@@ -10,7 +10,11 @@ from llmkit.plan.params import _dims
 # What a training step achieves of the device's measured matmul FLOP/s: the matmuls themselves
 # run at about that rate, the rest (norms, activations, attention softmax, optimizer, Python)
 # does not. Measured with SmolLM2-135M, llmkit's CPU path: see docs/train.md. --probe replaces it.
-EFFICIENCY = {"cpu": 0.45, "cuda": 0.40, "mps": 0.30}
+EFFICIENCY = {"cpu": 0.50, "cuda": 0.40, "mps": 0.30}
+# bf16 on CPU reaches a smaller share of its (higher) matmul peak: the elementwise work and the
+# fp32 residual stream stay at fp32 speed. Measured MFU, SmolLM2-135M, AMD EPYC AVX512-BF16:
+# fp32 0.49, bf16 0.31 (bench/train_throughput.py).
+CPU_BF16_EFFICIENCY = 0.30
 # Dense bf16 tensor-core peak (TFLOP/s) of GPUs users name, for `--device cuda` on a machine
 # without that GPU. With the GPU present, a matmul is measured instead.
 GPU_PEAK_TFLOPS = {
