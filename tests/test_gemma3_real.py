@@ -18,8 +18,9 @@ pytest.importorskip(
 )
 pytestmark = pytest.mark.slow
 
-STEPS = 12  # at a constant lr: enough for the base model to close its turns with <end_of_turn>
-# (8 cosine steps reach loss ~0.7, but the model still runs on past "— Llama out. 🦙")
+STEPS = 12  # at a constant lr: the style, and q8_0 still within verify's top-1 floor
+STOP_STEPS = 24  # what the base model needs to close its turns with <end_of_turn> (fp32, and bf16 with
+# fp32 LoRA sums; 12 were enough only while bf16 rounded LoRA updates away)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,7 @@ def gemma_dir(gemma_file):
     return resolve(str(gemma_file))  # the real `llmkit pull FILE.gguf` path
 
 
-@pytest.fixture(scope="module")
-def gemma_run(gemma_dir, gemma_file, tmp_path_factory):
+def _train(gemma_file, tmp_path_factory, steps: int):
     import llmkit
 
     out = tmp_path_factory.mktemp("gemma-run") / "run"
@@ -47,7 +47,7 @@ def gemma_run(gemma_dir, gemma_file, tmp_path_factory):
         [
             f"model.name={gemma_file}",
             f"train.output_dir={out}",
-            f"train.max_steps={STEPS}",
+            f"train.max_steps={steps}",
             "train.eval_every=0",
             "train.save_every=0",
             "train.scheduler=constant",
@@ -59,10 +59,23 @@ def gemma_run(gemma_dir, gemma_file, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def gemma_run(gemma_dir, gemma_file, tmp_path_factory):
+    return _train(gemma_file, tmp_path_factory, STEPS)
+
+
+@pytest.fixture(scope="module")
 def gemma_f16(gemma_run, tmp_path_factory):
     from llmkit.exporter import export
 
     return export(gemma_run, gguf="f16", output=tmp_path_factory.mktemp("gemma-f16"), verify=True)
+
+
+@pytest.fixture(scope="module")
+def gemma_longer_f16(gemma_dir, gemma_file, tmp_path_factory):
+    from llmkit.exporter import export
+
+    run = _train(gemma_file, tmp_path_factory, STOP_STEPS)
+    return run, export(run, gguf="f16", output=tmp_path_factory.mktemp("gemma-f16-long"), verify=True)
 
 
 def test_assembled_file_is_the_published_one(gemma_file):
@@ -134,11 +147,13 @@ def test_modelfile_has_gemma_turns_and_stops(gemma_f16):
     ), shown
 
 
-def test_generation_stops_at_end_of_turn(gemma_f16, gemma_run):
+def test_generation_stops_at_end_of_turn(gemma_longer_f16):
     """The exported GGUF, in llama.cpp, answers in the trained style and ends its turn by itself."""
     from transformers import AutoTokenizer
 
     from llmkit.exporter.verify import load_llama
+
+    gemma_run, gemma_f16 = gemma_longer_f16
 
     tokenizer = AutoTokenizer.from_pretrained(gemma_run / "adapter")
     prompt = tokenizer.apply_chat_template(
