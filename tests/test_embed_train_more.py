@@ -213,3 +213,41 @@ def test_a_lora_run_saves_a_plain_encoder_and_resumes_from_a_checkpoint(stock, t
     enc = Encoder(path=path, name="tuned", config=config, pooling="MEAN", normalize=True, max_seq_length=256)
     gguf, _ = write_encoder_gguf(enc, tmp_path / "tuned.gguf", "f32", verify=False)
     assert gguf.stat().st_size > 80e6
+
+
+# ----------------------------------------------------------------------------- sparse embedding gradients
+
+
+def test_sparse_embedding_gradients_give_the_dense_gradients_and_the_same_step(stock):
+    """The embedding tables' gradients are kept sparse through backward (only the rows a batch
+    used) and made dense once before clipping: the same gradient, the same AdamW step."""
+    import copy
+
+    import torch
+
+    from llmkit.embedding import train as embed_train
+
+    recipe = load_any("minilm-support", ["train.max_steps=1"])
+    rows = _support_data().train[:16]
+    grads, weights = {}, {}
+    for kind in ("dense", "sparse"):
+        model = copy.deepcopy(stock)
+        model.train()
+        tables = embed_train._sparse_grads(model) if kind == "sparse" else []
+        optimizer, _ = embed_train._optimizer(model, recipe, 1)
+        torch.manual_seed(0)  # the same dropout masks in both
+        embed_train._loss(model, recipe)(*embed_train._features(model, rows)).backward()
+        word = model[0].model.embeddings.word_embeddings.weight
+        if kind == "sparse":
+            assert len(tables) == 3 and word.grad.is_sparse  # word, position and token-type tables
+            embed_train._dense_grads(tables)
+        assert not word.grad.is_sparse
+        grads[kind] = word.grad.clone()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        weights[kind] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    used = grads["dense"].abs().sum(1) > 0
+    assert 50 < int(used.sum()) < 1000  # a batch touches a few hundred of the 30522 rows
+    torch.testing.assert_close(grads["sparse"], grads["dense"], rtol=1e-5, atol=1e-7)
+    for name, value in weights["dense"].items():
+        torch.testing.assert_close(weights["sparse"][name], value, rtol=1e-5, atol=1e-7)
