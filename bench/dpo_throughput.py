@@ -2,7 +2,7 @@
 
     python bench/dpo_throughput.py [--steps 6] [--pairs 4] [--threads 2] [--repeats 1] [--configs ...]
 
-Model: SmolLM2-135M-Instruct (the embedded GGUF, converted once), fp32. Data: the shipped
+Model: SmolLM2-135M-Instruct (the embedded GGUF, converted once), fp32 (see the bf16 configs). Data: the shipped
 preference pairs recipes/data/llama-preferences.jsonl (prompt/chosen/rejected; TRL gets them in
 its conversational form so both apply the model's chat template to a user turn and an assistant
 turn). Both train `--steps` steps of `--pairs` pairs on the *same pairs in the same order*:
@@ -14,7 +14,9 @@ grad-norm clip 1.0; max length 256 (no pair is truncated by either).
 
 Configs, each in its own process (peak RSS is that process's):
   llmkit       train.method=dpo, unpacked (chosen and rejected laid end to end in one row)
-  llmkit-ckpt  the same with gradient checkpointing (TRL's default); on request
+  llmkit-ckpt  the same with gradient checkpointing (TRL's default)
+  llmkit-bf16, llmkit-bf16-ckpt  train.precision=bf16: llmkit's own default (auto) on a CPU with
+               native bf16 (AVX512-BF16, AMX): bf16 weights, LoRA sums in fp32
   trl          DPOTrainer defaults otherwise (gradient checkpointing on, padding to the longest)
   trl-nockpt   DPOTrainer with gradient_checkpointing=False
 Measured: trained tokens (non-padding tokens of prompt+chosen and prompt+rejected) / training
@@ -40,12 +42,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "dpo_throughput.json"
 DATA = ROOT / "recipes" / "data" / "llama-preferences.jsonl"
-CONFIGS = ["llmkit", "llmkit-ckpt", "trl", "trl-nockpt"]
-DEFAULT = ["llmkit", "trl", "trl-nockpt"]  # llmkit-ckpt on request: --configs llmkit-ckpt
+CONFIGS = ["llmkit", "llmkit-ckpt", "llmkit-bf16", "llmkit-bf16-ckpt", "trl", "trl-nockpt"]
+DEFAULT = CONFIGS  # README's table: all six
 MAX_LEN, LR, WARMUP, BETA, SEED = 256, 1e-3, 0.1, 0.1, 42
 
 
-def recipe(steps: int, pairs: int, out: Path, ckpt: bool = False) -> dict:
+def recipe(steps: int, pairs: int, out: Path, ckpt: bool = False, precision: str = "fp32") -> dict:
     return {
         "model": {"name": "smollm2-135m-instruct"},
         "data": {"path": str(DATA), "max_length": MAX_LEN, "packing": False, "eval_fraction": 0},
@@ -61,7 +63,7 @@ def recipe(steps: int, pairs: int, out: Path, ckpt: bool = False) -> dict:
             "warmup_ratio": WARMUP,
             "weight_decay": 0.0,
             "max_grad_norm": 1.0,
-            "precision": "fp32",
+            "precision": precision,
             "eval_every": 0,
             "save_every": 0,
             "log_every": 1,
@@ -111,7 +113,8 @@ def run_one(name: str, steps: int, pairs: int, threads: int, order_file: Path) -
     if name.startswith("llmkit"):
         import llmkit
 
-        out = llmkit.train(recipe(steps, pairs, work / "run", name == "llmkit-ckpt"), overwrite=True)
+        precision = "bf16" if "bf16" in name else "fp32"
+        out = llmkit.train(recipe(steps, pairs, work / "run", "ckpt" in name, precision), overwrite=True)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         info = json.loads((out / "run.json").read_text())
         seconds, tokens = info["train_seconds"], info["tokens_seen"]
@@ -234,6 +237,11 @@ def main() -> None:
         "LLMKIT_QUIET": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    from llmkit.devices import cpu_native_bf16
+
+    if not cpu_native_bf16() and any("bf16" in c for c in args.configs):
+        print("this CPU has no native bf16 (emulated, many times slower): the bf16 configs are left out")
+        args.configs = [c for c in args.configs if "bf16" not in c]
     order = plan_order(args.steps, args.pairs)
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -273,7 +281,7 @@ def main() -> None:
         )
     by = {r["config"]: r for r in results}
     summary = {}
-    for mine, theirs in [(m, t) for m in ("llmkit", "llmkit-ckpt") for t in ("trl", "trl-nockpt")]:
+    for mine, theirs in [(m, t) for m in CONFIGS if m.startswith("llmkit") for t in ("trl", "trl-nockpt")]:
         if mine not in by or theirs not in by:
             continue
         ours, t = by[mine], by[theirs]
@@ -294,7 +302,7 @@ def main() -> None:
     import trl
 
     report = {
-        "model": "SmolLM2-135M-Instruct (fp32)",
+        "model": "SmolLM2-135M-Instruct (fp32; the llmkit-bf16 configs: bf16)",
         "device": "cpu",
         "cpu": cpu_model(),
         "threads": args.threads,

@@ -19,7 +19,8 @@ Measured: training examples / wall time of the training loop (llmkit: its report
 which include its end-of-run checkpoint; the trainer: trainer.train()); peak RSS; and the held-out
 recall@1 / recall@10 / MRR of each final model computed by the same function
 (llmkit.embedding.train_eval.evaluate with llmkit's encoder wrapper). With --rounds N the configs
-run N times in alternating order (AB BA ...); medians are reported. OMP_NUM_THREADS = --threads.
+run N times in alternating order (AB BA ...); medians are reported, and the ratio of each round's
+pair with their median. OMP_NUM_THREADS = --threads.
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def main() -> None:
                 sys.exit(f"{name} failed:\n{r.stderr[-3000:]}")
             result = json.loads(line.removeprefix("RESULT "))
             result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            result["round"] = rnd
             runs.append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "before"}), flush=True)
 
@@ -203,7 +205,11 @@ def main() -> None:
         mine = [r for r in runs if r["config"] == name]
         results.append(
             {
-                **{k: v for k, v in mine[0].items() if k not in ("train_seconds", "load_average", "after")},
+                **{
+                    k: v
+                    for k, v in mine[0].items()
+                    if k not in ("train_seconds", "load_average", "after", "round")
+                },
                 "examples_per_s": round(statistics.median(r["examples_per_s"] for r in mine), 2),
                 "examples_per_s_runs": [r["examples_per_s"] for r in mine],
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
@@ -219,8 +225,16 @@ def main() -> None:
         if "llmkit" not in by or theirs not in by:
             continue
         ours, t = by["llmkit"], by[theirs]
+        pairs = [  # round by round (the two ran back to back): drift of the shared machine cancels
+            a["examples_per_s"] / b["examples_per_s"]
+            for a in runs
+            for b in runs
+            if a["config"] == "llmkit" and b["config"] == theirs and a["round"] == b["round"]
+        ]
         summary[f"llmkit / {theirs}"] = {
             "examples_per_s_ratio": round(ours["examples_per_s"] / t["examples_per_s"], 2),
+            "examples_per_s_ratio_by_round": [round(r, 2) for r in pairs],
+            "examples_per_s_ratio_median_of_rounds": round(statistics.median(pairs), 2),
             "peak_rss_ratio": round(ours["peak_rss_mb"] / t["peak_rss_mb"], 2),
             "recall@1_points": round((ours["after"]["recall@1"] - t["after"]["recall@1"]) * 100, 1),
             "mrr_points": round((ours["after"]["mrr"] - t["after"]["mrr"]) * 100, 1),
@@ -270,7 +284,8 @@ def main() -> None:
         )
     for theirs, s in summary.items():
         print(
-            f"{theirs}: {s['examples_per_s_ratio']}x examples/s, {s['peak_rss_ratio']}x peak RSS, "
+            f"{theirs}: {s['examples_per_s_ratio']}x examples/s (rounds: {s['examples_per_s_ratio_by_round']}), "
+            f"{s['peak_rss_ratio']}x peak RSS, "
             f"recall@1 {s['recall@1_points']:+.1f} pt, MRR {s['mrr_points']:+.1f} pt"
         )
 
