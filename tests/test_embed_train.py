@@ -159,7 +159,8 @@ def test_shipped_recipe_shrunk_follows_the_run_contract_and_lifts_recall(support
     assert "recall@1" in output and "MRR" in output and "before" in output and "after" in output
     for name in ("recipe.yaml", "run.json", "metrics.jsonl", "loss.png", "encoder/modules.json"):
         assert (out / name).exists(), name
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    # every save_every steps, not at the end: the encoder is the end (a copy of it would be 270 MB)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]
     info = json.loads((out / "run.json").read_text())
     before, after = info["evaluation"]["before"], info["evaluation"]["after"]
     assert after["recall@1"] > before["recall@1"] and after["mrr"] > before["mrr"]
