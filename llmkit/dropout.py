@@ -42,11 +42,17 @@ class FastDropout(torch.nn.Module):
     def forward(self, x):
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return torch.nn.functional.dropout(x, self.p, self.training)
+        return _MaskedScale.apply(x, self._draw(x) >= self.threshold, 1.0 / (1.0 - self.p))
+
+    def dropped(self, x):
+        """The boolean mask of the elements of `x` a training call would drop (the same draw)."""
+        return self._draw(x) < self.threshold
+
+    def _draw(self, x):
         seed = int(torch.randint(0, 2**62, (1,)))
         n = x.numel()
         raw = np.random.PCG64(seed).random_raw((n + 3) // 4)  # 64 bits: four int16 draws each
-        draw = torch.from_numpy(raw.view(np.int16)[:n]).view(x.shape)
-        return _MaskedScale.apply(x, draw >= self.threshold, 1.0 / (1.0 - self.p))
+        return torch.from_numpy(raw.view(np.int16)[:n]).view(x.shape)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

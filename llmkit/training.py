@@ -34,6 +34,7 @@ from llmkit import data as datalib
 from llmkit.checkpoints import load_checkpoint, save_adapter, save_checkpoint
 from llmkit.dropout import use_fast_dropout
 from llmkit.errors import LlmkitError, TrainError
+from llmkit.fused_lora import use_fused_lora
 from llmkit.lora import fp32_lora_sums, lora_targets
 from llmkit.methods.config import longest_sequence
 from llmkit.methods.model import Context, LossModel
@@ -332,8 +333,9 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
     model = get_peft_model(model, config)
     if cpu:
         use_fast_dropout(model)
+        use_fused_lora(model)
     if cpu and precision == "bf16":
-        fp32_lora_sums(model)
+        fp32_lora_sums(model)  # the layers PEFT still computes (an adapter disabled) sum the same way
     return model
 
 

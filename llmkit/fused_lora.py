@@ -1,0 +1,127 @@
+"""LoRA layers on CPU as one autograd function: the frozen matmul, dropout and the LoRA update
+computed with the fewest dtype conversions and no mixed-dtype elementwise passes.
+
+PEFT's LoRA layer under bf16 autocast casts its input to fp32 for the adapter, autocast casts
+it back to bf16 for each of its three matmuls, dropout runs on the fp32 copy, and the update is
+scaled and added by separate passes, some of them over a bf16 and an fp32 operand (PyTorch's
+slow, unvectorised path on CPU). On SmolLM2-135M those conversions and passes were over 40 % of
+a bf16 step. Here the input is cast once, dropout is a masked fill whose 1/(1-p) folds into the
+LoRA scale, and the update is added to the frozen layer's output by one fp32 `addmm` (the sum
+stays fp32, as `lora.fp32_lora_sums` requires). The backward pass computes only the gradients
+autograd asks for, its big matmul in the same dtype as the forward.
+
+The same arithmetic as PEFT's layer, in a different order (tested against it, forward and every
+gradient). Anything this does not cover (DoRA, merged or disabled adapters, several active
+adapters, a GPU) goes to PEFT's own forward.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from llmkit.dropout import FastDropout
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, xc, weight, bias, lora_a, lora_b, dropped, scale: float, dtype, wide: bool):
+        # xc: x in the matmuls' dtype (shared by the layers that read the same x)
+        with torch.autocast("cpu", enabled=False):
+            out = F.linear(xc, weight.to(dtype), None if bias is None else bias.to(dtype))
+            xd = xc if dropped is None else xc.masked_fill(dropped, 0)
+            h = F.linear(xd, lora_a.to(dtype))  # (..., r): the adapter's narrow middle
+            if wide:
+                out, h = out.float(), h.float()
+            b = lora_b.to(out.dtype)
+            shape = out.shape
+            out = out.view(-1, shape[-1]).addmm_(h.view(-1, h.shape[-1]), b.t(), alpha=scale).view(shape)
+        ctx.save_for_backward(weight, lora_a, lora_b, xd, h, dropped)
+        ctx.scale, ctx.dtype, ctx.x_dtype = scale, dtype, x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, lora_a, lora_b, xd, h, dropped = ctx.saved_tensors
+        need_x, _, _, _, need_a, need_b = ctx.needs_input_grad[:6]
+        g = grad.reshape(-1, grad.shape[-1])
+        h2, xd2 = h.view(-1, h.shape[-1]), xd.view(-1, xd.shape[-1])
+        gx = ga = gb = None
+        with torch.autocast("cpu", enabled=False):
+            if need_b:
+                gb = (g.t().to(h.dtype) @ h2).mul_(ctx.scale).to(lora_b.dtype)
+            gh = (g.to(h.dtype) @ lora_b.to(h.dtype)).mul_(ctx.scale)  # (tokens, r)
+            if need_a:
+                ga = (gh.t().to(xd.dtype) @ xd2).to(lora_a.dtype)
+            if need_x:
+                via_lora = gh @ lora_a.to(gh.dtype)
+                if dropped is not None:
+                    via_lora.masked_fill_(dropped.view(-1, dropped.shape[-1]), 0)
+                gx = (g.to(ctx.dtype) @ weight.to(ctx.dtype)).to(via_lora.dtype).add_(via_lora)
+                gx = gx.view(*grad.shape[:-1], gx.shape[-1]).to(ctx.x_dtype)
+        return gx, None, None, None, ga, gb, None, None, None, None
+
+
+def _fused_forward(self, x, *args, **kwargs):
+    adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
+    base = self.base_layer
+    if (
+        args
+        or kwargs
+        or self.disable_adapters
+        or self.merged
+        or adapter not in self.lora_A
+        or adapter in getattr(self, "lora_variant", {})
+        or x.device.type != "cpu"
+        or not isinstance(base, torch.nn.Linear)
+        or base.weight.requires_grad
+        or (base.bias is not None and base.bias.requires_grad)
+    ):
+        return self._peft_forward(x, *args, **kwargs)
+    drop = self.lora_dropout[adapter]
+    scale, dropped = self.scaling[adapter], None
+    if isinstance(drop, FastDropout) and drop.training and drop.p > 0:
+        dropped = drop.dropped(x)
+        scale = scale / (1.0 - drop.p)
+    elif not isinstance(drop, (torch.nn.Identity, FastDropout)):
+        return self._peft_forward(x, *args, **kwargs)
+    # Under autocast: its dtype for the matmuls, the output fp32 (lora.fp32_lora_sums' rule).
+    # Without it, fp32 throughout; a half-precision model outside autocast goes to PEFT.
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu") if autocast else base.weight.dtype
+    if dtype != torch.float32 and not autocast:
+        return self._peft_forward(x, *args, **kwargs)
+    a, b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+    xc = _cast(x, dtype)
+    return _LoraLinear.apply(x, xc, base.weight, base.bias, a, b, dropped, scale, dtype, dtype != torch.float32)
+
+
+_last_cast: tuple = (None, -1, None, None)
+
+
+def _cast(x, dtype):
+    """x in `dtype`, cast once for the layers that read the same x (q, k, v; gate, up)."""
+    global _last_cast
+    ref, version, was, xc = _last_cast
+    if ref is not None and ref() is x and version == x._version and was == dtype:
+        return xc
+    xc = x.detach().to(dtype)
+    _last_cast = (weakref.ref(x), x._version, dtype, xc)
+    return xc
+
+
+def use_fused_lora(peft_model) -> int:
+    """Route every plain LoRA linear layer of `peft_model` through the fused CPU function;
+    returns how many layers were routed."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    n = 0
+    for module in peft_model.modules():
+        if type(module) is LoraLinear and isinstance(module.base_layer, torch.nn.Linear):
+            module._peft_forward = module.forward
+            module.forward = types.MethodType(_fused_forward, module)
+            n += 1
+    return n
