@@ -1,6 +1,7 @@
 """The CPU training fast paths keep every contract: padding-free passes give the padded passes'
-losses and gradients (four families), the NumPy-drawn LoRA dropout is dropout (and replays
-exactly under gradient checkpointing), and a run reports its model FLOPs utilisation."""
+losses and gradients (four families), the fused LoRA layers compute what PEFT's do, the
+NumPy-drawn LoRA dropout is dropout (and replays exactly under gradient checkpointing), and a
+run reports its model FLOPs utilisation."""
 
 from __future__ import annotations
 
@@ -65,6 +66,102 @@ def test_padding_free_passes_give_the_padded_losses_and_gradients(family):
     for name in g1:
         scale = float(g1[name].abs().max())  # float sums in another order: ~1e-6 of the largest
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def _dropout_lora(model_dir, dtype):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.dropout import use_fast_dropout
+    from llmkit.lora import fp32_lora_sums
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    attention.use_segments(model, max(LENGTHS))
+    from llmkit.lora import lora_targets
+
+    torch.manual_seed(0)
+    targets = lora_targets(model, "all-linear")  # MoE: the experts too, which take no dropout
+    drop = 0.0 if targets.get("target_parameters") else 0.2
+    cfg = LoraConfig(r=4, lora_alpha=8, **targets, init_lora_weights=False, lora_dropout=drop)
+    peft = get_peft_model(model, cfg)
+    assert (use_fast_dropout(peft) > 0) == (drop > 0)
+    if dtype == torch.bfloat16:
+        fp32_lora_sums(peft)
+    return peft
+
+
+def _fused_or_not(family, dtype, fused: bool, autocast: bool, upcast: bool = False):
+    """Per-token log-probs and LoRA gradients of one padding-free pass in train mode (dropout on,
+    its masks drawn from torch's RNG seeded the same way for every variant)."""
+    from llmkit.fused_lora import use_fused_lora
+    from llmkit.tiny import tiny_model_dir
+
+    peft = _dropout_lora(tiny_model_dir(family), dtype)
+    if upcast:  # the bf16 weights in fp32: the exact computation the bf16 runs approximate
+        peft = peft.float()
+    peft.train()
+    n_lora = sum(1 for m in peft.modules() if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), torch.nn.Linear))
+    if fused:
+        assert use_fused_lora(peft) == n_lora > 0
+    examples = _examples(peft.get_base_model().config.vocab_size)
+    batch = datalib.collate(examples, [[0, 1, 2, 3]], 0, segments=True)
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        values = LossModel(peft).token_logps(batch["input_ids"], batch["position_ids"], batch["labels"])
+    values.float().sum().backward()
+    grads = {n: p.grad.float() for n, p in peft.named_parameters() if p.grad is not None}
+    assert grads
+    return values.detach().float(), grads
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3", "tiny-qwen3moe"])
+def test_fused_lora_layers_compute_what_peft_computes(family):
+    """In fp32 the fused CPU layers give PEFT's per-token losses and every LoRA gradient to float
+    rounding, dropout included (the same masks: one draw from torch's RNG per layer call)."""
+    plain, g1 = _fused_or_not(family, torch.float32, fused=False, autocast=False)
+    fused, g2 = _fused_or_not(family, torch.float32, fused=True, autocast=False)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        scale = float(g1[name].abs().max())
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3", "tiny-qwen3moe"])
+def test_fused_lora_under_bf16_is_as_close_to_fp32_as_peft(family):
+    """Under bf16 autocast both round, in different places: measured against the same weights in
+    fp32, the fused layers' losses and gradients are no further off than PEFT's own."""
+
+    def off(values, grads, ref):
+        flat = torch.cat([values] + [grads[n].flatten() for n in sorted(grads)])
+        truth = torch.cat([ref[0]] + [ref[1][n].flatten() for n in sorted(grads)])
+        return float((flat - truth).norm() / truth.norm())
+
+    ref = _fused_or_not(family, torch.bfloat16, fused=False, autocast=False, upcast=True)
+    peft = off(*_fused_or_not(family, torch.bfloat16, fused=False, autocast=True), ref)
+    fused = off(*_fused_or_not(family, torch.bfloat16, fused=True, autocast=True), ref)
+    assert fused < 0.05 and fused <= 1.25 * peft, (fused, peft)
+
+
+def test_fused_lora_falls_back_to_peft_where_it_does_not_apply():
+    """A disabled adapter (the DPO reference pass) and a merged one give the frozen model's or
+    the merged model's output, exactly as PEFT does."""
+    from llmkit.fused_lora import use_fused_lora
+    from llmkit.tiny import tiny_model_dir
+
+    peft = _dropout_lora(tiny_model_dir("tiny-llama"), torch.float32).eval()
+    ids = torch.tensor([[5, 9, 11, 4, 7]])
+    with torch.no_grad():
+        with peft.disable_adapter():
+            frozen = peft(input_ids=ids).logits
+        adapted = peft(input_ids=ids).logits
+        assert use_fused_lora(peft) > 0
+        with peft.disable_adapter():
+            torch.testing.assert_close(peft(input_ids=ids).logits, frozen, rtol=0, atol=0)
+        torch.testing.assert_close(peft(input_ids=ids).logits, adapted, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(adapted, frozen, atol=1e-3)  # the adapter does change the output
+        peft.merge_adapter()
+        torch.testing.assert_close(peft(input_ids=ids).logits, adapted, rtol=1e-4, atol=1e-4)
 
 
 def test_padding_free_only_where_it_is_exact():
@@ -158,7 +255,9 @@ def test_bf16_keeps_small_lora_updates_that_a_bf16_sum_rounds_away():
 
     from llmkit.lora import fp32_lora_sums
 
-    def seen_vs_true(hooked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from llmkit.fused_lora import use_fused_lora
+
+    def seen_vs_true(hooked: bool, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
         base = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16)
         with torch.no_grad():
@@ -171,6 +270,8 @@ def test_bf16_keeps_small_lora_updates_that_a_bf16_sum_rounds_away():
             layer.lora_B["default"].weight.fill_(1e-4)  # updates of ~1e-3, far below 1/32
         if hooked:
             assert fp32_lora_sums(model) == 1
+        if fused:
+            assert use_fused_lora(model) == 1
         x = torch.randn(8, 64, dtype=torch.bfloat16)
         a, b = layer.lora_A["default"].weight.float(), layer.lora_B["default"].weight.float()
         true = x.float() @ a.T @ b.T * 2.0  # alpha / r
@@ -180,7 +281,8 @@ def test_bf16_keeps_small_lora_updates_that_a_bf16_sum_rounds_away():
                 plain = model(x).float()
         return out - plain, true
 
-    seen, true = seen_vs_true(True)
-    assert (seen - true).abs().max() < 0.02 * true.abs().max()  # the update, to bf16 matmul precision
+    for fused in (False, True):  # PEFT's layer with the fp32 hook, and the fused CPU layer
+        seen, true = seen_vs_true(True, fused)
+        assert (seen - true).abs().max() < 0.02 * true.abs().max()  # the update, to bf16 matmul precision
     seen, true = seen_vs_true(False)
     assert (seen - true).abs().mean() > 0.5 * true.abs().mean()  # 0 or a whole step, never the update
