@@ -18,7 +18,8 @@ pytest.importorskip(
 )
 pytestmark = pytest.mark.slow
 
-STEPS = 12  # at a constant lr: the style, and q8_0 still within verify's top-1 floor
+STEPS = 10  # at a constant lr: the style, and q8_0 still within verify's top-1 floor (12 passed it
+# before the fused CPU LoRA layers, which round LoRA updates less; at 12 with them: 93.2 % < 95 %)
 STOP_STEPS = 24  # what the base model needs to close its turns with <end_of_turn> (fp32, and bf16 with
 # fp32 LoRA sums; 12 were enough only while bf16 rounded LoRA updates away)
 

@@ -58,7 +58,9 @@ class GenerationReport:
 
     @property
     def run_on(self) -> int:
-        return sum(a.hf_stopped and not a.llama_cpp_stopped for a in self.answers)
+        """Answers the served model runs on where transformers ended the turn (a tie excepted:
+        its end token and llama.cpp's next one scored within the tie tolerance)."""
+        return sum(a.hf_stopped and not a.llama_cpp_stopped and not a.tie for a in self.answers)
 
     @property
     def passed(self) -> bool:
@@ -175,7 +177,18 @@ def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, tie: Callable) ->
 
     k = next((i for i, (a, b) in enumerate(zip(hf_new, cpp_new, strict=False)) if a != b), None)
     if k is None:  # one is a prefix of the other: a stop came earlier on one side
-        return f"one side ended first: transformers {len(hf_new)}, llama.cpp {len(cpp_new)} tokens", False
+        where = f"one side ended first: transformers {len(hf_new)}, llama.cpp {len(cpp_new)} tokens"
+        if len(hf_new) >= len(cpp_new):
+            return where, False
+        # transformers ended where llama.cpp went on: a tie if its end and llama.cpp's token
+        # scored within the tie tolerance there
+        k = len(hf_new)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + hf_new])).logits[0, -1].float()
+        if cpp_new[k] == int(logits.argmax()):  # llama.cpp took transformers' end token and went on: a stop is wrong
+            return where, False
+        margin = float(logits.max() - logits[cpp_new[k]])
+        return f"{where} (logit margin {margin:.4f})", margin <= float(tie(logits.numpy()))
     with torch.no_grad():
         logits = model(torch.tensor([prompt_ids + hf_new[:k]])).logits[0, -1].float()
     margin = float(logits.max() - logits[cpp_new[k]])
