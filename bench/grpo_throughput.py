@@ -16,6 +16,8 @@ sampled, so the two runs differ by chance, not only by implementation.
 
 Configs, each in its own process (peak RSS is that process's):
   llmkit       train.method=grpo
+  llmkit-bf16  the same with train.precision=bf16: llmkit's own default (auto) on a CPU with native
+               bf16 (AVX512-BF16, AMX); left out elsewhere
   trl          GRPOTrainer defaults otherwise (gradient checkpointing on)
   trl-nockpt   GRPOTrainer with gradient_checkpointing=False; on request
   base         no training: the untrained model's held-out score (for reference)
@@ -45,8 +47,8 @@ RESULTS = ROOT / "bench" / "results" / "grpo_throughput.json"
 RECIPE = ROOT / "recipes" / "smollm2-135m-grpo.yaml"
 DATA = ROOT / "recipes" / "data" / "one-word.jsonl"
 EVAL = ROOT / "recipes" / "data" / "one-word-eval.jsonl"
-CONFIGS = ["llmkit", "trl", "trl-nockpt", "base"]
-DEFAULT = ["llmkit", "trl", "base"]  # trl-nockpt on request: --configs trl-nockpt
+CONFIGS = ["llmkit", "llmkit-bf16", "trl", "trl-nockpt", "base"]
+DEFAULT = ["llmkit", "llmkit-bf16", "trl", "base"]  # trl-nockpt on request: --configs trl-nockpt
 PROMPTS, GENERATIONS, MAX_NEW, TEMPERATURE, LR, SEED = 2, 8, 24, 1.0, 1e-3, 42
 
 
@@ -57,7 +59,7 @@ def reward_specs() -> list[dict]:
     return [r.model_dump() for r in load(RECIPE).grpo.rewards]
 
 
-def recipe(steps: int, out: Path) -> dict:
+def recipe(steps: int, out: Path, precision: str = "fp32") -> dict:
     return {
         "model": {"name": "smollm2-135m-instruct"},
         "data": {"path": str(DATA), "max_length": 128, "eval_fraction": 0},
@@ -73,7 +75,7 @@ def recipe(steps: int, out: Path) -> dict:
             "warmup_ratio": 0.0,
             "weight_decay": 0.0,
             "max_grad_norm": 1.0,
-            "precision": "fp32",
+            "precision": precision,
             "eval_every": 0,
             "save_every": 0,
             "log_every": 1,
@@ -164,12 +166,12 @@ def run_one(name: str, steps: int, threads: int, order_file: Path) -> dict:
         tok = AutoTokenizer.from_pretrained(base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
         return {"config": name, **held_out(model, tok)}
-    if name == "llmkit":
+    if name.startswith("llmkit"):
         from peft import PeftModel
 
         import llmkit
 
-        out = llmkit.train(recipe(steps, work / "run"), overwrite=True)
+        out = llmkit.train(recipe(steps, work / "run", "bf16" if "bf16" in name else "fp32"), overwrite=True)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         seconds = json.loads((out / "run.json").read_text())["train_seconds"]
         for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
@@ -321,6 +323,11 @@ def main() -> None:
         "LLMKIT_QUIET": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    from llmkit.devices import cpu_native_bf16
+
+    if not cpu_native_bf16() and "llmkit-bf16" in args.configs:
+        print("this CPU has no native bf16 (emulated, many times slower): llmkit-bf16 is left out")
+        args.configs = [c for c in args.configs if c != "llmkit-bf16"]
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         order_file = Path(tmp) / "order.json"
@@ -355,25 +362,23 @@ def main() -> None:
         results.append(entry)
     by = {r["config"]: r for r in results}
     summary = {}
-    if "llmkit" in by:
-        ours = by["llmkit"]
-        for theirs in ("trl", "trl-nockpt"):
-            if theirs in by:
-                t = by[theirs]
-                summary[theirs] = {
-                    "completions_per_s_ratio": round(ours["completions_per_s"] / t["completions_per_s"], 2),
-                    "peak_rss_ratio": round(ours["peak_rss_mb"] / t["peak_rss_mb"], 2),
-                    "train_reward_mean": [ours["train_reward_mean"], t["train_reward_mean"]],
-                    "train_reward_last3": [ours["train_reward_last3"], t["train_reward_last3"]],
-                    "eval_reward": [ours["eval_reward"], t["eval_reward"]],
-                    "eval_exact_answer": [ours["eval_exact_answer"], t["eval_exact_answer"]],
-                }
+    for mine, theirs in [(m, t) for m in ("llmkit", "llmkit-bf16") for t in ("trl", "trl-nockpt")]:
+        if mine in by and theirs in by:
+            ours, t = by[mine], by[theirs]
+            summary[f"{mine} / {theirs}"] = {
+                "completions_per_s_ratio": round(ours["completions_per_s"] / t["completions_per_s"], 2),
+                "peak_rss_ratio": round(ours["peak_rss_mb"] / t["peak_rss_mb"], 2),
+                "train_reward_mean": [ours["train_reward_mean"], t["train_reward_mean"]],
+                "train_reward_last3": [ours["train_reward_last3"], t["train_reward_last3"]],
+                "eval_reward": [ours["eval_reward"], t["eval_reward"]],
+                "eval_exact_answer": [ours["eval_exact_answer"], t["eval_exact_answer"]],
+            }
     import torch
     import transformers
     import trl
 
     report = {
-        "model": "SmolLM2-135M-Instruct (fp32)",
+        "model": "SmolLM2-135M-Instruct (fp32; llmkit-bf16: bf16)",
         "device": "cpu",
         "cpu": cpu_model(),
         "threads": args.threads,
@@ -412,9 +417,7 @@ def main() -> None:
             f"{r['train_reward_last3']:>7.3f} {r['eval_reward']:>9.3f} {r['eval_exact_answer']:>6.2f}"
         )
     for theirs, s in summary.items():
-        print(
-            f"llmkit / {theirs}: {s['completions_per_s_ratio']}x completions/s, {s['peak_rss_ratio']}x peak RSS"
-        )
+        print(f"{theirs}: {s['completions_per_s_ratio']}x completions/s, {s['peak_rss_ratio']}x peak RSS")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ squared. The sequence bounds travel as the `cu_seq_lens_*` keyword arguments tra
 already passes from the model's forward to its attention function (the flash-attention
 "varlen" convention), so gradient checkpointing replays them too.
 
+Sequences that open with the same prompt may share it (llmkit.data.laid_out): a sequence whose
+positions start at s > 0 rather than 0 continues the first s tokens of the last sequence that
+started at 0, and attends to them there (its keys and values, then its own causally). Its
+attention is the same as if those tokens were laid out again in front of it; the linear layers
+compute them once.
+
 Used where it is exact: an SDPA model without attention soft-capping and whose sliding window,
 if any, is no shorter than the longest sequence. Anything else (a padded batch, generation
 with its KV cache) goes to transformers' own SDPA function, with its own masks.
@@ -30,6 +36,7 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         kwargs.pop("cu_seq_lens_k", None)
+        kwargs.pop("llmkit_shared", None)
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -43,15 +50,29 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     # split, not slices: the backward of a slice writes its gradient into a zero tensor of the
     # whole row, once per sequence; a split's backward is one concatenation.
     lengths = bounds.diff().tolist()
+    shared = kwargs.pop("llmkit_shared", None)
+    shared = shared.tolist() if shared is not None else [(0, 0)] * len(lengths)
+    qs, ks, vs = (t.split(lengths, dim=2) for t in (query, key, value))
+    out = []
     with torch.autocast("cpu", enabled=False) if cpu else contextlib.nullcontext():
-        out = [
-            F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
+        for q, k, v, (opener, n) in zip(qs, ks, vs, shared, strict=True):
+            mask = None
+            if n:  # the opener's first n tokens, then its own, causally (bottom-right aligned)
+                k = torch.cat([ks[opener][:, :, :n], k], dim=2)
+                v = torch.cat([vs[opener][:, :, :n], v], dim=2)
+                mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(n)
+            out.append(
+                F.scaled_dot_product_attention(
+                    q,
+                    k,
+                    v,
+                    attn_mask=mask,
+                    dropout_p=dropout,
+                    is_causal=mask is None,
+                    scale=scaling,
+                    enable_gqa=gqa,
+                )
             )
-            for q, k, v in zip(
-                query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), strict=True
-            )
-        ]
     return torch.cat(out, dim=2).to(dtype).transpose(1, 2).contiguous(), None
 
 
@@ -92,11 +113,20 @@ def _text_config(model):
 
 
 def segment_kwargs(position_ids) -> dict:
-    """The bounds of the sequences in a one-row batch (positions restart at 0 at each start)."""
+    """The bounds of the sequences in a one-row batch: a sequence starts wherever positions do not
+    go on by one (at 0, or at s > 0 for one that shares the first s tokens of the last sequence
+    that started at 0; `llmkit_shared` then names, per sequence, that opener and s)."""
     import torch
 
     if position_ids.shape[0] != 1:
         return {}
-    starts = torch.nonzero(position_ids[0] == 0).flatten()
-    bounds = torch.cat([starts, starts.new_tensor([position_ids.shape[1]])]).to(torch.int32)
-    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds}
+    pos = position_ids[0]
+    starts = torch.cat([pos.new_zeros(1), torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1])
+    bounds = torch.cat([starts, starts.new_tensor([pos.shape[0]])]).to(torch.int32)
+    kw = {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds}
+    first = pos[starts]
+    if bool((first > 0).any()):
+        index = torch.arange(len(starts))
+        opener = torch.where(first == 0, index, torch.zeros_like(index)).cummax(0).values
+        kw["llmkit_shared"] = torch.stack([opener, first], dim=1)
+    return kw

@@ -386,33 +386,83 @@ def split_by_tokens(examples: list[Example], rows: list[list[int]], budget: int)
     return pieces
 
 
-def collate(examples: list[Example], rows: list[list[int]], pad_id: int, *, segments: bool = False):
+SHARE_AT_LEAST = 8  # fewer shared tokens save less than the extra attention call costs
+
+
+def laid_out(
+    examples: list[Example], row: list[int], share: bool = False
+) -> list[tuple[list[int], list[int], int]]:
+    """The sequences of one row as (ids, labels, first position) pieces, in order.
+
+    With `share` (padding-free passes, llmkit.attention), a sequence that opens with the same
+    unlabeled tokens as the last sequence laid out whole (a preference pair's two answers to one
+    prompt, a GRPO group's answers, conversations with one system prompt) keeps only what follows
+    them: its positions start where the shared tokens end, and attention lets it see them in the
+    opener's place. The shared tokens' hidden states are the same in every sequence (causal
+    attention, same positions), so this computes exactly what laying each out whole computes,
+    once instead of once per sequence. The first token a sequence keeps is never a label: the
+    token before it in the row is not the one it follows.
+    """
+    pieces: list[tuple[list[int], list[int], int]] = []
+    opener: list[int] = []
+    for i in row:
+        ex, start = examples[i], 0
+        for n in ex.lengths:
+            ids, labels = ex.ids[start : start + n], ex.labels[start : start + n]
+            start += n
+            q = _shared(opener, ids, labels) if share else 0
+            if q:
+                pieces.append((ids[q:], labels[q:], q))
+            else:
+                pieces.append((ids, labels, 0))
+                opener = ids
+    return pieces
+
+
+def _shared(opener: list[int], ids: list[int], labels: list[int]) -> int:
+    """How many opening tokens `ids` can take from `opener`'s pass (0: too few to be worth it)."""
+    limit, q = min(len(opener), len(ids) - 1), 0
+    while q < limit and opener[q] == ids[q] and labels[q] == IGNORE:
+        q += 1
+    if q and labels[q] != IGNORE:
+        q -= 1
+    return q if q >= SHARE_AT_LEAST else 0
+
+
+def collate(
+    examples: list[Example],
+    rows: list[list[int]],
+    pad_id: int,
+    *,
+    segments: bool = False,
+    share: bool = False,
+):
     """Rows of examples → input_ids, position_ids, labels tensors of shape [rows, longest row].
 
     Position ids restart at 0 for each sequence (that is what keeps packed examples apart);
     the padding at the end of a row continues the last sequence's positions and is never a label.
+    `share`: sequences that open with the same prompt share its tokens (see `laid_out`).
     With `segments`, also the index of the sequence each token belongs to, counted over the
     micro-batch in row order (-1 on padding): the preference and reward losses sum per sequence.
     """
     import torch
 
-    width = max(sum(len(examples[i]) for i in row) for row in rows)
+    layouts = [laid_out(examples, row, share) for row in rows]
+    width = max(sum(len(ids) for ids, _, _ in pieces) for pieces in layouts)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     seg = torch.full((len(rows), width), -1, dtype=torch.long)
     n_seq = 0
-    for r, row in enumerate(rows):
+    for r, pieces in enumerate(layouts):
         pos = 0
-        for i in row:
-            ex = examples[i]
-            n = len(ex)
-            input_ids[r, pos : pos + n] = torch.tensor(ex.ids)
-            labels[r, pos : pos + n] = torch.tensor(ex.labels)
-            for part in ex.lengths:
-                position_ids[r, pos : pos + part] = torch.arange(part)
-                seg[r, pos : pos + part] = n_seq
-                pos, n_seq = pos + part, n_seq + 1
+        for ids, labs, first in pieces:
+            n = len(ids)
+            input_ids[r, pos : pos + n] = torch.tensor(ids)
+            labels[r, pos : pos + n] = torch.tensor(labs)
+            position_ids[r, pos : pos + n] = torch.arange(first, first + n)
+            seg[r, pos : pos + n] = n_seq
+            pos, n_seq = pos + n, n_seq + 1
         if pos < width:  # padding: continue counting so it forms no new segment
             start = int(position_ids[r, pos - 1]) + 1
             position_ids[r, pos:] = torch.arange(start, start + width - pos)

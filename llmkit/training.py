@@ -134,7 +134,7 @@ def train(
     if resume:
         start_step, tokens_seen = load_checkpoint(run, accelerator, loss_model, optimizer, scheduler)
         info(f"Resuming {run.path} from step {start_step}/{plan.total_steps}")
-    start_tokens = tokens_seen
+    computed = 0  # tokens the passes computed since start: MFU's count (shared prompts once)
     if main:
         write_recipe(run, recipe)
         info(
@@ -166,10 +166,14 @@ def train(
                 for piece in datalib.split_by_tokens(dataset.train, rows, budget)
             ]
             n_units = plan.units(step)  # over all processes and micro-batches of this step
-            step_start, step_loss = time.perf_counter(), 0.0
+            step_start, step_loss, shared = time.perf_counter(), 0.0, 0
             for k, rows in enumerate(micro_batches):
                 rows = ctx.layout(rows)  # padding-free passes: the rows end to end in one
                 batch = to_device(method.build(dataset.train, rows, ctx))  # 1. batch (GRPO: sample, score)
+                if mfu and ctx.flat:  # the tokens a shared prompt spared this pass
+                    shared += (
+                        sum(len(dataset.train[i]) for row in rows for i in row) - batch["input_ids"].shape[1]
+                    )
                 last = k == len(micro_batches) - 1
                 with accelerator.no_sync(loss_model) if not last else contextlib.nullcontext():
                     loss_sum = loss_model(**batch)  # 2. forward pass + loss (summed over units)
@@ -187,9 +191,13 @@ def train(
             tokens_seen += step_tokens
             train_loss = accelerator.reduce(step_loss.reshape(1), "sum").item() / n_units
             figures = ctx.pop_stats()  # the method's own: preference accuracy, rewards, ...
-            tps = step_tokens / (time.perf_counter() - step_start)
+            seconds = time.perf_counter() - step_start
+            tps = step_tokens / seconds
             if mfu:
-                figures["mfu"] = round(mfu.of(tps), 4)
+                if ctx.flat and accelerator.num_processes > 1:  # every process joins, shared or not
+                    shared = int(accelerator.reduce(torch.tensor(shared, device=accelerator.device), "sum"))
+                computed += step_tokens - shared
+                figures["mfu"] = round(mfu.of((step_tokens - shared) / seconds), 4)
             shown = f"{figures['mfu']:.0%}" if mfu else "-"
             bar.update(task, completed=done, loss=f"{train_loss:.4f}", tps=f"{tps:,.0f}", mfu=shown)
             if done % t.log_every == 0 or done == plan.total_steps:
@@ -234,7 +242,7 @@ def train(
             started=started,
             train_seconds=train_seconds,
             padding_free=flat,
-            **(mfu.figures((tokens_seen - start_tokens) / max(train_seconds, 1e-9)) if mfu else {}),
+            **(mfu.figures(computed / max(train_seconds, 1e-9)) if mfu else {}),
         )
         info(f"Done: adapter in {run.adapter}  (chat with it: llmkit chat {run.path})")
     accelerator.wait_for_everyone()

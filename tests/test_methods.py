@@ -164,6 +164,52 @@ def prompts_file(tmp_path):
     return _write_jsonl(tmp_path / "prompts.jsonl", rows)
 
 
+def test_grpo_sampler_answers_what_generate_answers(tiny_llama_dir):
+    """The sampler reads each prompt once and drops answers as they end; greedy, its answers are
+    transformers' `generate`'s, token for token (prompts of different lengths, an answer that
+    ends early, one cut at the limit); sampled, it draws from softmax(logits / T) with torch's
+    generator: seeded the same, the same answers, and a near-zero temperature is greedy."""
+    import torch
+
+    from llmkit.methods import grpo
+
+    peft, _ = _tiny_peft(tiny_llama_dir)
+    prompts = [[5, 9, 13, 21, 4], [7, 8], [30, 31, 32]]
+
+    def generate(end_ids, n=1):
+        width = max(map(len, prompts))
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts for _ in range(n)])
+        mask = (
+            torch.arange(width) >= torch.tensor([width - len(p) for p in prompts for _ in range(n)])[:, None]
+        ).long()
+        with torch.no_grad():
+            out = peft.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                                eos_token_id=end_ids, pad_token_id=0)  # fmt: skip
+        rows = out[:, width:].tolist()
+        return [r[: next((i + 1 for i, t in enumerate(r) if t in end_ids), len(r))] for r in rows]
+
+    free = generate([1])  # an end token the random model never picks first: 8 tokens each
+    end = free[1][2]  # the second prompt's third greedy token: that answer ends early
+    expected = generate([end], n=2)
+    got = grpo.sample(
+        peft, None, prompts, 2, max_new_tokens=8, temperature=1.0, end_ids=[end], pad_id=0, greedy=True
+    )
+    assert got == expected
+    assert got[2] == got[3] and len(got[2]) == 3 and got[2][-1] == end  # ended early, with its end token
+    assert max(map(len, got)) == 8
+
+    def sampled(temperature):
+        torch.manual_seed(3)
+        return grpo.sample(
+            peft, None, prompts, 4, max_new_tokens=8, temperature=temperature, end_ids=[end], pad_id=0
+        )
+
+    draws = sampled(1.0)
+    assert draws == sampled(1.0) and len(draws) == 12
+    assert len({tuple(a) for a in draws}) > 3  # T = 1 on a random model: the answers differ
+    assert sampled(1e-4) == [a for a in got for _ in range(2)]  # each prompt's greedy answer, 4 times
+
+
 @pytest.mark.slow
 def test_grpo_run_logs_rewards_groups_and_lengths(tmp_path, prompts_file):
     import llmkit

@@ -68,6 +68,84 @@ def test_padding_free_passes_give_the_padded_losses_and_gradients(family):
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
+def _prompted(vocab: int) -> tuple[list[datalib.Example], list[int]]:
+    """A GRPO-like group (one prompt, three answers), a preference pair (one example, two parts)
+    and a sequence with a prompt of its own; every sequence ≤ 8 tokens (tiny-gemma3's window).
+    Also how many tokens sharing the prompts saves."""
+    g = torch.Generator().manual_seed(1)
+
+    def ids(n):
+        return torch.randint(3, vocab, (n,), generator=g).tolist()
+
+    def seq(prompt, answer):
+        return prompt + answer, [datalib.IGNORE] * len(prompt) + answer
+
+    group, pair = ids(5), ids(4)
+    out = [datalib.Example(*seq(group, ids(n))) for n in (3, 2, 3)]
+    (c, cl), (r, rl) = seq(pair, ids(3)), seq(pair, ids(4))
+    out.append(datalib.Example(c + r, cl + rl, parts=(len(c), len(r))))
+    out.append(datalib.Example(*seq(ids(4), ids(3))))
+    # each sequence after an opener keeps its prompt's last token (it predicts the first answer token)
+    return out, 2 * (5 - 1) + (4 - 1)
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-qwen2", "tiny-gemma3", "tiny-qwen3moe"])
+def test_sequences_sharing_a_prompt_give_the_unshared_losses_and_gradients(family, monkeypatch):
+    from llmkit.tiny import tiny_model_dir
+
+    monkeypatch.setattr(datalib, "SHARE_AT_LEAST", 2)  # the tiny prompts are short
+    results = []
+    for share in (False, True):
+        peft, _ = _lora(tiny_model_dir(family), True)
+        examples, saved = _prompted(peft.get_base_model().config.vocab_size)
+        batch = datalib.collate(examples, [list(range(len(examples)))], 0, segments=True, share=share)
+        unshared = sum(len(e) for e in examples)
+        assert batch["input_ids"].shape == (1, unshared - (saved if share else 0))
+        values = LossModel(peft).token_logps(batch["input_ids"], batch["position_ids"], batch["labels"])
+        values.sum().backward()
+        grads = {n: p.grad.clone() for n, p in peft.named_parameters() if p.grad is not None}
+        results.append((values.detach(), batch["segments"], batch["labels"], grads))
+    (whole, s1, l1, g1), (shared, s2, l2, g2) = results
+    assert shared.shape == whole.shape == (sum(e.n_labels for e in examples),)
+    # the same sequences, in the same order, own the same label tokens
+    assert torch.equal(s1[:, 1:][l1[:, 1:] != datalib.IGNORE], s2[:, 1:][l2[:, 1:] != datalib.IGNORE])
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+    assert g1.keys() == g2.keys() and g1
+    for name in g1:
+        scale = float(g1[name].abs().max())
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_only_unlabeled_opening_tokens_are_shared(monkeypatch):
+    monkeypatch.setattr(datalib, "SHARE_AT_LEAST", 2)
+    x = datalib.IGNORE
+
+    def pieces(*seqs):
+        return [
+            (ids, first)
+            for ids, _, first in datalib.laid_out(
+                [datalib.Example(*s) for s in seqs], list(range(len(seqs))), True
+            )
+        ]
+
+    opener = ([1, 2, 3, 4, 9], [x, x, x, x, 9])
+    # the same prompt: all but its last token shared
+    assert pieces(opener, ([1, 2, 3, 4, 7], [x, x, x, x, 7]))[1] == ([4, 7], 3)
+    # the prompts differ at the third token: two shared
+    assert pieces(opener, ([1, 2, 5, 4, 7], [x, x, x, x, 7]))[1] == ([5, 4, 7], 2)
+    # a label inside the common tokens ends the sharing before it
+    assert pieces(opener, ([1, 2, 3, 4, 9], [x, x, 3, 4, 9]))[1] == ([1, 2, 3, 4, 9], 0)  # 1 < 2: whole
+    assert pieces(opener, ([1, 2, 3, 4, 9], [x, x, x, 4, 9]))[1] == ([3, 4, 9], 2)
+    # too few shared tokens: laid out whole, and it opens the next group
+    assert pieces(opener, ([1, 8, 3], [x, x, 3]), ([1, 8, 3, 5], [x, x, x, 5]))[1:] == [
+        ([1, 8, 3], 0),
+        ([3, 5], 2),
+    ]
+    # without `share`, every sequence whole
+    whole = datalib.laid_out([datalib.Example(*opener)] * 2, [0, 1], False)
+    assert [first for *_, first in whole] == [0, 0]
+
+
 def _dropout_lora(model_dir, dtype):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -100,7 +178,11 @@ def _fused_or_not(family, dtype, fused: bool, autocast: bool, upcast: bool = Fal
     if upcast:  # the bf16 weights in fp32: the exact computation the bf16 runs approximate
         peft = peft.float()
     peft.train()
-    n_lora = sum(1 for m in peft.modules() if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), torch.nn.Linear))
+    n_lora = sum(
+        1
+        for m in peft.modules()
+        if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), torch.nn.Linear)
+    )
     if fused:
         assert use_fused_lora(peft) == n_lora > 0
     examples = _examples(peft.get_base_model().config.vocab_size)
@@ -253,9 +335,8 @@ def test_bf16_keeps_small_lora_updates_that_a_bf16_sum_rounds_away():
     sees the update itself."""
     from peft import LoraConfig, get_peft_model
 
-    from llmkit.lora import fp32_lora_sums
-
     from llmkit.fused_lora import use_fused_lora
+    from llmkit.lora import fp32_lora_sums
 
     def seen_vs_true(hooked: bool, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)

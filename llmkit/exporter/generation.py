@@ -185,7 +185,9 @@ def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, tie: Callable) ->
         k = len(hf_new)
         with torch.no_grad():
             logits = model(torch.tensor([prompt_ids + hf_new])).logits[0, -1].float()
-        if cpp_new[k] == int(logits.argmax()):  # llama.cpp took transformers' end token and went on: a stop is wrong
+        if cpp_new[k] == int(
+            logits.argmax()
+        ):  # llama.cpp took transformers' end token and went on: a stop is wrong
             return where, False
         margin = float(logits.max() - logits[cpp_new[k]])
         return f"{where} (logit margin {margin:.4f})", margin <= float(tie(logits.numpy()))

@@ -2,13 +2,15 @@
 model toward the answers that scored above their group's mean (Shao et al., 2024).
 
 A step, for each prompt of the micro-batch:
-1. sample `num_generations` answers with the KV cache (the model in eval mode, no gradients);
+1. sample `num_generations` answers with the KV cache (the model in eval mode, no gradients;
+   the prompt read once for its group, see `sample`);
 2. score each answer with every reward; the total is their weighted sum;
 3. advantage = (total - group mean) / group std (or not divided, `scale_rewards: false`);
 4. loss over the answer tokens: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), plus
    beta * KL to the adapter-disabled reference (k3 estimator) when beta > 0. The sum is divided
    by num_generations * max_completion_length per prompt, a constant (Dr. GRPO): long and short
    answers weigh per token the same, and the loop's per-prompt normalisation stays exact.
+   In padding-free passes the group's answers share the prompt's tokens (llmkit.data.laid_out).
 
 One optimisation pass per sampled group, so the "old" policy is the current one with its
 gradient stopped: the ratio is 1 in value and the clip acts on its gradient as usual.
@@ -101,37 +103,56 @@ def load_rewards(recipe) -> list:
 
 def sample(model, tokenizer, prompts: list[list[int]], n: int, *, max_new_tokens: int, temperature: float,
            end_ids: list[int], pad_id: int, greedy: bool = False) -> list[list[int]]:  # fmt: skip
-    """`n` answers per prompt (token ids, each ending with its end-of-turn token if it ended)."""
+    """`n` answers per prompt (token ids, each ending with its end-of-turn token if it ended).
+
+    Each prompt is read once and its keys and values copied to its n answers, and an answer that
+    has ended leaves the batch: the work is the prompts once plus the answers' own tokens, where
+    transformers' `generate` reads every prompt n times and steps every row until the longest
+    answer ends. Sampling is softmax(logits / temperature), nothing cut (no top-k or top-p), drawn
+    by torch's generator (so a resumed run draws what the uninterrupted one did); `greedy` takes
+    the most likely token.
+    """
+    device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts) * n, width), pad_id, dtype=torch.long)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for k, p in enumerate(prompts):  # left padding: every answer starts at the same column
-        ids[k * n : (k + 1) * n, width - len(p) :] = torch.tensor(p)
-        mask[k * n : (k + 1) * n, width - len(p) :] = 1
-    device = next(model.parameters()).device
-    sampling = (
-        {"do_sample": False}
-        if greedy
-        else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-    )
+        ids[k, width - len(p) :] = torch.tensor(p)
+        mask[k, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    ends = torch.tensor(sorted(set(end_ids)), device=device)
+    answers: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+    alive = torch.arange(len(answers), device=device)  # the rows still in the batch, as answer indices
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=end_ids,
-            pad_token_id=pad_id,
-            use_cache=True,
-            **sampling,
-        )
-    model.train(was_training)
-    answers = []
-    ends = set(end_ids)
-    for row in out[:, width:].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in ends), len(row))
-        answers.append(row[:cut])
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                        use_cache=True, logits_to_keep=1)  # fmt: skip
+            cache, logits = out.past_key_values, out.logits[:, -1].repeat_interleave(n, dim=0)
+            cache.batch_repeat_interleave(n)
+            mask = mask.repeat_interleave(n, dim=0)
+            for step in range(max_new_tokens):
+                if greedy:
+                    token = logits.argmax(-1)
+                else:
+                    probs = torch.softmax(logits.float() / temperature, dim=-1)
+                    token = torch.multinomial(probs, 1).flatten()
+                for row, t in zip(alive.tolist(), token.tolist(), strict=True):
+                    answers[row].append(t)
+                going = ~torch.isin(token, ends)
+                if step == max_new_tokens - 1 or not going.any():
+                    break
+                if not going.all():
+                    keep = going.nonzero().flatten()
+                    alive, token, mask = alive[keep], token[keep], mask[keep]
+                    cache.batch_select_indices(keep)
+                mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                out = model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                            past_key_values=cache, use_cache=True)  # fmt: skip
+                logits = out.logits[:, -1]
+    finally:
+        model.train(was_training)
     return answers
 
 
@@ -184,7 +205,8 @@ def build(examples, rows, ctx):
         for e, group in zip(chosen, [answers[k * n : (k + 1) * n] for k in range(len(chosen))], strict=True)
         for a in group
     ]
-    batch = datalib.collate(seqs, ctx.layout([[k] for k in range(len(seqs))]), ctx.pad_id, segments=True)
+    rows = ctx.layout([[k] for k in range(len(seqs))])  # padding-free: a group's answers share its prompt
+    batch = datalib.collate(seqs, rows, ctx.pad_id, segments=True, share=ctx.flat)
     batch["advantages"] = advantages.flatten().float()
     batch["norm"] = torch.tensor(float(n * g.max_completion_length))
     return batch

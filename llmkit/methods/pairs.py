@@ -9,7 +9,8 @@ A plain-text prompt is asked as one user turn when the model has a chat template
 served model will be asked), else the two texts are joined as a completion. Each side is
 tokenised with SFT's rules (llmkit.data.tokenize_row), so only answer tokens carry labels. The
 two sides are laid end to end in one example whose positions restart at the rejected side: one
-forward pass scores both, and pairs pack together like any examples.
+forward pass scores both, and pairs pack together like any examples. In padding-free passes the
+rejected side shares the prompt's tokens with the chosen one (llmkit.data.laid_out).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _tokenize(prompt, answer, tokenizer, recipe) -> datalib.Example:
 
 
 def build(examples, rows, ctx):
-    return datalib.collate(examples, rows, ctx.pad_id, segments=True)
+    return datalib.collate(examples, rows, ctx.pad_id, segments=True, share=ctx.flat)
 
 
 def logps(lm, batch, *, reference: bool = False):

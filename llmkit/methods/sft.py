@@ -13,7 +13,7 @@ def prepare(recipe, tokenizer, seed: int):
 
 
 def build(examples, rows, ctx):
-    return datalib.collate(examples, rows, ctx.pad_id)
+    return datalib.collate(examples, rows, ctx.pad_id, share=ctx.flat)
 
 
 def loss(lm, batch, ctx):

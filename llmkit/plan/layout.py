@@ -13,8 +13,8 @@ def _prepare_data(recipe: Recipe, tokenizer):
 
 def _layout(examples, recipe: Recipe, budget: int, flat: bool = False) -> dict:
     """The run's steps and passes, exactly as train.py lays them out (one process). `flat`:
-    padding-free passes (llmkit.attention): a pass holds its real tokens only, and each
-    sequence attends within itself."""
+    padding-free passes (llmkit.attention): a pass holds its real tokens only, sequences
+    opening with one prompt share it, and each sequence attends within itself."""
     from llmkit import data as datalib
     from llmkit import methods
     from llmkit.steps import Plan
@@ -27,13 +27,17 @@ def _layout(examples, recipe: Recipe, budget: int, flat: bool = False) -> dict:
             for piece in datalib.split_by_tokens(examples, rows, budget):
                 width = max(sum(examples[i].cost for i in row) for row in piece)
                 labels = sum(examples[i].n_labels for row in piece for i in row)
-                tokens = sum(examples[i].cost for row in piece for i in row) if flat else width * len(piece)
+                tokens = _flat_tokens(examples, piece) if flat else width * len(piece)
                 best = max(best, (tokens, labels, width))
     epoch = p.epochs[0]
     labels = sum(examples[i].n_labels for rows in epoch for row in rows for i in row)
     if flat:  # attention spans one sequence: a token's mean context is sum L^2 / sum L, halved
         lengths = [n for rows in epoch for row in rows for i in row for n in examples[i].lengths]
-        padded = sum(lengths)
+        padded = sum(
+            _flat_tokens(examples, piece)
+            for rows in epoch
+            for piece in datalib.split_by_tokens(examples, rows, budget)
+        )
         mean_width = sum(n * n for n in lengths) / max(1, padded)
     else:
         padded = sum(
@@ -52,3 +56,15 @@ def _layout(examples, recipe: Recipe, budget: int, flat: bool = False) -> dict:
         "padding_free": flat,
         "real_tokens_per_epoch": sum(e.cost for e in examples),
     }
+
+
+def _flat_tokens(examples, piece: list[list[int]]) -> int:
+    """The tokens a pass takes when padding-free: its rows end to end in one, the sequences
+    sharing their prompts as data.collate lays them out (a GRPO prompt: its group's estimated
+    cost, its answers not sampled yet)."""
+    from llmkit import data as datalib
+
+    row = [i for r in piece for i in r]
+    if any(examples[i].size for i in row):
+        return sum(examples[i].cost for i in row)
+    return sum(len(ids) for ids, _, _ in datalib.laid_out(examples, row, share=True))
