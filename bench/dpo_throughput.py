@@ -19,6 +19,8 @@ Configs, each in its own process (peak RSS is that process's):
                native bf16 (AVX512-BF16, AMX): bf16 weights, LoRA sums in fp32
   trl          DPOTrainer defaults otherwise (gradient checkpointing on, padding to the longest)
   trl-nockpt   DPOTrainer with gradient_checkpointing=False
+  trl-bf16     DPOTrainer with bf16=True, TRL's own default (autocast on CPU; fp32 weights); left
+               out, like llmkit's bf16 configs, on a CPU without native bf16
 Measured: trained tokens (non-padding tokens of prompt+chosen and prompt+rejected) / training
 wall time; peak RSS; per-step training loss of each, and its largest relative difference to
 llmkit's over the steps. With --repeats N the configs run N times, alternating order (ABC CBA
@@ -42,8 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "dpo_throughput.json"
 DATA = ROOT / "recipes" / "data" / "llama-preferences.jsonl"
-CONFIGS = ["llmkit", "llmkit-ckpt", "llmkit-bf16", "llmkit-bf16-ckpt", "trl", "trl-nockpt"]
-DEFAULT = CONFIGS  # README's table: all six
+CONFIGS = ["llmkit", "llmkit-ckpt", "llmkit-bf16", "llmkit-bf16-ckpt", "trl", "trl-nockpt", "trl-bf16"]
+DEFAULT = CONFIGS  # README's table: all seven
 MAX_LEN, LR, WARMUP, BETA, SEED = 256, 1e-3, 0.1, 0.1, 42
 
 
@@ -153,9 +155,9 @@ def run_one(name: str, steps: int, pairs: int, threads: int, order_file: Path) -
             beta=BETA,
             loss_type=["sigmoid"],
             max_length=MAX_LEN,
-            gradient_checkpointing=name == "trl",
+            gradient_checkpointing=name in ("trl", "trl-bf16"),
             train_sampling_strategy="sequential",  # the rows are already in llmkit's plan order
-            bf16=False,
+            bf16=name == "trl-bf16",  # TRL's own default is True; the fp32 configs set it off
             use_cpu=True,
             report_to="none",
             save_strategy="no",
@@ -281,7 +283,9 @@ def main() -> None:
         )
     by = {r["config"]: r for r in results}
     summary = {}
-    for mine, theirs in [(m, t) for m in CONFIGS if m.startswith("llmkit") for t in ("trl", "trl-nockpt")]:
+    for mine, theirs in [
+        (m, t) for m in CONFIGS if m.startswith("llmkit") for t in ("trl", "trl-nockpt", "trl-bf16")
+    ]:
         if mine not in by or theirs not in by:
             continue
         ours, t = by[mine], by[theirs]

@@ -19,6 +19,7 @@ Configs, each in its own process (peak RSS is that process's):
   llmkit-bf16  the same with train.precision=bf16: llmkit's own default (auto) on a CPU with native
                bf16 (AVX512-BF16, AMX); left out elsewhere
   trl          GRPOTrainer defaults otherwise (gradient checkpointing on)
+  trl-bf16     GRPOTrainer with bf16=True, TRL's own default (autocast on CPU; fp32 weights)
   trl-nockpt   GRPOTrainer with gradient_checkpointing=False; on request
   base         no training: the untrained model's held-out score (for reference)
 Measured: completions scored / training wall time (sampling, scoring and the update together);
@@ -47,8 +48,8 @@ RESULTS = ROOT / "bench" / "results" / "grpo_throughput.json"
 RECIPE = ROOT / "recipes" / "smollm2-135m-grpo.yaml"
 DATA = ROOT / "recipes" / "data" / "one-word.jsonl"
 EVAL = ROOT / "recipes" / "data" / "one-word-eval.jsonl"
-CONFIGS = ["llmkit", "llmkit-bf16", "trl", "trl-nockpt", "base"]
-DEFAULT = ["llmkit", "llmkit-bf16", "trl", "base"]  # trl-nockpt on request: --configs trl-nockpt
+CONFIGS = ["llmkit", "llmkit-bf16", "trl", "trl-bf16", "trl-nockpt", "base"]
+DEFAULT = ["llmkit", "llmkit-bf16", "trl", "trl-bf16", "base"]  # trl-nockpt on request: --configs trl-nockpt
 PROMPTS, GENERATIONS, MAX_NEW, TEMPERATURE, LR, SEED = 2, 8, 24, 1.0, 1e-3, 42
 
 
@@ -240,10 +241,10 @@ def run_one(name: str, steps: int, threads: int, order_file: Path) -> dict:
             warmup_steps=0,
             weight_decay=0.0,
             max_grad_norm=1.0,
-            gradient_checkpointing=name == "trl",
+            gradient_checkpointing=name in ("trl", "trl-bf16"),
             use_vllm=False,
             use_cpu=True,
-            bf16=False,
+            bf16=name == "trl-bf16",  # TRL's own default is True; the fp32 configs set it off
             report_to="none",
             save_strategy="no",
             logging_steps=1,
@@ -325,9 +326,9 @@ def main() -> None:
     }
     from llmkit.devices import cpu_native_bf16
 
-    if not cpu_native_bf16() and "llmkit-bf16" in args.configs:
-        print("this CPU has no native bf16 (emulated, many times slower): llmkit-bf16 is left out")
-        args.configs = [c for c in args.configs if c != "llmkit-bf16"]
+    if not cpu_native_bf16() and any("bf16" in c for c in args.configs):
+        print("this CPU has no native bf16 (emulated, many times slower): the bf16 configs are left out")
+        args.configs = [c for c in args.configs if "bf16" not in c]
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         order_file = Path(tmp) / "order.json"
@@ -362,7 +363,9 @@ def main() -> None:
         results.append(entry)
     by = {r["config"]: r for r in results}
     summary = {}
-    for mine, theirs in [(m, t) for m in ("llmkit", "llmkit-bf16") for t in ("trl", "trl-nockpt")]:
+    for mine, theirs in [
+        (m, t) for m in ("llmkit", "llmkit-bf16") for t in ("trl", "trl-bf16", "trl-nockpt")
+    ]:
         if mine in by and theirs in by:
             ours, t = by[mine], by[theirs]
             summary[f"{mine} / {theirs}"] = {

@@ -38,7 +38,7 @@ def _layout(examples, recipe: Recipe, budget: int, flat: bool = False) -> dict:
             for rows in epoch
             for piece in datalib.split_by_tokens(examples, rows, budget)
         )
-        mean_width = sum(n * n for n in lengths) / max(1, padded)
+        mean_width = sum(n * n for n in lengths) / max(1, sum(lengths))
     else:
         padded = sum(
             len(rows) * max(sum(examples[i].cost for i in row) for row in rows) for rows in epoch if rows
