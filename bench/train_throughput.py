@@ -27,7 +27,8 @@ Configs, each in its own process (peak RSS is that process's):
 Measured: trained (non-padding) tokens / training wall time; peak RSS; eval loss per answer
 token, computed by the same function for all configs on the final adapter (fp32); model FLOPs
 utilisation: llmkit's count of FLOPs per trained token (the one `llmkit plan` and `llmkit train`
-use) x tokens/s over this machine's matmul peak in that precision, measured in this run.
+use) x tokens computed per second (a prompt shared by several sequences counts once) over this
+machine's matmul peak in that precision, measured in this run.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def run_one(name: str, model_name: str, n_train: int, n_eval: int, threads: int)
     encode = [datalib.tokenize_row({"messages": c}, "messages", tok, max_length=MAX_LEN) for c in train_c]
     eval_ex = [datalib.tokenize_row({"messages": c}, "messages", tok, max_length=MAX_LEN) for c in eval_c]
     tokens = sum(len(e) for e in encode)
+    computed = tokens  # TRL and the code before shared prompts compute every token they train
     lora = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 
     bf16 = name.endswith("bf16")
@@ -220,6 +222,8 @@ def run_one(name: str, model_name: str, n_train: int, n_eval: int, threads: int)
         info = json.loads((out / "run.json").read_text())
         seconds = info["train_seconds"]
         steps = info["steps"]
+        if "mfu" in info:  # the tokens the passes computed: shared prompts once (llmkit.data.laid_out)
+            computed = info["mfu"] * info["peak_flops"] / info["flops_per_token"] * seconds
         from peft import PeftModel
 
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
@@ -241,6 +245,7 @@ def run_one(name: str, model_name: str, n_train: int, n_eval: int, threads: int)
         "steps": steps,
         "train_seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / seconds, 1),
+        "computed_tokens": round(computed),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "eval_loss": round(total / count, 4),
     }
@@ -322,9 +327,10 @@ def main() -> None:
         if today is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(today)], check=False)
     flops, peaks = flops_and_peaks(args.model, args.train, args.eval, args.threads)
-    for r in results:
+    for r in results:  # MFU counts what the machine computed: a shared prompt once
+        computed_per_s = r["tokens_per_s"] * min(1.0, r["computed_tokens"] / r["trained_tokens"])
         r["mfu"] = round(
-            flops * r["tokens_per_s"] / peaks["bf16" if r["config"].endswith("bf16") else "fp32"], 3
+            flops * computed_per_s / peaks["bf16" if r["config"].endswith("bf16") else "fp32"], 3
         )
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if "models" not in stored:  # the first layout held SmolLM2 only
