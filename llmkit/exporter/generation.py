@@ -173,8 +173,6 @@ def llama_generate(
 def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, tie: Callable) -> tuple[str, bool]:
     """Where the answers part, and whether HF itself was at a tie there (its best token and the
     one llama.cpp took score within the type's tie tolerance)."""
-    import torch
-
     k = next((i for i, (a, b) in enumerate(zip(hf_new, cpp_new, strict=False)) if a != b), None)
     if k is None:  # one is a prefix of the other: a stop came earlier on one side
         where = f"one side ended first: transformers {len(hf_new)}, llama.cpp {len(cpp_new)} tokens"
@@ -183,20 +181,25 @@ def _divergence(model, tokenizer, prompt_ids, hf_new, cpp_new, tie: Callable) ->
         # transformers ended where llama.cpp went on: a tie if its end and llama.cpp's token
         # scored within the tie tolerance there
         k = len(hf_new)
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt_ids + hf_new])).logits[0, -1].float()
-        if cpp_new[k] == int(
-            logits.argmax()
-        ):  # llama.cpp took transformers' end token and went on: a stop is wrong
+        margin, tied, best = _margin(model, prompt_ids + hf_new, cpp_new[k], tie)
+        if cpp_new[k] == best:  # llama.cpp took transformers' end token and went on: a stop is wrong
             return where, False
-        margin = float(logits.max() - logits[cpp_new[k]])
-        return f"{where} (logit margin {margin:.4f})", margin <= float(tie(logits.numpy()))
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt_ids + hf_new[:k]])).logits[0, -1].float()
-    margin = float(logits.max() - logits[cpp_new[k]])
+        return f"{where} (logit margin {margin:.4f})", tied
+    margin, tied, _ = _margin(model, prompt_ids + hf_new[:k], cpp_new[k], tie)
     shown = tokenizer.decode(hf_new[:k])[-40:]
     where = (
         f"at token {k} after {shown!r}: transformers {tokenizer.decode([hf_new[k]])!r}, "
         f"llama.cpp {tokenizer.decode([cpp_new[k]])!r} (logit margin {margin:.4f})"
     )
-    return where, margin <= float(tie(logits.numpy()))
+    return where, tied
+
+
+def _margin(model, ids: list[int], token: int, tie: Callable) -> tuple[float, bool, int]:
+    """How far `token` scores below transformers' best next token after `ids`, whether that is
+    within the tie tolerance, and the best token."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].float()
+    margin = float(logits.max() - logits[token])
+    return margin, margin <= float(tie(logits.numpy())), int(logits.argmax())
