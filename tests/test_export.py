@@ -361,3 +361,37 @@ def test_streaming_shard_rewrite_keeps_every_dtype_and_refuses_shape_changes(tmp
     )
     with pytest.raises(ExportError, match="would change from"):
         rewrite_safetensors(src, dst, lambda name, t: t.T if name == "a.weight" else t)
+
+
+def test_a_divergence_at_the_end_of_a_turn_is_a_tie_only_within_the_tolerance():
+    """verify's rule where transformers ended the turn and llama.cpp went on: a tie when
+    llama.cpp's next token scored within the tolerance of transformers' best there; never when
+    llama.cpp took that best token (the end itself) and went on, nor when llama.cpp stopped first."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.exporter.generation import _divergence
+    from llmkit.tiny import tiny_model_dir
+
+    path = tiny_model_dir("tiny-llama")
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    prompt, hf = [5, 9, 13], [21, 4]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + hf])).logits[0, -1]
+    best, second = logits.topk(2).indices.tolist()
+    gap = float(logits[best] - logits[second])
+
+    def wide(_logits):
+        return gap * 2
+
+    def narrow(_logits):
+        return gap / 2
+
+    where, tied = _divergence(model, tok, prompt, hf, hf + [second, 7], wide)
+    assert tied and where.startswith("one side ended first") and f"{gap:.4f}" in where
+    assert not _divergence(model, tok, prompt, hf, hf + [second, 7], narrow)[1]
+    assert not _divergence(model, tok, prompt, hf, hf + [best, 7], wide)[1]  # the end token itself, then more
+    assert not _divergence(model, tok, prompt, hf + [best, 7], hf, wide)[1]  # llama.cpp stopped first
+    # a token that differs mid-answer: judged the same way, at that token
+    where, tied = _divergence(model, tok, prompt, hf + [best], hf + [second], wide)
+    assert tied and where.startswith("at token 2")
