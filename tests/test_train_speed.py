@@ -68,7 +68,7 @@ def test_padding_free_passes_give_the_padded_losses_and_gradients(family):
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
-def _prompted(vocab: int) -> tuple[list[datalib.Example], list[int]]:
+def _prompted(vocab: int) -> tuple[list[datalib.Example], int]:
     """A GRPO-like group (one prompt, three answers), a preference pair (one example, two parts)
     and a sequence with a prompt of its own; every sequence ≤ 8 tokens (tiny-gemma3's window).
     Also how many tokens sharing the prompts saves."""
