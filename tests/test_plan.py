@@ -185,10 +185,13 @@ def test_advice_makes_it_fit(tmp_path):
         check(tight)
     assert "short" in err.value.message and err.value.hint
     assert tight.advice, "no advice for a run that does not fit"
+    # The process's own resident memory (runtime) is measured at each plan and grows as the test
+    # process allocates; the advice is a promise about what training adds, against the runtime
+    # it was given.
     for advice in tight.advice:
         setting = advice.split(" ")[0]
         again = plan("tiny", [*base, setting], memory=room)
-        assert again.fits, (setting, again.memory, room)
+        assert again.memory.peak <= room - tight.memory.runtime, (setting, again.memory, room)
 
 
 @pytest.mark.parametrize(
