@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from llmkit import attention
 from llmkit.data import IGNORE
+from llmkit.label_logps import label_logps, plain_logits
 
 
 class LossModel(torch.nn.Module):
@@ -34,11 +35,7 @@ class LossModel(torch.nn.Module):
         lm = peft_model.get_base_model()
         cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
         # Models that post-process logits (softcapping, scaling) take the plain path.
-        special = any(
-            getattr(cfg, a, None) not in (None, 1, 1.0)
-            for a in ("final_logit_softcapping", "logit_scale", "logits_scaling")
-        )
-        self.fast = not special and lm.get_output_embeddings() is not None
+        self.fast = not plain_logits(cfg) and lm.get_output_embeddings() is not None
         self.segments = attention.uses_segments(lm)
 
     def forward(self, **batch):
@@ -62,11 +59,9 @@ class LossModel(torch.nn.Module):
             hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw)[
                 0
             ]
-            logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # output layer on label positions only
-        else:
-            logits = lm(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw).logits[:, :-1][
-                keep
-            ]
+            # the output layer on label positions only
+            return label_logps(lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
+        logits = lm(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw).logits[:, :-1][keep]
         return -F.cross_entropy(logits.float(), targets[keep], reduction="none")
 
 
