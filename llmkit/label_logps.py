@@ -40,8 +40,10 @@ class _LabelLogps(torch.autograd.Function):
             top = z.amax(-1, keepdim=True)
             total = z.sub_(top).exp_().sum(-1, keepdim=True)
             lse[i : i + BLOCK] = (top + total.log()).squeeze(1)
-            if keep:
-                logits[i : i + BLOCK] = z.div_(total)  # p, in the logits' place
+            if keep:  # p, in the logits' place (in fp32, z already is that place)
+                z.div_(total)
+                if z.dtype != logits.dtype:
+                    logits[i : i + BLOCK] = z
         logp = picked - lse
         if keep:
             ctx.save_for_backward(weight, logits, targets, logp)
