@@ -61,7 +61,9 @@ class LossModel(torch.nn.Module):
             ]
             # the output layer on label positions only
             return label_logps(lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
-        logits = lm(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw).logits[:, :-1][keep]
+        logits = lm(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw).logits[:, :-1][
+            keep
+        ]
         return -F.cross_entropy(logits.float(), targets[keep], reduction="none")
 
 
