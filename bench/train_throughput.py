@@ -364,13 +364,16 @@ def main() -> None:
 
     from llmkit.devices import cpu_kernel_flags, cpu_name
 
-    # against TRL and against llmkit's earlier code are separate runs, kept side by side
+    # against TRL and against llmkit's earlier code are separate runs, kept side by side, and so
+    # are machines: one entry per model, comparison and CPU
+    cpu = cpu_name() or platform.processor() or platform.machine()
     key = f"{args.model} vs {args.today}" if today is not None else args.model
+    key += f" on {cpu}"
     stored["models"][key] = {
         "model": args.model,
         "device": "cpu",
         "threads": args.threads,
-        "cpu": cpu_name() or platform.processor() or platform.machine(),
+        "cpu": cpu,
         "cpu_flags": cpu_kernel_flags(),
         "max_length": MAX_LEN,
         "effective_batch": BATCH * ACCUM,

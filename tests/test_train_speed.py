@@ -277,6 +277,9 @@ def test_fast_dropout_is_dropout():
     a = drop(x)
     torch.manual_seed(5)
     assert torch.equal(drop(x), a)  # torch's RNG decides: a restored state replays the masks
+    torch.manual_seed(5)
+    keep = drop.keep(x)  # what the fused LoRA layer multiplies by: the same draw, as 0/1 bytes
+    assert keep.dtype == torch.uint8 and torch.equal(keep.bool(), a != 0)
     assert torch.equal(drop.eval()(x), x)
 
 
