@@ -86,6 +86,18 @@ def test_parameter_counts_match_the_real_lora_model(name, tmp_path):
 # ----------------------------------------------------------------------------- memory
 
 
+def test_a_trained_output_layer_is_planned_with_the_plain_loss(tmp_path):
+    """LoRA on lm_head: training takes the plain cross-entropy (the fused output layer needs a
+    frozen Linear), so the plan counts its fp32 buffers per label token (V x 12 bytes in fp32),
+    not the fused layer's probabilities (V x 4)."""
+    from llmkit.plan import plan
+
+    base = [f"train.output_dir={tmp_path}", "train.precision=fp32"]
+    fused = plan("tiny", [*base, "lora.target_modules=[q_proj,v_proj]"])
+    trained = plan("tiny", [*base, "lora.target_modules=[q_proj,v_proj,lm_head]"])
+    assert trained.loss_bytes_per_label == 3 * fused.loss_bytes_per_label > 0
+
+
 @pytest.mark.slow
 def test_tiny_peak_memory_within_20_percent(tmp_path):
     from llmkit.plan import plan

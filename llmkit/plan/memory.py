@@ -67,16 +67,17 @@ def activation_bytes_per_token(
     return int(L * layer + embed)
 
 
-def loss_bytes_per_label(tc, act: str, device: str) -> int:
+def loss_bytes_per_label(tc, act: str, device: str, plain_head: bool = False) -> int:
     """Per label token, at the loss's backward pass. On CPU (llmkit.label_logps): the
     probabilities kept in the logits' place, in the matmul's dtype, turned into their gradient in
-    place. Elsewhere, and for models that post-process their logits: the saved log-softmax, the
-    gradients of log-softmax and of the fp32 logits (3 x 4 bytes); under mixed precision also the
-    logits' gradient cast back to the activation dtype."""
+    place. Elsewhere, for models that post-process their logits and for an output layer that is
+    trained (`plain_head`): the saved log-softmax, the gradients of log-softmax and of the fp32
+    logits (3 x 4 bytes); under mixed precision also the logits' gradient cast back to the
+    activation dtype."""
     from llmkit.label_logps import plain_logits  # (imports torch, as planning does anyway)
 
     a = DTYPE_BYTES[act]
-    if device == "cpu" and not plain_logits(tc):
+    if device == "cpu" and not plain_logits(tc) and not plain_head:
         return int(tc.vocab_size * a)
     return int(tc.vocab_size * (12 + (a if a != 4 else 0)))
 

@@ -39,6 +39,8 @@ def count_parameters(config, recipe: Recipe) -> dict:
         "lora_modules": modules,
         "lora_per_token_dims": _lora_dims(peft_model),
         "layer_linear": _linear_params(model),
+        # an output layer with its own LoRA is no plain Linear: the loss takes the plain path
+        "plain_head": not isinstance(peft_model.get_base_model().get_output_embeddings(), torch.nn.Linear),
         "attn": getattr(model.config, "_attn_implementation", None),
     }
 

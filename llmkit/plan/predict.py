@@ -89,7 +89,7 @@ def plan(
         for gc in (False, True)
     }
     gc = t.gradient_checkpointing
-    loss_per_label = loss_bytes_per_label(arch, act, device)
+    loss_per_label = loss_bytes_per_label(arch, act, device, counts.get("plain_head", False))
     mem = memory_model(counts, arch, wdtype, act, per_token[gc], loss_per_label, layout, device)
 
     flops_tok = flops_per_token(counts, arch, layout, train_base=False)
