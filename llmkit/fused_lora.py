@@ -97,9 +97,7 @@ def _fused_forward(self, x, *args, **kwargs):
         return self._peft_forward(x, *args, **kwargs)
     a, b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
     xc = _cast(x, dtype)
-    return _LoraLinear.apply(
-        x, xc, base.weight, base.bias, a, b, keep, scale, dtype, dtype != torch.float32
-    )
+    return _LoraLinear.apply(x, xc, base.weight, base.bias, a, b, keep, scale, dtype, dtype != torch.float32)
 
 
 _last_cast: tuple = (None, -1, None, None)

@@ -37,7 +37,11 @@ class _LabelLogps(torch.autograd.Function):
         keep = hidden.requires_grad  # the probabilities are kept only for a backward pass
         # one fp32 block buffer for all blocks: a fresh 6 MB block each time costs its page faults
         # (3.9 ms a block, measured in a bf16 SmolLM2 run on an Intel Xeon; 0.2 ms reused)
-        buf = torch.empty(min(n, BLOCK), logits.shape[1], device=logits.device) if logits.dtype != torch.float32 else None
+        buf = (
+            torch.empty(min(n, BLOCK), logits.shape[1], device=logits.device)
+            if logits.dtype != torch.float32
+            else None
+        )
         for i in range(0, n, BLOCK):
             rows = logits[i : i + BLOCK]
             z = rows if buf is None else buf[: rows.shape[0]].copy_(rows)
