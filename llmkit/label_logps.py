@@ -72,12 +72,21 @@ class _LabelLogps(torch.autograd.Function):
         return gh.to(ctx.hidden_dtype), None, None, None, None
 
 
+def fuses(head) -> bool:
+    """Whether `label_logps` runs `head` fused: a frozen plain Linear (a trained one, or one
+    wrapped by LoRA, takes the plain cross-entropy). `llmkit plan` asks the same of its model."""
+    return (
+        isinstance(head, torch.nn.Linear)
+        and not head.weight.requires_grad
+        and (head.bias is None or not head.bias.requires_grad)
+    )
+
+
 def label_logps(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) under `head` for each row of `hidden` (fp32): the same values as
     `-cross_entropy(head(hidden).float(), targets, reduction="none")`, with less memory traffic on
-    CPU. A trained head (its weight or bias needing gradients) or another device takes that path."""
-    plain = not isinstance(head, torch.nn.Linear) or hidden.device.type != "cpu" or hidden.shape[0] == 0
-    if plain or head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
+    CPU. A head it does not fuse (`fuses`) or another device takes that path."""
+    if not fuses(head) or hidden.device.type != "cpu" or hidden.shape[0] == 0:
         return -F.cross_entropy(head(hidden).float(), targets, reduction="none")
     autocast = torch.is_autocast_enabled("cpu")
     dtype = torch.get_autocast_dtype("cpu") if autocast else head.weight.dtype

@@ -16,6 +16,8 @@ def count_parameters(config, recipe: Recipe) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from llmkit.label_logps import fuses  # (imports torch, as counting does anyway)
+
     with torch.device("meta"), warnings_off():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
     tc = _text_config(config)
@@ -39,8 +41,7 @@ def count_parameters(config, recipe: Recipe) -> dict:
         "lora_modules": modules,
         "lora_per_token_dims": _lora_dims(peft_model),
         "layer_linear": _linear_params(model),
-        # an output layer with its own LoRA is no plain Linear: the loss takes the plain path
-        "plain_head": not isinstance(peft_model.get_base_model().get_output_embeddings(), torch.nn.Linear),
+        "plain_head": not fuses(peft_model.get_base_model().get_output_embeddings()),
         "attn": getattr(model.config, "_attn_implementation", None),
     }
 
