@@ -290,3 +290,29 @@ def test_ray_driver_fails_a_text_in_later_shards_as_the_local_job_does(tmp_path)
     rt, rv = _vectors(tmp_path / "r.parquet")
     assert rt.column("id").to_pylist() == lt.column("id").to_pylist() == [0, 2, 3, 5, 6, 7, 8, 10]
     assert (rv * lv).sum(1).min() >= 0.99999
+
+
+def test_the_clusters_error_reports_stay_off_stdout(cluster):
+    """Ray's driver prints the cluster's error reports (here: a worker that died) to stdout, where
+    `llmkit embed --json` writes its summary; inside `connected` they go to stderr, and leaving it
+    closes the connection, so none comes after the summary either."""
+    script = f"""
+import os, sys, ray
+from llmkit.embedding.ray_job import connected
+
+@ray.remote(max_retries=0)
+def die():
+    os._exit(1)
+
+with connected({cluster!r}):
+    try:
+        ray.get(die.remote())
+    except ray.exceptions.WorkerCrashedError:
+        pass
+    import time; time.sleep(3)  # the raylet's report arrives after the error
+print(ray.is_initialized())
+"""
+    job = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert job.stdout == "False\n"
+    assert "(raylet)" in job.stderr and "worker died" in job.stderr

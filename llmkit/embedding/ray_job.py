@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections import OrderedDict
+from contextlib import contextmanager, redirect_stdout
 from itertools import islice
 from pathlib import Path
 
@@ -63,12 +65,20 @@ class _EncodeActor:
         }
 
 
-def connect(address: str):
+@contextmanager
+def connected(address: str):
+    """Connected to the Ray cluster at `address` for the block. Ray's driver prints the cluster's
+    error reports (a worker that exited, say) to stdout, where `llmkit embed --json` writes its
+    summary, so for the block they go to stderr; a connection opened here is closed at the end
+    (which also stops the thread that prints them)."""
     try:
         import ray
     except ImportError as exc:
         raise RayError("--ray needs the ray package", "pip install 'llmkit[ray]'") from exc
-    if not ray.is_initialized():
+    with redirect_stdout(sys.stderr):
+        if ray.is_initialized():  # the caller's own connection: theirs to close
+            yield ray
+            return
         _check_reachable(address)
         try:
             if address == "local":
@@ -81,7 +91,10 @@ def connect(address: str):
                 "start one (ray start --head) or pass its address, e.g. --ray 127.0.0.1:6379; "
                 "--ray local starts one in this process",
             ) from exc
-    return ray
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
 
 
 def _check_reachable(address: str) -> None:
@@ -124,31 +137,31 @@ def embed_ray(
         raise DataError(f"{src} has no rows", "give a file with at least one non-blank row")
     work = workdir.work_dir(output)
     done_parts = workdir.prepare(work, {**fingerprint(src, opts.split), **opts.key(), "ray": True})
-    connect(address)
-    # measure/choose the path once, here; the actors load exactly that path
-    probe = load_encoder(**opts.encoder())
-    info = {**probe.info(), "normalized": opts.normalize, "input": str(src), "column": opts.column or "text"}
-    if probe.choice:
-        info["path_choice"] = probe.choice
-    info["ray"] = {"address": address, "workers": workers}
-    actor_encoder = {**opts.encoder(), "backend": probe.backend, "precision": probe.precision}
-    del probe
-    errors = workdir.errors_path(output)
-    if not done_parts:
-        errors.unlink(missing_ok=True)
-    start = time.perf_counter()
-    resumed = sum(p["rows"] for p in done_parts)
+    with connected(address):
+        # measure/choose the path once, here; the actors load exactly that path
+        probe = load_encoder(**opts.encoder())
+        info = {**probe.info(), "normalized": opts.normalize, "input": str(src), "column": opts.column or "text"}
+        if probe.choice:
+            info["path_choice"] = probe.choice
+        info["ray"] = {"address": address, "workers": workers}
+        actor_encoder = {**opts.encoder(), "backend": probe.backend, "precision": probe.precision}
+        del probe
+        errors = workdir.errors_path(output)
+        if not done_parts:
+            errors.unlink(missing_ok=True)
+        start = time.perf_counter()
+        resumed = sum(p["rows"] for p in done_parts)
 
-    # 1. the driver cuts the input into shards (streaming); shards with a written part are done
-    shards = _write_input_shards(work, workdir.chain(first, rows_iter), opts.commit_every, opts.skip_bad, src)
-    todo = [s for s in shards if not (work / f"part-{s['no']:06d}.json").exists()]
-    parts = PartWriter(work, errors, opts.keep_text)
-    # 2. the actors encode the texts the pending shards send; 3. the driver writes their parts in order
-    counts = {"truncated": 0, "chunked": 0}
-    encoded = _encode_on_ray(
-        work, [s for s in todo if s["unique"]], actor_encoder, workers, batch_size, counts
-    )
-    _write_parts(work, todo, encoded, parts)
+        # 1. the driver cuts the input into shards (streaming); shards with a written part are done
+        shards = _write_input_shards(work, workdir.chain(first, rows_iter), opts.commit_every, opts.skip_bad, src)
+        todo = [s for s in shards if not (work / f"part-{s['no']:06d}.json").exists()]
+        parts = PartWriter(work, errors, opts.keep_text)
+        # 2. the actors encode the texts the pending shards send; 3. the driver writes their parts in order
+        counts = {"truncated": 0, "chunked": 0}
+        encoded = _encode_on_ray(
+            work, [s for s in todo if s["unique"]], actor_encoder, workers, batch_size, counts
+        )
+        _write_parts(work, todo, encoded, parts)
     if resumed + parts.rows == 0:
         shutil.rmtree(work, ignore_errors=True)
         if errors.exists():  # as the local job says it: the encoder, not the data
