@@ -140,7 +140,12 @@ def embed_ray(
     with connected(address):
         # measure/choose the path once, here; the actors load exactly that path
         probe = load_encoder(**opts.encoder())
-        info = {**probe.info(), "normalized": opts.normalize, "input": str(src), "column": opts.column or "text"}
+        info = {
+            **probe.info(),
+            "normalized": opts.normalize,
+            "input": str(src),
+            "column": opts.column or "text",
+        }
         if probe.choice:
             info["path_choice"] = probe.choice
         info["ray"] = {"address": address, "workers": workers}
@@ -153,7 +158,9 @@ def embed_ray(
         resumed = sum(p["rows"] for p in done_parts)
 
         # 1. the driver cuts the input into shards (streaming); shards with a written part are done
-        shards = _write_input_shards(work, workdir.chain(first, rows_iter), opts.commit_every, opts.skip_bad, src)
+        shards = _write_input_shards(
+            work, workdir.chain(first, rows_iter), opts.commit_every, opts.skip_bad, src
+        )
         todo = [s for s in shards if not (work / f"part-{s['no']:06d}.json").exists()]
         parts = PartWriter(work, errors, opts.keep_text)
         # 2. the actors encode the texts the pending shards send; 3. the driver writes their parts in order
