@@ -1,6 +1,6 @@
 """LoRA fine-tuning on a GPU, for real: correctness checks and llmkit vs TRL throughput.
 
-    python bench/gpu_throughput.py [--out DIR] [--models llama1b,qwen05b] [--steps N]   (on a CUDA GPU)
+    python bench/gpu_throughput.py [--out DIR] [--models llama1b,qwen05b] [--configs trl,llmkit-sdpa]   (on a CUDA GPU)
     python bench/gpu_throughput.py --cpu-smoke [--out DIR]                              (plumbing, < 1 min)
 
 Models: random-init from public configs (no weights travel): Llama-3.2-1B-shaped (16 layers,
@@ -444,6 +444,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=8, help="packed rows per micro-batch")
     p.add_argument("--timeout", type=float, default=120, help="seconds per throughput config")
+    p.add_argument("--configs", help="comma-separated subset of the throughput configs (default: all)")
     p.add_argument(
         "--cpu-smoke", action="store_true", help="tiny model on CPU: checks the plumbing in < 1 min"
     )
@@ -535,6 +536,9 @@ def main() -> None:
             )
         if smoke:  # flex_attention on CPU compiles for minutes: the GPU run measures it
             configs.pop("llmkit-flex")
+        if args.configs:
+            wanted = args.configs.split(",")
+            configs = {name: configs[name] for name in wanted if name in configs}
         rows = {}
         for name, (_, recipe, flags) in configs.items():
             r = child(name, recipe, work / "recipes" / shape, args.timeout * (4 if smoke else 1), **flags)

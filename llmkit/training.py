@@ -34,6 +34,7 @@ from llmkit import data as datalib
 from llmkit.checkpoints import load_checkpoint, save_adapter, save_checkpoint
 from llmkit.dropout import use_fast_dropout
 from llmkit.errors import LlmkitError, TrainError
+from llmkit.experts import use_padded_experts
 from llmkit.fused_lora import use_fused_lora
 from llmkit.lora import fp32_lora_sums, lora_targets
 from llmkit.methods.config import longest_sequence
@@ -344,6 +345,7 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
         use_fused_lora(model)
     if cpu and precision == "bf16":
         fp32_lora_sums(model)  # the layers PEFT still computes (an adapter disabled) sum the same way
+        use_padded_experts(model)  # MoE: oneDNN's bf16 kernels, built once per row count, reused
     return model
 
 
