@@ -26,6 +26,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+# transformers 5 would fetch Hub kernels for TRL's model (llmkit turns them off itself): both run
+# transformers' own layers, and offline the fetch would fail
+export USE_HUB_KERNELS="${USE_HUB_KERNELS:-NO}"
 export LLMKIT_HOME="${LLMKIT_HOME:-/tmp/llmkit-gpu-bench/home}" BENCH_WORK="${BENCH_WORK:-/tmp/llmkit-gpu-bench}"
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 OUTDIR="${OUT:-bench/results}"

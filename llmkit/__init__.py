@@ -6,6 +6,14 @@ dependencies when they are called.
 
 from __future__ import annotations
 
+import os
+
+# transformers 5 replaces layers with kernels it downloads from the Hub and runs (code nobody here
+# vetted) by default wherever it finds some for the device, the GPUs; offline, the download fails
+# the run at `model.train()`. llmkit loads no remote code unless asked: USE_HUB_KERNELS=YES in the
+# environment turns them back on.
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_recipe", "pull", "train", "export", "embed"]

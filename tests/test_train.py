@@ -411,6 +411,23 @@ def test_trains_on_a_hub_dataset_by_name(hub_datasets, llmkit_cli, tmp_path):
     assert "Traceback" not in missing.stderr
 
 
+def test_models_load_without_hub_kernels_unless_asked(tiny_llama_dir):
+    """transformers 5 would swap layers for kernels downloaded from the Hub (remote code; offline
+    on a GPU it fails the run at `model.train()`): once llmkit is imported, models load without
+    them, and USE_HUB_KERNELS=YES in the environment still turns them on."""
+    script = (
+        "import llmkit, sys; from transformers import AutoModelForCausalLM; "
+        f"print(AutoModelForCausalLM.from_pretrained({str(tiny_llama_dir)!r}).use_kernels)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
+    default = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    asked = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**env, "USE_HUB_KERNELS": "YES"}
+    )
+    assert default.returncode == 0 and asked.returncode == 0, default.stderr + asked.stderr
+    assert default.stdout.split()[-1] == "False" and asked.stdout.split()[-1] == "True"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "model, method",
