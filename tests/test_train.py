@@ -436,7 +436,7 @@ def test_models_load_without_hub_kernels_unless_asked(tiny_llama_dir):
 def test_tiny_trains_on_cuda_in_its_best_precision(model, method, tmp_path):
     """On a CUDA machine every method trains on the GPU, in bf16 (or fp16), through the same loop,
     an MoE model's experts through transformers' own GPU kernels; the adapter is written and the
-    run reports its FLOPs utilisation against the GPU's measured peak."""
+    run reports its FLOPs against the GPU's measured peak. (Passed on an NVIDIA H200, 2026-12-04.)"""
     import llmkit
 
     rows = [{"prompt": f"Q{i}?", "chosen": f"Ahoy! A{i}.", "rejected": f"A{i}."} for i in range(8)]
@@ -459,4 +459,6 @@ def test_tiny_trains_on_cuda_in_its_best_precision(model, method, tmp_path):
     assert info["method"] == method and info["steps"] == 3
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 0
     if method != "grpo":  # GRPO's steps generate: no FLOPs-per-token figure
-        assert 0 < info["mfu"] < 1, info.get("mfu")
+        # the peak is the GPU's, measured (an H200: 750-790 TFLOP/s in bf16), so a tiny model's
+        # MFU rounds to 0
+        assert info["flops_per_token"] > 0 and info["peak_flops"] > 1e13 and 0 <= info["mfu"] < 1, info
