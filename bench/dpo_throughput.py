@@ -344,8 +344,12 @@ def main() -> None:
         "results": results,
         "llmkit_vs": summary,
     }
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if "results" in stored:  # a single run, written before runs were kept per CPU
+        stored = {stored["cpu"]: stored}
+    stored[report["cpu"]] = report  # one run per CPU: the AMD and Intel figures side by side
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
     print(f"\nCPU: {report['cpu']}, {args.threads} threads, {args.steps} steps x {args.pairs} pairs")
     print(f"{'config':<12} {'tokens/s':>9} {'peak RSS MB':>12}  loss first -> last")
     for r in results:

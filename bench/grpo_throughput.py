@@ -403,8 +403,12 @@ def main() -> None:
         "results": results,
         "llmkit_vs": summary,
     }
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if "results" in stored:  # a single run, written before runs were kept per CPU
+        stored = {stored["cpu"]: stored}
+    stored[report["cpu"]] = report  # one run per CPU: the AMD and Intel figures side by side
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
     print(f"\nCPU: {report['cpu']}, {args.threads} threads, {args.steps} steps of {report['per_step']}")
     print(
         f"{'config':<12} {'compl/s':>8} {'peak RSS MB':>12} {'reward run':>11} {'last 3':>7} {'held-out':>9} {'exact':>6}"
