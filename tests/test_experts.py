@@ -9,7 +9,7 @@ import torch
 
 from llmkit import attention
 from llmkit import data as datalib
-from llmkit.experts import BLOCK, NAME, padded_experts_forward, use_padded_experts
+from llmkit.experts import BLOCK, NAME, padded_experts_forward, padded_rows, use_padded_experts
 from llmkit.methods.model import LossModel
 
 # (module, experts class, config class, config fields): the layouts transformers' experts come in
@@ -55,22 +55,22 @@ def _experts(layout: str):
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_padded_experts_compute_the_eager_loop(layout):
     """Outputs and every gradient (weights, biases, input) as the model's own per-expert loop,
-    to float rounding, with groups of every kind: empty, smaller than BLOCK, a multiple of it,
-    and over it."""
+    to float rounding, with groups of every kind: empty, a few rows (padded to a power of two),
+    under BLOCK, exactly BLOCK, and over it."""
     experts = _experts(layout)
     n_experts = experts.num_experts
     g = torch.Generator().manual_seed(1)
     tokens = 2 * BLOCK + 13
     # expert 0 gets every token (a group over BLOCK), expert 1 exactly BLOCK, the last none
     first = torch.zeros(tokens, dtype=torch.long)
-    second = torch.randint(1, n_experts - 1, (tokens,), generator=g)
+    second = torch.randint(3, n_experts - 1, (tokens,), generator=g)  # experts 3 .. E-2: the rest
     second[:BLOCK] = 1
-    second[BLOCK:][second[BLOCK:] == 1] = 2
+    second[BLOCK : BLOCK + 5] = 2
     index = torch.stack([first, second], dim=1)
     weights = torch.softmax(torch.randn(tokens, 2, generator=g), dim=-1)
     hidden = torch.randn(tokens, 32, generator=g)
     counts = torch.bincount(index.flatten(), minlength=n_experts).tolist()
-    assert counts[0] > BLOCK and counts[1] == BLOCK and min(counts[2:-1]) > 0 and counts[-1] == 0
+    assert counts[:3] == [tokens, BLOCK, 5] and 0 < min(counts[3:-1]) < BLOCK and counts[-1] == 0
 
     results = []
     for forward in (type(experts).forward, padded_experts_forward):
@@ -85,6 +85,19 @@ def test_padded_experts_compute_the_eager_loop(layout):
     assert g1.keys() == g2.keys() and g1
     for name in g1:
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_groups_are_padded_to_few_row_counts_at_bounded_cost():
+    """Up to BLOCK rows: the next power of two (a sampling step's few rows per expert are not
+    made 64 each); above: the next multiple of BLOCK. Either way under 2x the rows, and at most
+    BLOCK - 1 more."""
+    counts = torch.arange(0, 5 * BLOCK)
+    padded = padded_rows(counts)
+    assert padded[:9].tolist() == [0, 1, 2, 4, 4, 8, 8, 8, 8]
+    assert padded[BLOCK].item() == BLOCK and padded[BLOCK + 1].item() == 2 * BLOCK
+    assert (padded >= counts).all() and (padded < 2 * counts.clamp(min=1)).all()
+    assert (padded - counts < BLOCK).all()
+    assert len(set(padded.tolist())) == 7 + 5  # 0, 1, 2, ... 32; 64, 128, ... 320
 
 
 def _bf16_moe_step(padded: bool, upcast: bool = False):
