@@ -29,7 +29,7 @@ def use_padded_experts(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     if getattr(cfg, "_experts_implementation", None) != "grouped_mm":
-        return False  # a dense model, eager experts, or a recipe's own choice
+        return False  # a dense model, or experts another implementation was chosen for
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
     ALL_EXPERTS_FUNCTIONS.register(NAME, padded_experts_forward)
@@ -39,7 +39,11 @@ def use_padded_experts(model) -> bool:
 
 def padded_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     """transformers' experts forward (hidden (T, H), top-k expert ids and weights (T, k)) → (T, H),
-    with each expert's rows padded to a multiple of BLOCK for `torch.nn.functional.grouped_mm`."""
+    with each expert's rows padded (`padded_rows`) for `torch.nn.functional.grouped_mm`."""
+    if getattr(self, "_is_expert_parallel", False):  # sentinel rows: transformers' path handles them
+        from transformers.integrations.moe import grouped_mm_experts_forward
+
+        return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
     tokens, top_k = top_k_index.shape
     experts = self.num_experts
     ids = top_k_index.reshape(-1)  # (S,) one (token, expert) pair per row, S = T·k
