@@ -406,11 +406,13 @@ def device_info() -> dict:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
     }
-    for mod in ("trl", "liger_kernel", "bitsandbytes", "datasets"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("trl", "liger-kernel", "bitsandbytes", "datasets"):  # liger_kernel has no __version__
         try:
-            info[mod] = __import__(mod).__version__
-        except Exception:
-            info[mod] = None
+            info[dist.replace("-", "_")] = version(dist)
+        except PackageNotFoundError:
+            info[dist.replace("-", "_")] = None
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
         info["memory"] = torch.cuda.get_device_properties(0).total_memory
