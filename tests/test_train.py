@@ -414,18 +414,22 @@ def test_trains_on_a_hub_dataset_by_name(hub_datasets, llmkit_cli, tmp_path):
 def test_models_load_without_hub_kernels_unless_asked(tiny_llama_dir):
     """transformers 5 would swap layers for kernels downloaded from the Hub (remote code; offline
     on a GPU it fails the run at `model.train()`): once llmkit is imported, models load without
-    them, and USE_HUB_KERNELS=YES in the environment still turns them on."""
+    them, and a user's own USE_HUB_KERNELS=YES is left as it is."""
     script = (
-        "import llmkit, sys; from transformers import AutoModelForCausalLM; "
-        f"print(AutoModelForCausalLM.from_pretrained({str(tiny_llama_dir)!r}).use_kernels)"
+        "import os, llmkit; from transformers import AutoModelForCausalLM; "
+        f"print(AutoModelForCausalLM.from_pretrained({str(tiny_llama_dir)!r}).use_kernels, "
+        "os.environ['USE_HUB_KERNELS'])"
     )
     env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
     default = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.split()[-2:] == ["False", "NO"]
+    # the user's choice stands (not loaded here: with kernels on, loading may go to the Hub)
     asked = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env={**env, "USE_HUB_KERNELS": "YES"}
-    )
-    assert default.returncode == 0 and asked.returncode == 0, default.stderr + asked.stderr
-    assert default.stdout.split()[-1] == "False" and asked.stdout.split()[-1] == "True"
+        [sys.executable, "-c", "import os, llmkit; print(os.environ['USE_HUB_KERNELS'])"],
+        capture_output=True, text=True, env={**env, "USE_HUB_KERNELS": "YES"},
+    )  # fmt: skip
+    assert asked.returncode == 0 and asked.stdout.strip() == "YES", asked.stderr
 
 
 @pytest.mark.gpu
