@@ -395,3 +395,18 @@ def test_a_divergence_at_the_end_of_a_turn_is_a_tie_only_within_the_tolerance():
     # a token that differs mid-answer: judged the same way, at that token
     where, tied = _divergence(model, tok, prompt, hf + [best], hf + [second], wide)
     assert tied and where.startswith("at token 2")
+
+
+def test_a_quantized_file_ties_within_its_own_measured_logit_error():
+    """verify's generation check: a quantized file's choice counts as a tie where transformers'
+    won by less than the file's measured max |logit difference| (its rounding moves logits that
+    much); a float file keeps its type's fixed tolerance, whatever was measured."""
+    import numpy as np
+
+    from llmkit.exporter.verify import generation_tie, tie_tolerance
+
+    logits = np.array([3.0, 2.9, -1.0])
+    assert generation_tie("q8_0", 0.0185)(logits) == 0.0185
+    assert generation_tie("q4_k_m", 0.4)(logits) == 0.4
+    assert generation_tie("f16", 0.5)(logits) == float(tie_tolerance("f16", logits)) < 0.5
+    assert generation_tie("f32", 0.5)(logits) == float(tie_tolerance("f32", logits))

@@ -41,6 +41,16 @@ def tie_tolerance(out_type: str, logits):
     return np.maximum(absolute, relative * np.abs(np.asarray(logits)).max(-1))
 
 
+def generation_tie(out_type: str, max_diff: float):
+    """The tie allowance of verify's generation check, per position. Float files (f32, f16): the
+    type's own. Quantized files: at least `max_diff`, the largest |logit difference| measured
+    between this file and transformers over the probes. Their rounding moves every logit by up to
+    that much, so where transformers' choice (say, to end the turn) won by less, the file may take
+    the other one: a rounding-level tie, not a wrong file."""
+    floor = 0.0 if out_type in ("f32", "f16") else max_diff
+    return lambda logits: max(float(tie_tolerance(out_type, logits)), floor)
+
+
 @dataclass
 class Report:
     out_type: str
@@ -174,7 +184,7 @@ def verify(
     generation = None
     if stops is not None and getattr(tokenizer, "chat_template", None):
         exact = out_type in ("f32", "f16")
-        tie = lambda logits: tie_tolerance(out_type, logits)  # noqa: E731
+        tie = generation_tie(out_type, max_diff)
         generation = check(llm, model, tokenizer, chat_go, stops, tie=tie, exact=exact).as_dict()
     llm.close()
     return Report(
