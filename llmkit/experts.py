@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from llmkit.plan.config import _text_config
+
 NAME = "llmkit_padded_grouped_mm"
 BLOCK = 64  # rows; measured above against 32 and 128
 
@@ -27,8 +29,7 @@ def use_padded_experts(model) -> bool:
     """Switch the experts of `model` (a transformers causal LM, PEFT-wrapped or not) to the padded
     grouped matmul where they use transformers' `grouped_mm`; True if switched."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if getattr(cfg, "_experts_implementation", None) != "grouped_mm":
+    if getattr(_text_config(base.config), "_experts_implementation", None) != "grouped_mm":
         return False  # a dense model, or experts another implementation was chosen for
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 

@@ -25,6 +25,12 @@ class GGUFType:
     ollama: str | None = None  # Ollama's spelling when its server can quantize to this type
 
     @property
+    def exact(self) -> bool:
+        """--verify: greedy answers must equal transformers' (ties excepted): the types that must
+        agree at every position (f32, f16). The others' rounding may change a choice."""
+        return self.min_top1 >= 1.0
+
+    @property
     def adapter_ok(self) -> bool:
         """A GGUF LoRA adapter can hold this type (llama.cpp reads adapters in float types only)."""
         return self.producer == "gguf-py" and self.ggml in ("F32", "F16", "BF16")

@@ -43,11 +43,11 @@ def tie_tolerance(out_type: str, logits):
 
 def generation_tie(out_type: str, max_diff: float):
     """The tie allowance of verify's generation check, per position. Float files (f32, f16): the
-    type's own. Quantized files: at least `max_diff`, the largest |logit difference| measured
-    between this file and transformers over the probes. Their rounding moves every logit by up to
-    that much, so where transformers' choice (say, to end the turn) won by less, the file may take
-    the other one: a rounding-level tie, not a wrong file."""
-    floor = 0.0 if out_type in ("f32", "f16") else max_diff
+    type's own. The others (bf16, quantized): at least `max_diff`, the largest |logit difference|
+    measured between this file and transformers over the probes. Their rounding moves every logit
+    by up to that much, so where transformers' choice (say, to end the turn) won by less, the file
+    may take the other one: a rounding-level tie, not a wrong file."""
+    floor = 0.0 if TYPES[out_type].exact else max_diff
     return lambda logits: max(float(tie_tolerance(out_type, logits)), floor)
 
 
@@ -183,9 +183,10 @@ def verify(
         max_diff = max(max_diff, float(np.abs(ref - got).max()))
     generation = None
     if stops is not None and getattr(tokenizer, "chat_template", None):
-        exact = out_type in ("f32", "f16")
         tie = generation_tie(out_type, max_diff)
-        generation = check(llm, model, tokenizer, chat_go, stops, tie=tie, exact=exact).as_dict()
+        generation = check(
+            llm, model, tokenizer, chat_go, stops, tie=tie, exact=TYPES[out_type].exact
+        ).as_dict()
     llm.close()
     return Report(
         out_type=out_type,
