@@ -22,6 +22,9 @@ Configs, each in its own process (peak RSS is that process's):
   llmkit-packed  the same with packing (rows of up to 512 tokens)
   llmkit-ckpt    llmkit with gradient checkpointing (TRL's default): less memory, some speed
   llmkit-bf16    llmkit in bf16 (autocast; what `precision: auto` picks on CPUs with AVX512-BF16/AMX)
+  llmkit-glibc   llmkit and llmkit-bf16 on glibc's malloc: every llmkit config above runs as
+  llmkit-glibc-bf16   `llmkit train` does, on tcmalloc/jemalloc where the machine has one
+                 (llmkit.allocator); TRL and `today` on the process's own (glibc)
   today          llmkit as it was before the CPU fast paths: git REF (--today) checked out
   today-bf16     side by side in a worktree and imported from there, fp32 and bf16
 Measured: trained (non-padding) tokens / training wall time; peak RSS; eval loss per answer
@@ -52,6 +55,8 @@ CONFIGS = [
     "llmkit-packed",
     "llmkit-ckpt",
     "llmkit-bf16",
+    "llmkit-glibc",
+    "llmkit-glibc-bf16",
     "today",
     "today-bf16",
 ]
@@ -248,7 +253,15 @@ def run_one(name: str, model_name: str, n_train: int, n_eval: int, threads: int)
         "computed_tokens": round(computed),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "eval_loss": round(total / count, 4),
+        "allocator": malloc_in_use(),
     }
+
+
+def malloc_in_use() -> str:
+    """The allocator this process runs on, from its memory map (the `today` code has no
+    llmkit.allocator to ask)."""
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    return next((n for n in ("tcmalloc", "jemalloc") if f"lib{n}" in maps), "system")
 
 
 def flops_and_peaks(model_name: str, n_train: int, n_eval: int, threads: int) -> tuple[float, dict]:
@@ -297,6 +310,8 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args.model, args.train, args.eval, args.threads)))
         return
+    from llmkit import allocator
+
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
@@ -316,7 +331,11 @@ def main() -> None:
         for name in args.configs:
             cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--train", str(args.train)]
             cmd += ["--eval", str(args.eval), "--threads", str(args.threads)]
-            run_env = {**env, "PYTHONPATH": str(today)} if name.startswith("today") else env
+            run_env = env
+            if name.startswith("today"):
+                run_env = {**env, "PYTHONPATH": str(today)}
+            elif name.startswith("llmkit") and "glibc" not in name:
+                run_env = allocator.preloaded_env(env) or env  # as `llmkit train` runs
             r = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
             line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if r.returncode or not line:
@@ -346,6 +365,10 @@ def main() -> None:
         ("llmkit-bf16", "today-bf16"),
         ("llmkit-bf16", "llmkit"),
         ("llmkit-bf16", "today"),
+        ("llmkit", "llmkit-glibc"),
+        ("llmkit-bf16", "llmkit-glibc-bf16"),
+        ("llmkit-glibc", "today"),
+        ("llmkit-glibc-bf16", "today-bf16"),
     ]
     for ours, theirs in pairs:
         if ours in by and theirs in by:

@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from llmkit.allocator import restart_preloaded
 from llmkit.cli._app import _state, app
 from llmkit.errors import LlmkitError
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if argv is None:  # the process's own command line: training restarts with a faster malloc
+            restart_preloaded(sys.argv[1:])
         app(args=argv, prog_name="llmkit", standalone_mode=True)
     except LlmkitError as exc:
         if _state["debug"]:
