@@ -12,7 +12,8 @@ linear layers; DPO sigmoid loss, beta 0.1; reference = the adapter-disabled mode
 precomputed reference log-probabilities); lr 1e-3 linear with 10% warmup, AdamW, weight decay 0,
 grad-norm clip 1.0; max length 256 (no pair is truncated by either).
 
-Configs, each in its own process (peak RSS is that process's):
+Configs, each in its own process (peak RSS is that process's; llmkit's run as `llmkit train` does, on
+tcmalloc or jemalloc where the machine has one (llmkit.allocator), TRL's on glibc's malloc):
   llmkit       train.method=dpo, unpacked (chosen and rejected laid end to end in one row)
   llmkit-256   the same with passes of at most 256 tokens (train.max_batch_tokens; CPU default 1024):
                a pair per pass, less activation memory, no recomputation
@@ -121,6 +122,8 @@ def plan_order(steps: int, pairs: int) -> dict:
 def run_one(name: str, steps: int, pairs: int, threads: int, order_file: Path) -> dict:
     import torch
 
+    from llmkit.allocator import in_use
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     order = json.loads(order_file.read_text())
@@ -220,6 +223,7 @@ def run_one(name: str, steps: int, pairs: int, threads: int, order_file: Path) -
         "train_seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / seconds, 1),
         "peak_rss_mb": round(peak / 1024),
+        "allocator": in_use(),
         "losses": [round(v, 6) for v in losses],
     }
 
@@ -256,6 +260,7 @@ def main() -> None:
         "LLMKIT_QUIET": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    from llmkit import allocator
     from llmkit.devices import cpu_native_bf16
 
     if not cpu_native_bf16() and any("bf16" in c for c in args.configs):
@@ -277,7 +282,9 @@ def main() -> None:
                     "--threads",
                     str(args.threads),
                 ]
-                r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                # llmkit as `llmkit train` runs: on tcmalloc/jemalloc where the machine has one
+                run_env = (allocator.preloaded_env(env) or env) if name.startswith("llmkit") else env
+                r = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
                 line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if r.returncode or not line:
                     sys.exit(f"{name} failed:\n{r.stderr[-3000:]}")

@@ -14,7 +14,8 @@ r16/alpha32/dropout 0 on all linear layers. Both see the same prompts in the sam
 step (llmkit's data plan, seed 42; TRL with shuffle_dataset=False). The answers themselves are
 sampled, so the two runs differ by chance, not only by implementation.
 
-Configs, each in its own process (peak RSS is that process's):
+Configs, each in its own process (peak RSS is that process's; llmkit's run as `llmkit train` does, on
+tcmalloc or jemalloc where the machine has one (llmkit.allocator), TRL's on glibc's malloc):
   llmkit       train.method=grpo
   llmkit-bf16  the same with train.precision=bf16: llmkit's own default (auto) on a CPU with native
                bf16 (AVX512-BF16, AMX); left out elsewhere
@@ -149,6 +150,8 @@ def held_out(peft_model, tok) -> dict:
 
 def run_one(name: str, steps: int, threads: int, order_file: Path) -> dict:
     import torch
+
+    from llmkit.allocator import in_use
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -286,6 +289,7 @@ def run_one(name: str, steps: int, threads: int, order_file: Path) -> dict:
         "train_seconds": round(seconds, 2),
         "completions_per_s": round(completions / seconds, 3),
         "peak_rss_mb": round(peak / 1024),
+        "allocator": in_use(),
         "train_reward_mean": round(statistics.mean(rewards), 4),
         "train_reward_last3": round(statistics.mean(rewards[-3:]), 4),
         "train_exact_answer_mean": round(statistics.mean(s["exact_answer"] for s in per_step), 4),
@@ -324,6 +328,7 @@ def main() -> None:
         "LLMKIT_QUIET": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    from llmkit import allocator
     from llmkit.devices import cpu_native_bf16
 
     if not cpu_native_bf16() and any("bf16" in c for c in args.configs):
@@ -339,7 +344,9 @@ def main() -> None:
                     continue  # nothing is timed: once is enough
                 cmd = [sys.executable, __file__, "--one", name, "--order", str(order_file)]
                 cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
-                r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                # llmkit as `llmkit train` runs: on tcmalloc/jemalloc where the machine has one
+                run_env = (allocator.preloaded_env(env) or env) if name.startswith("llmkit") else env
+                r = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
                 line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if r.returncode or not line:
                     sys.exit(f"{name} failed:\n{r.stderr[-3000:]}")

@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import _free_port
 
-from llmkit import devices
+from llmkit import allocator, devices
 from llmkit.errors import LlmkitError, RecipeError
 
 STEPS, SAVE_EVERY = 24, 3
@@ -135,6 +135,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(run_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"from step {killed_at}" in resumed.stderr.replace("\n", " ")
 
+    # the CLI trained on the faster allocator where the machine has one (llmkit.allocator), and the
+    # result is the Python API's run on the process's own malloc: an allocator changes no figure
+    library = allocator.find()
+    expected = "system" if library is None else "jemalloc" if "jemalloc" in library.name else "tcmalloc"
+    assert json.loads((out / "run.json").read_text())["hardware"]["allocator"] == expected
     a, b = _adapter(run_dir / "adapter"), _adapter(out / "adapter")
     assert a.keys() == b.keys()
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
