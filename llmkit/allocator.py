@@ -30,7 +30,7 @@ def _search_dirs() -> list[Path]:
     dirs = [Path(sys.prefix) / "lib"]
     if os.environ.get("CONDA_PREFIX"):
         dirs.append(Path(os.environ["CONDA_PREFIX"]) / "lib")
-    machine = os.uname().machine if hasattr(os, "uname") else ""
+    machine = os.uname().machine  # find() looks on Linux only
     dirs += [
         Path(f"/usr/lib/{machine}-linux-gnu"),
         Path("/usr/lib64"),
