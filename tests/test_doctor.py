@@ -35,7 +35,9 @@ def test_doctor_json_reports_hardware_and_tools(llmkit_cli):
     assert data["ollama server"] == "not running"  # conftest points OLLAMA_HOST at a closed port
     assert data["QLoRA (4-bit)"] == "no"  # CPU-only CI
     library = allocator.find()  # what `llmkit train` will preload, or the tip to install one
-    assert data["training malloc"] == (library.name if library else "glibc")
+    assert data["training malloc"] == (
+        library.name if library else "glibc" if allocator.missing() else "system"
+    )
     assert secret not in result.stdout + result.stderr
 
 
