@@ -22,6 +22,7 @@ from pathlib import Path
 TRAINING_COMMANDS = ("train", "run")
 # Best first: tcmalloc was faster than jemalloc in every pair measured (module docstring).
 LIBRARIES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libjemalloc.so.2")
+KINDS = ("tcmalloc", "jemalloc")  # the allocators in_use() recognises in a process's memory map
 INSTALL = "apt install libtcmalloc-minimal4 (Debian/Ubuntu; gperftools elsewhere)"
 _MARK = "_LLMKIT_PRELOAD_WAS"  # set across the restart: LD_PRELOAD as it was, and "done once"
 
@@ -70,10 +71,12 @@ def in_use() -> str:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return "system"
-    for name in ("tcmalloc", "jemalloc"):
-        if f"lib{name}" in maps:
-            return name
-    return "system"
+    return next((name for name in KINDS if f"lib{name}" in maps), "system")
+
+
+def kind(library: Path) -> str:
+    """'tcmalloc' or 'jemalloc': what a process preloading `library` reports as in_use()."""
+    return next((name for name in KINDS if name in library.name), "system")
 
 
 def missing() -> bool:

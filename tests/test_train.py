@@ -138,7 +138,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(run_dir, tmp_path):
     # the CLI trained on the faster allocator where the machine has one (llmkit.allocator), and the
     # result is the Python API's run on the process's own malloc: an allocator changes no figure
     library = allocator.find()
-    expected = "system" if library is None else "jemalloc" if "jemalloc" in library.name else "tcmalloc"
+    expected = "system" if library is None else allocator.kind(library)
     assert json.loads((out / "run.json").read_text())["hardware"]["allocator"] == expected
     a, b = _adapter(run_dir / "adapter"), _adapter(out / "adapter")
     assert a.keys() == b.keys()
