@@ -27,7 +27,14 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def activation_bytes_per_token(
-    tc, recipe: Recipe, act: str, checkpointing: bool, counts: dict, width: int = 0, flat: bool = False
+    tc,
+    recipe: Recipe,
+    act: str,
+    checkpointing: bool,
+    counts: dict,
+    width: int = 0,
+    flat: bool = False,
+    cpu: bool = False,
 ) -> int:
     """Bytes autograd keeps per token for the backward pass (all layers).
 
@@ -40,7 +47,8 @@ def activation_bytes_per_token(
                      + (4 - a)(...)        padding-free passes under mixed precision: attention
                                            runs on fp32 copies (llmkit.attention)
       MLP            4 a i                 gate, SiLU(gate), up, their product
-      LoRA           a r per module; with dropout also (a + 1) in (the dropped copy and its mask)
+      LoRA           a r per module; with dropout also (a + 1) in (the dropped copy and its
+                     mask), on CPU (llmkit.fused_lora) 8 p in (the int64 positions it drops)
     Counted with autograd's saved-tensor hooks on SmolLM2-135M: 1.213 MB/token fp32 (formula:
     1.213), 0.833 MB/token bf16 (formula: 0.78). With gradient checkpointing only each layer's
     input (a h) stays, plus one layer recomputed during the backward pass.
@@ -57,9 +65,10 @@ def activation_bytes_per_token(
         attn += 2 * a * nh * width
     mlp = 4 * a * i
     lora = 0
-    dropout = recipe.lora.dropout > 0
+    p = recipe.lora.dropout
+    dropped = (8 * p if cpu else a + 1) if p > 0 else 0
     for in_f, r in counts["lora_per_token_dims"].values():
-        lora += a * r + ((a + 1) * in_f if dropout else 0)
+        lora += a * r + dropped * in_f
     layer = norms + attn + mlp + lora
     embed = a * h  # the embedding output / first residual
     if checkpointing:

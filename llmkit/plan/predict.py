@@ -85,7 +85,9 @@ def plan(
     # CPU bf16 keeps an fp32 residual stream (lora.fp32_lora_sums): activations as in fp32
     act_memory = "fp32" if device == "cpu" else act
     per_token = {
-        gc: activation_bytes_per_token(arch, loaded, act_memory, gc, counts, layout["pass_width"], flat)
+        gc: activation_bytes_per_token(
+            arch, loaded, act_memory, gc, counts, layout["pass_width"], flat, cpu=device == "cpu"
+        )
         for gc in (False, True)
     }
     gc = t.gradient_checkpointing
