@@ -119,7 +119,9 @@ def _allocator_row() -> dict:
     if library is not None:
         return _row("training malloc", library.name, True, f"preloaded by train/run: {library}")
     if allocator.missing():
-        return _row("training malloc", "glibc", None, f"1.1–1.4x faster CPU training: {allocator.INSTALL}")
+        return _row(
+            "training malloc", "glibc", None, f"{allocator.GAIN} faster CPU training: {allocator.INSTALL}"
+        )
     return _row(
         "training malloc",
         "system",

@@ -33,9 +33,9 @@ class _Dropout(torch.autograd.Function):
 
 def zero_at(x, dropped, *, inplace: bool = False):
     """x (a contiguous copy unless `inplace`) with the flat positions `dropped` set to 0."""
-    out = x if inplace else x.clone(memory_format=torch.contiguous_format)
-    if not out.is_contiguous():
+    if inplace and not x.is_contiguous():
         raise ValueError("zero_at(inplace=True) needs a contiguous tensor")
+    out = x if inplace else x.clone(memory_format=torch.contiguous_format)
     out.view(-1)[dropped] = 0  # index_put_: 0.09 ms for 27k of 534k elements; index_fill_ 0.24 ms
     return out
 

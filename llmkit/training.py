@@ -143,7 +143,7 @@ def train(
             f"malloc: {allocator.in_use()}): {len(dataset.train)} examples, {plan.total_steps} steps → {run.path}"
         )
         if hw.device == "cpu" and allocator.missing():
-            info(f"tip: {allocator.INSTALL} makes CPU training 1.1–1.4x faster (docs/train.md)")
+            info(f"tip: {allocator.INSTALL} makes CPU training {allocator.GAIN} faster (docs/train.md)")
         if mfu:
             info(
                 f"Model FLOPs: {mfu.flops_per_token / 1e6:,.0f} M per token; this machine's peak "

@@ -173,8 +173,8 @@ def _dropout_lora(model_dir, dtype, dropout: float = 0.2):
 
 
 def _fused_or_not(family, dtype, fused: bool, autocast: bool, upcast: bool = False, dropout: float = 0.2):
-    """Per-token log-probs and LoRA gradients of one padding-free pass in train mode (dropout on,
-    its masks drawn from torch's RNG seeded the same way for every variant)."""
+    """Per-token log-probs and LoRA gradients of one padding-free pass in train mode (LoRA
+    dropout `dropout`, its drops drawn from torch's RNG seeded the same way for every variant)."""
     from llmkit.fused_lora import use_fused_lora
     from llmkit.tiny import tiny_model_dir
 
