@@ -63,15 +63,18 @@ class FastDropout(torch.nn.Module):
         seed = int(torch.randint(0, 2**62, (1,)))
         rng = np.random.Generator(np.random.PCG64(seed))
         n, p, per_log = x.numel(), self.p, 1.0 / math.log1p(-self.p)
-        parts, last = [], -1.0  # the last drop drawn so far
+        parts, last = [], -1  # the last drop drawn so far
         while last < n:  # one round but about once in 10^15: a round covers the mean + 8 sigma
             left = n - 1 - last
             k = int(left * p + 8 * math.sqrt(left * p * (1 - p)) + 16)
-            pos = np.cumsum(np.floor(np.log1p(-rng.random(k)) * per_log) + 1) + last
-            parts.append(pos[: np.searchsorted(pos, n)])
-            last = pos[-1]
-        pos = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return torch.from_numpy(pos.astype(np.int64))
+            u = rng.random(k)  # in place from here: each pass over k doubles is a tenth of the draw
+            np.negative(u, out=u)
+            np.log1p(u, out=u)
+            u *= per_log  # >= 0, so the cast to int64 is the floor
+            pos = torch.from_numpy(u).to(torch.int64).add_(1).cumsum_(0).add_(last)  # torch's cumsum: 6x NumPy's
+            parts.append(pos[: int(torch.searchsorted(pos, n))])
+            last = int(pos[-1])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
