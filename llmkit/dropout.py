@@ -67,11 +67,12 @@ class FastDropout(torch.nn.Module):
         while last < n:  # one round but about once in 10^15: a round covers the mean + 8 sigma
             left = n - 1 - last
             k = int(left * p + 8 * math.sqrt(left * p * (1 - p)) + 16)
-            u = rng.random(k)  # in place from here: each pass over k doubles is a tenth of the draw
+            u = rng.random(k)  # then in place: a fresh array per pass costs a tenth of the draw each
             np.negative(u, out=u)
             np.log1p(u, out=u)
             u *= per_log  # >= 0, so the cast to int64 is the floor
-            pos = torch.from_numpy(u).to(torch.int64).add_(1).cumsum_(0).add_(last)  # torch's cumsum: 6x NumPy's
+            # the positions: gaps + 1, summed up (torch's int64 cumsum runs 6x faster than NumPy's)
+            pos = torch.from_numpy(u).to(torch.int64).add_(1).cumsum_(0).add_(last)
             parts.append(pos[: int(torch.searchsorted(pos, n))])
             last = int(pos[-1])
         return parts[0] if len(parts) == 1 else torch.cat(parts)
