@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from llmkit import allocator, attention, devices, methods
+from llmkit import allocator, attention, devices, gated_mlp, methods
 from llmkit import data as datalib
 from llmkit.checkpoints import load_checkpoint, save_adapter, save_checkpoint
 from llmkit.dropout import use_fast_dropout
@@ -350,6 +350,8 @@ def load_model(recipe: Recipe, base_dir, precision: str, accelerator):
     if cpu:
         use_fast_dropout(model)
         use_fused_lora(model)
+    if gated_mlp.wanted(accelerator.device.type, precision):
+        gated_mlp.use_gated_mlp(model)
     if cpu and precision == "bf16":
         fp32_lora_sums(model)  # the layers PEFT still computes (an adapter disabled) sum the same way
         use_padded_experts(model)  # MoE: oneDNN's bf16 kernels, built once per row count, reused

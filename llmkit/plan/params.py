@@ -16,7 +16,8 @@ def count_parameters(config, recipe: Recipe) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from llmkit.label_logps import fuses  # (imports torch, as counting does anyway)
+    from llmkit.gated_mlp import gated  # (imports torch, as counting does anyway)
+    from llmkit.label_logps import fuses
 
     with torch.device("meta"), warnings_off():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
@@ -43,6 +44,7 @@ def count_parameters(config, recipe: Recipe) -> dict:
         "layer_linear": _linear_params(model),
         "plain_head": not fuses(peft_model.get_base_model().get_output_embeddings()),
         "attn": getattr(model.config, "_attn_implementation", None),
+        "gated_mlps": sum(1 for m in model.modules() if gated(m)),  # llmkit.gated_mlp computes them
     }
 
 

@@ -84,9 +84,20 @@ def plan(
     wdtype = "nf4" if loaded.model.load_in_4bit else act
     # CPU bf16 keeps an fp32 residual stream (lora.fp32_lora_sums): activations as in fp32
     act_memory = "fp32" if device == "cpu" else act
+    from llmkit.gated_mlp import wanted
+
+    gated = counts["gated_mlps"] if wanted(device, act) else 0
     per_token = {
         gc: activation_bytes_per_token(
-            arch, loaded, act_memory, gc, counts, layout["pass_width"], flat, cpu=device == "cpu"
+            arch,
+            loaded,
+            act_memory,
+            gc,
+            counts,
+            layout["pass_width"],
+            flat,
+            cpu=device == "cpu",
+            gated_mlps=gated,
         )
         for gc in (False, True)
     }
