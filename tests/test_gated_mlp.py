@@ -70,18 +70,20 @@ def test_the_same_losses_and_gradients_bit_for_bit_with_less_kept(family, autoca
     assert kept0 - kept1 == n * tokens * intermediate * 4  # gate and up are fp32 sums (fused_lora)
 
 
-def test_the_plan_counts_what_the_gated_mlps_leave_out(tmp_path):
-    """`llmkit plan` counts the gated MLPs on the meta-device model and, for a CPU bf16 run (where
-    training uses them), plans one [intermediate] fp32 tensor per token and layer less."""
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-qwen2moe"])
+def test_the_plan_counts_what_the_gated_mlps_leave_out(family, tmp_path):
+    """`llmkit plan` finds the gated MLPs on the meta-device model (an MoE's shared expert too, at
+    its own width) and, for a CPU bf16 run (where training uses them), plans per token exactly the
+    bytes a real pass keeps less."""
     from llmkit.plan import plan
 
-    base = [f"train.output_dir={tmp_path}", "model.name=tiny-llama"]
+    base = [f"train.output_dir={tmp_path}", f"model.name={family}"]
     fp32 = plan("tiny", [*base, "train.precision=fp32"], device="cpu", measure=False)
     bf16 = plan("tiny", [*base, "train.precision=bf16"], device="cpu", measure=False)
-    _, _, _, _, _, peft = _pass("tiny-llama", False, False)
-    cfg = peft.get_base_model().config
-    saved = cfg.num_hidden_layers * cfg.intermediate_size * 4
-    assert fp32.activation_bytes_per_token - bf16.activation_bytes_per_token == saved
+    _, _, kept0, _, tokens, _ = _pass(family, False, False)
+    _, _, kept1, n, _, _ = _pass(family, True, False)
+    assert n > 0 and kept1 < kept0
+    assert fp32.activation_bytes_per_token - bf16.activation_bytes_per_token == (kept0 - kept1) / tokens
 
 
 class _Custom(torch.nn.Module):

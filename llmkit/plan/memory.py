@@ -35,7 +35,7 @@ def activation_bytes_per_token(
     width: int = 0,
     flat: bool = False,
     cpu: bool = False,
-    gated_mlps: int = 0,
+    gated_width: int = 0,
 ) -> int:
     """Bytes autograd keeps per token for the backward pass (all layers).
 
@@ -47,9 +47,9 @@ def activation_bytes_per_token(
                      + 2 a nh w            eager attention only: probabilities for a row of width w
                      + (4 - a)(...)        padding-free passes under mixed precision: attention
                                            runs on fp32 copies (llmkit.attention)
-      MLP            4 a i                 gate, SiLU(gate), up, their product; 3 a i in the
-                                           `gated_mlps` (CPU bf16: llmkit.gated_mlp recomputes
-                                           SiLU(gate) in backward)
+      MLP            4 a i                 gate, SiLU(gate), up, their product; less a per
+                                           unit of `gated_width` (the MLPs whose SiLU(gate)
+                                           llmkit.gated_mlp recomputes in backward, CPU bf16)
       LoRA           a r per module; with dropout also (a + 1) in (the dropped copy and its
                      mask), on CPU (llmkit.fused_lora) 8 p in (the int64 positions it drops)
     Counted with autograd's saved-tensor hooks on SmolLM2-135M: 1.213 MB/token fp32 (formula:
@@ -67,7 +67,7 @@ def activation_bytes_per_token(
         attn += (4 - a) * (2 * nh * d + 2 * nkv * d)
     if (recipe.model.attn_implementation or counts.get("attn")) == "eager":
         attn += 2 * a * nh * width
-    mlp = 4 * a * i - a * i * gated_mlps / L  # those keep gate, up and their product only
+    mlp = 4 * a * i - a * gated_width / L  # those keep gate, up and their product only
     lora = 0
     p = recipe.lora.dropout
     dropped = (8 * p if cpu else a + 1) if p > 0 else 0

@@ -44,7 +44,8 @@ def count_parameters(config, recipe: Recipe) -> dict:
         "layer_linear": _linear_params(model),
         "plain_head": not fuses(peft_model.get_base_model().get_output_embeddings()),
         "attn": getattr(model.config, "_attn_implementation", None),
-        "gated_mlps": sum(1 for m in model.modules() if gated(m)),  # llmkit.gated_mlp computes them
+        # the intermediate widths of the MLPs llmkit.gated_mlp computes (an MoE's shared expert too)
+        "gated_mlp_width": sum(m.gate_proj.out_features for m in model.modules() if gated(m)),
     }
 
 

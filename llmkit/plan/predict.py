@@ -86,7 +86,7 @@ def plan(
     act_memory = "fp32" if device == "cpu" else act
     from llmkit.gated_mlp import wanted
 
-    gated = counts["gated_mlps"] if wanted(device, act) else 0
+    gated = counts["gated_mlp_width"] if wanted(device, act) else 0
     per_token = {
         gc: activation_bytes_per_token(
             arch,
@@ -97,7 +97,7 @@ def plan(
             layout["pass_width"],
             flat,
             cpu=device == "cpu",
-            gated_mlps=gated,
+            gated_width=gated,
         )
         for gc in (False, True)
     }
