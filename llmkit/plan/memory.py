@@ -53,8 +53,8 @@ def activation_bytes_per_token(
       LoRA           a r per module; with dropout also (a + 1) in (the dropped copy and its
                      mask), on CPU (llmkit.fused_lora) 8 p in (the int64 positions it drops)
     Counted with autograd's saved-tensor hooks on SmolLM2-135M: 1.213 MB/token fp32 (formula:
-    1.213), 0.833 MB/token bf16 (formula: 0.78) before the gated MLPs, which keep 0.184 MB/token
-    less (counted; formula: 0.184). With gradient checkpointing only each layer's
+    1.213), 0.833 MB/token bf16 (formula: 0.78) before the gated MLPs; those keep 0.184 MB/token
+    less in a CPU bf16 run (counted; formula: 0.184). With gradient checkpointing only each layer's
     input (a h) stays, plus one layer recomputed during the backward pass.
     """
     dm = _dims(tc)

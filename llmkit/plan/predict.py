@@ -84,7 +84,7 @@ def plan(
     wdtype = "nf4" if loaded.model.load_in_4bit else act
     # CPU bf16 keeps an fp32 residual stream (lora.fp32_lora_sums): activations as in fp32
     act_memory = "fp32" if device == "cpu" else act
-    from llmkit.gated_mlp import wanted
+    from llmkit.gated_mlp import wanted  # here: a mistyped model fails above, before torch loads
 
     gated = counts["gated_mlp_width"] if wanted(device, act) else 0
     per_token = {
